@@ -1,0 +1,454 @@
+"""
+A GPT-2 style language model with a one-word switch between positional encodings:
+
+    nope, learned, sinusoidal, rope, carope, carope-static, tapa, selective
+
+The point of the file is CARoPE (Context-aware Rotary Position Embedding, arXiv 2507.23083).
+RoPE rotates each (q, k) pair i at position m by the phase phi_i(m) = m * theta_i with
+theta_i = base^(-2i/d). Since theta_i = theta_1^i, that phase is also a sum over tokens,
+phi_i(m) = sum_{t<=m} theta_1^i. CARoPE replaces the fixed theta_1 by a number f(x_t) that
+each token t computes from its own hidden state, once per head:
+
+    f(x_t)_h    = 1 / (softplus(x_t W + b)_h + 1)          in (0, 1)
+    phi_i^h(m)  = sum_{t<=m} f(x_t)_h ^ i
+
+so the angle between a query at m and a key at n, sum_{t=n+1..m} f(x_t)^i, depends on the
+tokens in between, not only on the distance m - n.
+
+Read it top to bottom: positional encodings, attention, MLP, block, GPTConfig, GPT.
+The project's readings of what the papers leave open (see PAPERS.md) are marked "Reading:".
+"""
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+PE_CHOICES = ("nope", "learned", "sinusoidal", "rope", "carope", "carope-static", "tapa", "selective")
+ROTARY_PE = ("rope", "carope", "carope-static", "selective")  # the ones that rotate q and k
+SINUSOIDAL_SCALE = 0.02  # the fixed table's amplitude relative to Vaswani's (see GPT.forward)
+
+# -----------------------------------------------------------------------------
+# Positional encodings: the shared pieces
+
+
+def rope_frequencies(dim, base):
+    """theta_i = base^(-2i/dim) for i = 0 .. dim/2 - 1 (float32, shape (dim/2,))."""
+    i = torch.arange(dim // 2, dtype=torch.float32)
+    return base ** (-2.0 * i / dim)
+
+
+def rotate(x, cos, sin):
+    """Rotate each pair (x_i, x_{i+d/2}) of x by the phase whose cos and sin are given.
+
+    The one rotation shared by RoPE, CARoPE and Selective RoPE. Pairs use the half-split
+    layout (pair i = dims i and i + d/2); any layout works as long as q and k agree.
+    x: (B, n_head, T, head_dim); cos, sin: float32, broadcastable to (B, n_head, T, head_dim/2).
+    The arithmetic is float32 (phases reach thousands of radians), the result has x's dtype.
+    """
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    # [x1', x2'] = [x1 cos(phi) - x2 sin(phi), x1 sin(phi) + x2 cos(phi)]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+def no_autocast(x):
+    """A context in which autocast is off, so the phase maths below stays in float32."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+def sinusoidal_table(T, C, device=None):
+    """Vaswani et al.: PE(pos, 2i) = sin(pos * 10000^(-2i/C)), PE(pos, 2i+1) = cos(same).
+
+    The same frequencies as RoPE's, over the model width; computed for any length T.
+    """
+    phase = torch.arange(T, dtype=torch.float32, device=device)[:, None] * rope_frequencies(C, 10000.0).to(device)
+    return torch.stack((phase.sin(), phase.cos()), dim=-1).view(T, C)  # interleave sin, cos: (T, C)
+
+
+# -----------------------------------------------------------------------------
+# Positional encodings that rotate q and k. Each returns (cos, sin) of its phases.
+
+
+class RoPE(nn.Module):
+    """RoPE (Su et al., 2021): phi_i(m) = m * theta_i, theta_i = base^(-2i/d).
+
+    cos and sin are cached for block_size positions and the cache grows when a longer
+    sequence arrives (evaluation beyond the training context).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.register_buffer("theta", rope_frequencies(config.head_dim, config.rope_base), persistent=False)
+        self._build_cache(config.block_size)
+
+    def _build_cache(self, T):
+        phase = torch.arange(T, dtype=torch.float32, device=self.theta.device)[:, None] * self.theta  # m * theta_i: (T, d/2)
+        self.register_buffer("cos_cached", phase.cos(), persistent=False)
+        self.register_buffer("sin_cached", phase.sin(), persistent=False)
+
+    def forward(self, x):
+        T = x.size(1)
+        if T > self.cos_cached.size(0):
+            self._build_cache(T)
+        return self.cos_cached[:T], self.sin_cached[:T]  # (T, d/2) each, broadcast over B and heads
+
+
+class CARoPE(nn.Module):
+    """CARoPE: a per-token, per-head base f(x_t)_h replaces RoPE's fixed theta_1.
+
+    Reading (x_t): x_t is this attention layer's own input, the normalised hidden state that
+    also feeds the q/k/v projection, and each layer has its own W and b.
+    Reading (i):   pairs i = 0 .. d/2 - 1, so pair 0 turns 1 rad per token, as in RoPE.
+    Reading (init): W = 0 and b = softplus^-1(base^(2/d) - 1), so f = base^(-2/d) = theta_1 for
+                   every token and the model starts as the RoPE model exactly.
+    input_dependent=False is the "carope-static" ablation: f_h = 1/(softplus(b_h) + 1), a learned
+    per-head base with no W, initialised the same way.
+    """
+
+    def __init__(self, config, input_dependent=True):
+        super().__init__()
+        n_head, head_dim = config.n_head, config.head_dim
+        softplus_b = config.rope_base ** (2.0 / head_dim) - 1.0  # softplus(b) = 1/f - 1 with f = theta_1
+        b0 = math.log(math.expm1(softplus_b))  # softplus^-1(y) = log(e^y - 1); -0.9267 for d=64, base 1e4
+        self.bias = nn.Parameter(torch.full((n_head,), b0))
+        self.weight = nn.Parameter(torch.zeros(n_head, config.n_embd)) if input_dependent else None
+        self.register_buffer("i", torch.arange(head_dim // 2, dtype=torch.float32), persistent=False)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        with no_autocast(x):  # Reading (precision): f, f^i, the sums, cos and sin all in float32
+            if self.weight is None:
+                logits = self.bias.float().expand(B, T, -1)  # b_h, the same for every token
+            else:
+                logits = F.linear(x.float(), self.weight.float(), self.bias.float())  # x_t W + b: (B, T, n_head)
+            f = 1.0 / (F.softplus(logits) + 1.0)  # f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1)
+            powers = f.unsqueeze(-1) ** self.i  # f(x_t)_h^i: (B, T, n_head, d/2)
+            phase = torch.cumsum(powers, dim=1)  # phi_i^h(m) = sum_{t<=m} f(x_t)_h^i
+            phase = phase.transpose(1, 2)  # (B, n_head, T, d/2), the layout of q and k
+            return phase.cos(), phase.sin()
+
+
+class SelectiveRoPE(nn.Module):
+    """Selective RoPE (arXiv 2511.17388) for softmax attention, following the authors' code.
+
+    Each token emits a rate per head and pair; the phase is the running sum of the rates
+    times RoPE's fixed frequencies. With the projection's gain at 0, no gate and the bias on,
+    every rate is exp(0) = 1 and the phase is (m + 1) * theta_i: RoPE, offset by one step
+    that cancels in q.k.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        n_head, head_dim, n_embd = config.n_head, config.head_dim, config.n_embd
+        self.n_head, self.n_pair, self.kernel = n_head, head_dim // 2, config.selective_conv
+        chunk = n_embd // n_head  # each head reads its own slice of the layer input
+        self.proj = nn.Parameter(0.02 * torch.randn(n_head, self.n_pair, chunk))  # direction only (weight norm)
+        self.gain = nn.Parameter(torch.ones(n_head))  # per-head gain of the weight-normalised map
+        # Causal depthwise convolution over time, one filter per (head, pair). Our choice (the
+        # papers don't give it): start as the identity, tap 1 on the current token.
+        conv = torch.zeros(n_head * self.n_pair, 1, self.kernel)
+        conv[..., -1] = 1.0
+        self.conv = nn.Parameter(conv)
+        self.bias = nn.Parameter(torch.zeros(n_head, self.n_pair)) if config.selective_bias else None
+        self.gate = nn.Linear(n_embd, n_head) if config.selective_gate else None
+        self.register_buffer("theta", rope_frequencies(head_dim, config.rope_base), persistent=False)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        H, P = self.n_head, self.n_pair
+        with no_autocast(x):
+            xh = F.normalize(x.float().view(B, T, H, C // H), dim=-1)  # 1. L2-normalised chunk per head
+            w = F.normalize(self.proj.float(), dim=-1)  # 2. weight norm: each rate's row has unit length
+            rate = torch.einsum("bthc,hpc->bthp", xh, w) * self.gain.view(1, 1, H, 1)  # (B, T, H, P)
+            rate = rate.reshape(B, T, H * P).transpose(1, 2)  # (B, H*P, T): channels first for conv1d
+            rate = F.conv1d(F.pad(rate, (self.kernel - 1, 0)), self.conv, groups=H * P)  # 3. causal: pad the past only
+            rate = rate.transpose(1, 2).reshape(B, T, H, P)
+            if self.bias is not None:
+                rate = rate + self.bias.exp()  # 4. + exp(b): b = 0 is a clock of one step per token
+            if self.gate is not None:
+                rate = rate * torch.sigmoid(self.gate(x.float())).unsqueeze(-1)  # 5. phase gate per head
+            phase = torch.cumsum(rate, dim=1) * self.theta  # 6. phi_i(m) = theta_i * sum_{t<=m} rate_t,i
+            phase = phase.transpose(1, 2)  # (B, H, T, P)
+            return phase.cos(), phase.sin()
+
+
+def make_rotary(config):
+    """The module that gives (cos, sin) for the config's encoding, or None if q, k are not rotated."""
+    if config.pe == "rope":
+        return RoPE(config)
+    if config.pe in ("carope", "carope-static"):
+        return CARoPE(config, input_dependent=(config.pe == "carope"))
+    if config.pe == "selective":
+        return SelectiveRoPE(config)
+    return None
+
+
+# -----------------------------------------------------------------------------
+# TAPA: no rotation; a phase term inside the attention score itself
+
+
+def tapa_attention(q, k, v, theta=0.5, alpha=0.1, chunk_size=256, dropout_p=0.0):
+    """Token-Aware Phase Attention (arXiv 2509.12635), causal, in chunks of queries.
+
+    Each head's q and k split into an amplitude part (first theta*D dims) and a phase part:
+        score(m, n) = (q_A.k_A)/sqrt(theta D) * cos(2 pi |m-n|^alpha (q_P.k_P)/sqrt((1-theta) D))
+    then the causal mask and softmax. It needs two dot products per (m, n), so it cannot use
+    the flash kernel; queries go in chunks so the (T, T) score matrix is never whole in memory.
+    q, k, v: (B, n_head, T, D). Scores in float32; the result has v's dtype.
+    """
+    T, D = q.size(-2), q.size(-1)
+    D_A = round(theta * D)
+    q, k = q.float(), k.float()
+    q_A, q_P, k_A, k_P = q[..., :D_A], q[..., D_A:], k[..., :D_A], k[..., D_A:]
+    pos = torch.arange(T, dtype=torch.float32, device=q.device)
+    out = []
+    for start in range(0, T, chunk_size):
+        end = min(start + chunk_size, T)  # queries [start, end) see keys [0, end)
+        amplitude = q_A[:, :, start:end] @ k_A[:, :, :end].transpose(-2, -1) / math.sqrt(D_A)  # (B, H, c, end)
+        dot_P = q_P[:, :, start:end] @ k_P[:, :, :end].transpose(-2, -1) / math.sqrt(D - D_A)
+        distance = (pos[start:end, None] - pos[None, :end]).abs() ** alpha  # |m - n|^alpha: (c, end)
+        scores = amplitude * torch.cos(2 * math.pi * distance * dot_P)
+        future = pos[None, :end] > pos[start:end, None]  # key after query: masked
+        att = F.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        att = F.dropout(att, p=dropout_p) if dropout_p > 0 else att
+        out.append(att @ v[:, :, :end].float())
+    return torch.cat(out, dim=2).type_as(v)  # (B, H, T, D)
+
+
+# -----------------------------------------------------------------------------
+# The transformer
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.rotary = make_rotary(config)  # RoPE / CARoPE / Selective RoPE, each layer its own
+        self.tapa = (config.tapa_theta, config.tapa_alpha, config.tapa_chunk) if config.pe == "tapa" else None
+
+    def forward(self, x):
+        B, T, C = x.size()  # batch, sequence length, width (n_embd)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.rotary is not None:
+            cos, sin = self.rotary(x)  # x is this layer's own (normalised) input: CARoPE's x_t
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.tapa is not None:
+            theta, alpha, chunk = self.tapa
+            y = tapa_attention(q, k, v, theta, alpha, chunk, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))  # pre-norm: attention (and CARoPE) read ln_1(x)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# -----------------------------------------------------------------------------
+# Configuration and presets
+
+# The paper's models (context 512). Reading: GPT-Small has 12 heads; the paper's "10 heads"
+# gives a non-integer head size at width 768. "nano" trains on a laptop CPU in minutes.
+PRESETS = {
+    "nano": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    "gpt-tiny": dict(n_layer=6, n_head=8, n_embd=512, block_size=512),
+    "gpt-small": dict(n_layer=12, n_head=12, n_embd=768, block_size=512),
+}
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64
+    block_size: int = 512  # training context
+    n_layer: int = 6
+    n_head: int = 8
+    n_embd: int = 512
+    pe: str = "carope"  # one of PE_CHOICES
+    rope_base: float = 10000.0
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+    tapa_theta: float = 0.5  # TAPA: share of each head's dims that form the amplitude part
+    tapa_alpha: float = 0.1  # TAPA: exponent of the distance |m - n|
+    tapa_chunk: int = 256  # TAPA: queries per chunk (memory, not maths)
+    selective_conv: int = 4  # Selective RoPE: causal depthwise convolution kernel
+    selective_bias: bool = True  # Selective RoPE: + exp(b) per token (b = 0: RoPE's clock)
+    selective_gate: bool = False  # Selective RoPE: sigmoid phase gate per head
+
+    def __post_init__(self):
+        if self.pe not in PE_CHOICES:
+            raise ValueError(f"unknown positional encoding pe={self.pe!r}; choose one of: {', '.join(PE_CHOICES)}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                             "choose n_embd a multiple of n_head")
+        if self.pe in ROTARY_PE and self.head_dim % 2 != 0:
+            raise ValueError(f"pe={self.pe!r} rotates pairs of dims, but the head size n_embd/n_head="
+                             f"{self.head_dim} is odd; choose an even head size")
+        if self.pe == "sinusoidal" and self.n_embd % 2 != 0:
+            raise ValueError(f"pe='sinusoidal' needs an even n_embd (sin/cos pairs), got {self.n_embd}")
+        if self.pe == "tapa" and not 1 <= round(self.tapa_theta * self.head_dim) < self.head_dim:
+            raise ValueError(f"tapa_theta={self.tapa_theta} leaves no amplitude or no phase dims in a head of "
+                             f"{self.head_dim}; choose 0 < tapa_theta < 1")
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        layers = dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        )
+        if config.pe == "learned":
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)  # GPT-2's table
+        self.transformer = nn.ModuleDict(layers)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying (GPT-2)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by 1/sqrt(2 L)
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        # Linear and Embedding only: CARoPE's W, b and Selective RoPE's parameters keep their own init.
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=False):
+        """Parameters, the tied embedding counted once; non_embedding drops the position table."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None):
+        B, T = idx.size()
+        x = self.transformer.wte(idx)  # token embeddings: (B, T, C)
+        if self.config.pe == "learned":
+            if T > self.config.block_size:
+                raise ValueError(f"sequence length {T} is longer than the learned position table "
+                                 f"({self.config.block_size} rows): pe='learned' cannot extrapolate; "
+                                 f"use sequences of at most {self.config.block_size} tokens")
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast over B
+        elif self.config.pe == "sinusoidal":
+            # Our choice (the paper is silent): the table at GPT-2's embedding scale (std 0.02, as
+            # a learned wpe starts). At Vaswani's amplitude 1 it drowns the 0.02-sized token
+            # embeddings and a small model stalls (tests/test_model.py::test_every_encoding_learns).
+            x = x + SINUSOIDAL_SCALE * sinusoidal_table(T, self.config.n_embd, idx.device).to(x.dtype)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # every position: (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; decay only tensors of 2 or more dims (matmuls, embeddings, CARoPE's W)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},  # biases, norms, b
+        ]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=1e-8, fused=fused)
+
+    def estimate_mfu(self, tokens_per_iter, dt, seq_len=None, device=None):
+        """Model flops utilisation: achieved flops over the device's peak (bf16 dense on GPUs).
+
+        Flops per token (PaLM appendix B, as nanoGPT): 6 N + 12 L H Q T, with T the sequence
+        length. The encodings' own work (CARoPE's powers and sums, TAPA's second product) is
+        left out, so encodings are compared on the same yardstick.
+        """
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len or cfg.block_size
+        flops_per_token = 6 * self.num_params(non_embedding=True) + 12 * L * H * Q * T
+        return flops_per_token * tokens_per_iter / dt / peak_flops(device or next(self.parameters()).device)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Sample max_new_tokens tokens after idx (B, T); temperature 0 takes the argmax."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size:]  # the model was trained on this much context
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :].float()
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+
+def peak_flops(device):
+    """Peak dense bf16 flop/s of a device, for MFU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in (("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12),
+                          ("A800", 312e12), ("L40", 181e12), ("L4", 121e12), ("A10", 125e12)):
+            if key in name:
+                return peak
+        return 312e12  # an unknown CUDA GPU: measured against an A100, as nanoGPT does
+    # CPUs and Apple GPUs have no single published figure; a nominal 1 TFLOP/s keeps MFU a
+    # relative number there, good for comparing runs on one machine, not for quoting.
+    return 1e12

@@ -1,0 +1,344 @@
+"""Tests of carope.py: the equations, causality, equivalences between encodings, errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from carope import (GPT, PE_CHOICES, PRESETS, CARoPE, GPTConfig, RoPE, SelectiveRoPE, rotate,
+                    sinusoidal_table, tapa_attention)
+
+TINY = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+
+
+def tiny_model(pe, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY, "pe": pe, **overrides})).eval()
+
+
+def perturb_positional_params(model, seed=1):
+    """Move the learnable encodings away from their RoPE-like init so input dependence shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, CARoPE) and m.weight is not None:
+                m.weight.copy_(0.5 * torch.randn(m.weight.shape, generator=g))
+            if isinstance(m, SelectiveRoPE):
+                m.conv.copy_(torch.randn(m.conv.shape, generator=g))
+                m.gain.fill_(2.0)
+    return model
+
+
+def sharpen_attention(model, scale=30.0):
+    """At GPT-2's init, attention is nearly uniform and logits barely see the positional encoding.
+    Larger q, k weights make attention sharp, so comparisons between encodings can fail."""
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight[: 2 * model.config.n_embd] *= scale  # the q and k rows
+    return model
+
+
+def logits_with_weights_of(source, pe, idx, **overrides):
+    """Logits of a model with encoding pe that carries source's weights (its own encoding params aside)."""
+    model = tiny_model(pe, **overrides)
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    assert not unexpected and all(".rotary." in k for k in missing)
+    with torch.no_grad():
+        return model(idx)[0], model
+
+
+# ----------------------------------------------------------------------------- causality
+
+@pytest.mark.parametrize("pe", PE_CHOICES)
+def test_causality(pe):
+    model = perturb_positional_params(tiny_model(pe))
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    j = 9
+    changed = idx.clone()
+    changed[:, j] = (idx[:, j] + 1) % 64
+    with torch.no_grad():
+        a, _ = model(idx)
+        b, _ = model(changed)
+    assert torch.allclose(a[:, :j], b[:, :j], rtol=0, atol=1e-6), "a later token changed an earlier logit"
+    assert not torch.allclose(a[:, j], b[:, j]), "the changed token did not change its own logits"
+
+
+# ----------------------------------------------------------------------------- CARoPE's equations
+
+def test_carope_init_bias_gives_rope_base():
+    # Reading: W = 0 and b = softplus^-1(base^(2/d) - 1) give f = base^(-2/d) = theta_1.
+    cfg = GPTConfig(n_embd=512, n_head=8, pe="carope")  # head size 64
+    carope = CARoPE(cfg)
+    assert carope.bias[0].item() == pytest.approx(-0.9267, abs=1e-4)
+    f = 1 / (F.softplus(carope.bias) + 1)
+    assert torch.allclose(f, torch.full_like(f, 10000 ** (-2 / 64)))
+    assert torch.count_nonzero(carope.weight) == 0
+
+
+def test_carope_phase_equals_direct_sum():
+    # phi_i^h(m) = sum_{t<=m} f(x_t)_h^i with f(x_t)_h = 1/(softplus(x_t W + b)_h + 1), by loops.
+    cfg = GPTConfig(**{**TINY, "pe": "carope"})
+    carope = CARoPE(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        carope.weight.normal_(0, 0.3)
+    x = torch.randn(1, 6, cfg.n_embd)
+    cos, sin = carope(x)  # (1, H, T, d/2)
+    W, b = carope.weight.detach().double(), carope.bias.detach().double()
+    for h in range(cfg.n_head):
+        for m in range(6):
+            for i in range(cfg.head_dim // 2):
+                phi = 0.0
+                for t in range(m + 1):
+                    z = float(x[0, t].double() @ W[h] + b[h])
+                    f = 1.0 / (math.log1p(math.exp(z)) + 1.0)
+                    phi += f ** i
+                assert cos[0, h, m, i].item() == pytest.approx(math.cos(phi), abs=1e-5)
+                assert sin[0, h, m, i].item() == pytest.approx(math.sin(phi), abs=1e-5)
+
+
+@pytest.mark.parametrize("pe", ["carope", "carope-static"])
+def test_carope_at_init_equals_rope(pe):
+    # Same seed, same weights: CARoPE's own parameters draw no random numbers.
+    rope, carope = tiny_model("rope", seed=3), tiny_model(pe, seed=3)
+    assert all(torch.equal(p, carope.state_dict()[k]) for k, p in rope.state_dict().items())
+    sharpen_attention(rope)
+    idx = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = rope(idx)[0]
+    assert torch.allclose(logits_with_weights_of(rope, pe, idx)[0], expected, rtol=0, atol=1e-5)
+    # The comparison has teeth: the same weights with no positions, or RoPE at another base, differ.
+    assert not torch.allclose(logits_with_weights_of(rope, "nope", idx)[0], expected, atol=1e-2)
+    assert not torch.allclose(logits_with_weights_of(rope, pe, idx, rope_base=500.0)[0], expected, atol=1e-2)
+
+
+def rotated_scores(cos, sin, q, k):
+    """S[m, n] = rot(q_m) . rot(k_n) for one head: the positional part of attention."""
+    return rotate(q, cos, sin)[0, 0] @ rotate(k, cos, sin)[0, 0].T
+
+
+def test_carope_score_depends_only_on_tokens_between():
+    cfg = GPTConfig(**{**TINY, "pe": "carope", "n_head": 1})
+    carope = CARoPE(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        carope.weight.normal_(0, 0.5)
+    T, d = 10, cfg.head_dim
+    x = torch.randn(1, T, cfg.n_embd)
+    q, k = torch.randn(1, 1, T, d), torch.randn(1, 1, T, d)  # held fixed: only the phases move
+    S = rotated_scores(*carope(x), q, k)
+    t = 4
+    x2 = x.clone()
+    x2[0, t] = torch.randn(cfg.n_embd)
+    S2 = rotated_scores(*carope(x2), q, k)
+    for m in range(T):
+        for n in range(m + 1):
+            if n < t <= m:  # token t lies in (n, m]: the relative phase moves
+                assert not torch.isclose(S[m, n], S2[m, n], atol=1e-4), (m, n)
+            else:  # t outside (n, m]: absolute phases may move, their difference may not
+                assert torch.isclose(S[m, n], S2[m, n], atol=1e-4), (m, n)
+
+
+def test_carope_is_input_dependent_once_w_nonzero():
+    model = perturb_positional_params(tiny_model("carope"))
+    carope = model.transformer.h[0].attn.rotary
+    x = torch.randn(2, 8, 32)
+    cos, _ = carope(x)
+    assert not torch.allclose(cos[0], cos[1])  # two inputs, two sets of phases
+    static = perturb_positional_params(tiny_model("carope-static")).transformer.h[0].attn.rotary
+    cos, _ = static(x)
+    assert torch.equal(cos[0], cos[1])  # the ablation ignores its input
+
+
+def test_rope_score_depends_only_on_distance():
+    cfg = GPTConfig(**{**TINY, "pe": "rope", "n_head": 1})
+    T, d = 12, cfg.head_dim
+    torch.manual_seed(0)
+    q = torch.randn(d).expand(1, 1, T, d)  # the same q and k at every position
+    k = torch.randn(d).expand(1, 1, T, d)
+    S = rotated_scores(*RoPE(cfg)(torch.zeros(1, T, cfg.n_embd)), q, k)
+    for m in range(T):
+        for n in range(T):
+            assert torch.isclose(S[m, n], S[m - n, 0] if m >= n else S[0, n - m], atol=1e-5)
+    assert not torch.isclose(S[3, 0], S[5, 0], atol=1e-3)  # and it does depend on the distance
+
+
+def test_sinusoidal_table_matches_vaswani():
+    T, C = 7, 10
+    table = sinusoidal_table(T, C)
+    for pos in range(T):
+        for i in range(C // 2):
+            angle = pos / 10000 ** (2 * i / C)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- precision, gradients
+
+@pytest.mark.parametrize("pe", ["rope", "carope", "carope-static", "selective"])
+def test_phases_float32_under_bf16_autocast_and_gradients_flow(pe):
+    model = tiny_model(pe).train()
+    dtypes = []
+    for block in model.transformer.h:
+        block.attn.rotary.register_forward_hook(lambda mod, inp, out: dtypes.extend(t.dtype for t in out))
+    idx = torch.randint(0, 64, (2, 16))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+    assert logits.dtype == torch.bfloat16  # autocast is really on
+    assert dtypes and all(dt == torch.float32 for dt in dtypes)
+    loss.backward()
+    rotary = model.transformer.h[0].attn.rotary
+    for name, p in rotary.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+# ----------------------------------------------------------------------------- learning, length, errors
+
+@pytest.mark.parametrize("pe", PE_CHOICES)
+def test_every_encoding_learns(pe):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY, "pe": pe})).train()
+    pattern = torch.randperm(64)[:12]  # a fixed 12-token phrase, repeated
+    data = pattern.repeat(20)
+    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
+    losses = []
+    for step in range(40):
+        starts = torch.randint(0, len(data) - 17, (8,))
+        x = torch.stack([data[s:s + 16] for s in starts])
+        y = torch.stack([data[s + 1:s + 17] for s in starts])
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0], (pe, losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("pe", [pe for pe in PE_CHOICES if pe != "learned"])
+def test_forward_beyond_block_size(pe):
+    model = tiny_model(pe)
+    logits, _ = model(torch.randint(0, 64, (1, 32)))  # 2 x block_size
+    assert logits.shape == (1, 32, 64) and torch.isfinite(logits).all()
+
+
+def test_learned_refuses_longer_than_its_table():
+    model = tiny_model("learned")
+    assert model(torch.randint(0, 64, (1, 16)))[0].shape == (1, 16, 64)  # block_size itself works
+    with pytest.raises(ValueError, match=r"17.*16 rows"):
+        model(torch.randint(0, 64, (1, 17)))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown positional encoding.*nope.*carope-static.*selective"):
+        GPTConfig(pe="alibi")
+    with pytest.raises(ValueError, match="not divisible by n_head"):
+        GPTConfig(n_embd=100, n_head=3)
+    with pytest.raises(ValueError, match="head size.*odd"):
+        GPTConfig(n_embd=30, n_head=2, pe="carope")
+    with pytest.raises(ValueError, match="unknown preset"):
+        GPTConfig.from_preset("gpt-huge")
+    GPTConfig(n_embd=30, n_head=2, pe="nope")  # odd head sizes are fine without rotation
+
+
+def test_targets_minus_one_ignored():
+    model = tiny_model("carope")
+    idx = torch.randint(0, 64, (2, 16))
+    targets = idx.clone()
+    targets[:, :8] = -1
+    logits, loss = model(idx, targets)
+    expected = F.cross_entropy(logits[:, 8:].reshape(-1, 64), idx[:, 8:].reshape(-1))
+    assert torch.allclose(loss, expected)
+
+
+@pytest.mark.parametrize("pe", PE_CHOICES)
+def test_generate(pe):
+    model = tiny_model(pe)
+    idx = torch.randint(0, 64, (2, 5))
+    out = model.generate(idx, 20, temperature=0.8, top_k=10)  # runs past block_size: context is cropped
+    assert out.shape == (2, 25) and torch.equal(out[:, :5], idx)
+    assert 0 <= out.min() and out.max() < 64
+    greedy = model.generate(idx, 4, temperature=0)
+    assert torch.equal(greedy, model.generate(idx, 4, temperature=0))
+
+
+def test_presets_and_optimizer_groups():
+    sizes = {name: GPT(GPTConfig.from_preset(name, pe="rope")).num_params() for name in ("gpt-tiny", "gpt-small")}
+    assert 44e6 < sizes["gpt-tiny"] < 45e6 and 123e6 < sizes["gpt-small"] < 125e6
+    assert PRESETS["gpt-small"]["n_embd"] % PRESETS["gpt-small"]["n_head"] == 0
+    model = tiny_model("carope")
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.num_params()
+
+
+def test_estimate_mfu_counts_flops():
+    model = tiny_model("rope")
+    cfg = model.config
+    flops_per_token = 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
+    # 1000 tokens in 1 s against the 1e12 nominal CPU peak
+    assert model.estimate_mfu(1000, 1.0) == pytest.approx(flops_per_token * 1000 / 1e12)
+
+
+# ----------------------------------------------------------------------------- TAPA and Selective RoPE
+
+def tapa_by_loops(q, k, v, theta, alpha):
+    """score(m, n) = (q_A.k_A)/sqrt(theta D) cos(2 pi |m-n|^alpha (q_P.k_P)/sqrt((1-theta) D)), n <= m."""
+    B, H, T, D = q.shape
+    D_A = round(theta * D)
+    out = torch.zeros(B, H, T, D, dtype=torch.float64)
+    q, k, v = q.double(), k.double(), v.double()
+    for b in range(B):
+        for h in range(H):
+            for m in range(T):
+                scores = []
+                for n in range(m + 1):
+                    amplitude = q[b, h, m, :D_A] @ k[b, h, n, :D_A] / math.sqrt(theta * D)
+                    dot_P = q[b, h, m, D_A:] @ k[b, h, n, D_A:] / math.sqrt((1 - theta) * D)
+                    scores.append(amplitude * math.cos(2 * math.pi * abs(m - n) ** alpha * dot_P))
+                att = torch.softmax(torch.stack(scores), dim=0)
+                out[b, h, m] = att @ v[b, h, :m + 1]
+    return out
+
+
+def test_tapa_equals_double_loop_and_chunks_agree():
+    torch.manual_seed(0)
+    q, k, v = (1.5 * torch.randn(2, 2, 9, 8) for _ in range(3))  # the cos term matters at this scale
+    reference = tapa_by_loops(q, k, v, theta=0.5, alpha=0.1)
+    whole = tapa_attention(q, k, v, theta=0.5, alpha=0.1, chunk_size=9)
+    chunked = tapa_attention(q, k, v, theta=0.5, alpha=0.1, chunk_size=4)  # 4 + 4 + 1 queries
+    assert torch.allclose(whole.double(), reference, atol=1e-5)
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    plain = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert not torch.allclose(whole, plain, atol=1e-3)  # and it is not ordinary attention
+
+
+def test_tapa_chunk_size_does_not_change_the_model():
+    a = tiny_model("tapa", tapa_chunk=16)
+    b = tiny_model("tapa", tapa_chunk=5)
+    idx = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(a(idx)[0], b(idx)[0], atol=1e-5)
+
+
+def zero_selective_projection(model):
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.rotary.gain.zero_()  # projection at zero
+            block.attn.rotary.conv.normal_()  # any convolution of zero rates stays zero
+    return model
+
+
+def test_selective_with_zero_projection_equals_rope():
+    rope = sharpen_attention(tiny_model("rope", seed=5))
+    idx = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = rope(idx)[0]
+    _, selective = logits_with_weights_of(rope, "selective", idx)  # no gate (default), bias exp(0) = 1
+    with torch.no_grad():
+        assert torch.allclose(zero_selective_projection(selective)(idx)[0], expected, rtol=0, atol=1e-5)
+    _, gated = logits_with_weights_of(rope, "selective", idx, selective_gate=True)
+    with torch.no_grad():  # the gate (sigmoid(0) = 1/2 at init) halves the clock: no longer RoPE
+        assert not torch.allclose(zero_selective_projection(gated)(idx)[0], expected, atol=1e-2)
