@@ -398,7 +398,7 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, eps=1e-8):
         """AdamW; decay only tensors of 2 or more dims (matmuls, embeddings, CARoPE's W)."""
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
@@ -406,10 +406,11 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},  # biases, norms, b
         ]
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=1e-8, fused=fused)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused)
 
     def estimate_mfu(self, tokens_per_iter, dt, seq_len=None, device=None):
-        """Model flops utilisation: achieved flops over the device's peak (bf16 dense on GPUs).
+        """Model flops utilisation: achieved flops over the device's peak bf16 dense flop/s, or None
+        where no peak is known (CPUs, Apple GPUs): a figure against an invented peak would mislead.
 
         Flops per token (PaLM appendix B, as nanoGPT): 6 N + 12 L H Q T, with T the sequence
         length. The encodings' own work (CARoPE's powers and sums, TAPA's second product) is
@@ -418,7 +419,8 @@ class GPT(nn.Module):
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len or cfg.block_size
         flops_per_token = 6 * self.num_params(non_embedding=True) + 12 * L * H * Q * T
-        return flops_per_token * tokens_per_iter / dt / peak_flops(device or next(self.parameters()).device)
+        peak = peak_flops(device or next(self.parameters()).device)
+        return None if peak is None else flops_per_token * tokens_per_iter / dt / peak
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
@@ -440,7 +442,7 @@ class GPT(nn.Module):
 
 
 def peak_flops(device):
-    """Peak dense bf16 flop/s of a device, for MFU."""
+    """Peak dense bf16 flop/s of a CUDA device, for MFU; None for other devices."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -449,6 +451,4 @@ def peak_flops(device):
             if key in name:
                 return peak
         return 312e12  # an unknown CUDA GPU: measured against an A100, as nanoGPT does
-    # CPUs and Apple GPUs have no single published figure; a nominal 1 TFLOP/s keeps MFU a
-    # relative number there, good for comparing runs on one machine, not for quoting.
-    return 1e12
+    return None  # CPUs and Apple GPUs: no single published figure to measure against

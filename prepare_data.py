@@ -92,24 +92,32 @@ def sha256_file(path, chunk=1 << 22):
     return h.hexdigest()
 
 
-def _atomic_write(path, chunks):
-    """Write the byte chunks to path so that path is either absent/old or complete, never half-written:
-    temp file in the same directory (os.replace is only atomic within one filesystem), fsync, rename.
-    Returns the sha256 of what was written."""
+def atomic_write(path, write):
+    """Call write(f) on a temp file in path's directory, fsync, then rename it to path, so that path is
+    either absent/old or complete, never half-written (os.replace is atomic within one filesystem).
+    train.py saves its checkpoints through this too."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    h = hashlib.sha256()
     try:
         with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-                h.update(chunk)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:  # Ctrl-C included: leave no temp file behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _atomic_write(path, chunks):
+    """atomic_write of byte chunks; returns the sha256 of what was written."""
+    h = hashlib.sha256()
+
+    def write(f):
+        for chunk in chunks:
+            f.write(chunk)
+            h.update(chunk)
+    atomic_write(path, write)
     return h.hexdigest()
 
 

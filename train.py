@@ -211,6 +211,9 @@ def open_shards(args, vocab_size, master):
         train = [prepare_data.read_shard(p) for p in train_paths]
     except (FileNotFoundError, ValueError) as e:  # their messages name the file and the command that fixes it
         raise SystemExit(str(e))
+    if master and manifest and not manifest.get("complete", True):
+        print(f"note: {data_dir} is an unfinished build ({len(train)} train shard(s) so far); re-run the "
+              f"prepare_data.py command that made it to finish it")
     if manifest and manifest.get("vocab_size", 0) > vocab_size:
         raise SystemExit(f"{data_dir} was made with a vocabulary of {manifest['vocab_size']} tokens "
                          f"({manifest.get('tokenizer', '?')}) but the model has {vocab_size} embedding rows: "
@@ -339,16 +342,8 @@ def evaluate(model, tokens, lens, tokens_per_forward, device, autocast, rank, wo
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints, written atomically so a crash mid-write never leaves a broken ckpt.pt.
-
-def atomic_write(path, write):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
+# Checkpoints, written atomically (prepare_data.atomic_write) so a crash mid-write never
+# leaves a broken ckpt.pt.
 
 def rng_states(loader):
     np_state = np.random.get_state()
@@ -518,9 +513,7 @@ def run(args, given, ckpt, rank, world, device):
     # DDP averages gradients over ranks in backward; the raw model keeps the state_dict names clean
     train_model = DDP(model, device_ids=[torch.cuda.current_device()] if kind == "cuda" else None) \
         if world > 1 else model
-    optimizer = raw_model.configure_optimizers(args.weight_decay, args.lr, (args.beta1, args.beta2), kind)
-    for group in optimizer.param_groups:
-        group["eps"] = args.eps
+    optimizer = raw_model.configure_optimizers(args.weight_decay, args.lr, (args.beta1, args.beta2), kind, args.eps)
     start_step = 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -537,7 +530,7 @@ def run(args, given, ckpt, rank, world, device):
                     grad_accum_steps=grad_accum_steps, num_params=n_params, torch=torch.__version__)
     log_file = None
     if master:
-        atomic_write(config_path, lambda f: f.write(json.dumps(run_info, indent=2).encode()))
+        prepare_data.atomic_write(config_path, lambda f: f.write(json.dumps(run_info, indent=2).encode()))
         log_file = open_log(log_path, start_step if ckpt is not None else None)
 
     log(f"model: {args.preset}, pe={cfg.pe}, {cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd} wide, "
@@ -599,7 +592,7 @@ def run(args, given, ckpt, rank, world, device):
             log_file.flush()
             if (step + 1) % args.log_every == 0 or step == start_step or step + 1 == args.max_steps:
                 log(f"step {step + 1:5d}/{args.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | norm {norm_val:.3f} "
-                    f"| {dt * 1000:7.1f} ms | {tokens_per_s:8.0f} tok/s | mfu {mfu * 100:.2f}%")
+                    f"| {dt * 1000:7.1f} ms | {tokens_per_s:8.0f} tok/s | mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
 
         last_step = step + 1 == args.max_steps
         if last_step or (args.eval_every > 0 and (step + 1) % args.eval_every == 0):
@@ -646,14 +639,14 @@ def open_log(path, resume_step):
     if resume_step is not None and os.path.exists(path):
         with open(path) as f:
             kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-    atomic_write(path, lambda f: f.write("".join(kept).encode()))
+    prepare_data.atomic_write(path, lambda f: f.write("".join(kept).encode()))
     return open(path, "a")
 
 
 def save_checkpoint(path, raw_model, optimizer, step, loader, cfg, args):
     state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step,
                  rng=rng_states(loader), model_config=dataclasses.asdict(cfg), train_args=dict(vars(args)))
-    atomic_write(path, lambda f: torch.save(state, f))
+    prepare_data.atomic_write(path, lambda f: torch.save(state, f))
 
 
 def print_eval(log, results, T):

@@ -274,12 +274,15 @@ def test_presets_and_optimizer_groups():
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.num_params()
 
 
-def test_estimate_mfu_counts_flops():
-    model = tiny_model("rope")
+def test_estimate_mfu_counts_flops(monkeypatch):
+    import carope
+    model = tiny_model("learned")
     cfg = model.config
-    flops_per_token = 6 * model.num_params() + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
-    # 1000 tokens in 1 s against the 1e12 nominal CPU peak
-    assert model.estimate_mfu(1000, 1.0) == pytest.approx(flops_per_token * 1000 / 1e12)
+    assert model.estimate_mfu(1000, 1.0) is None  # a CPU has no known peak: no made-up MFU
+    monkeypatch.setattr(carope, "peak_flops", lambda device: 1e12)
+    n = model.num_params() - cfg.block_size * cfg.n_embd  # the position table is a lookup, not a matmul
+    flops_per_token = 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * 8
+    assert model.estimate_mfu(1000, 2.0, seq_len=8) == pytest.approx(flops_per_token * 1000 / 2.0 / 1e12)
 
 
 # ----------------------------------------------------------------------------- TAPA and Selective RoPE
