@@ -274,6 +274,15 @@ def test_presets_and_optimizer_groups():
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == model.num_params()
 
 
+def test_gpt2_init_and_weight_tying():
+    model = GPT(GPTConfig(**{**TINY, "n_embd": 256, "n_head": 4, "n_layer": 8, "pe": "carope"}))
+    assert model.lm_head.weight is model.transformer.wte.weight  # one matrix, counted once
+    block = model.transformer.h[0]
+    assert block.attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert block.mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * 8), rel=0.05)
+    assert torch.count_nonzero(block.attn.c_attn.bias) == 0
+
+
 def test_estimate_mfu_counts_flops(monkeypatch):
     import carope
     model = tiny_model("learned")
