@@ -39,7 +39,7 @@ RECIPES = {
     # nano is sized for a 2-core CPU (~2 min): at ~2k tokens/s, many small steps learn more than
     # few big ones; random windows because the embedded corpus is small and ordered (book by book).
     "nano": dict(micro_batch=4, total_batch=None, lr=1.5e-3, warmup_steps=30, max_steps=350,
-                 val_tokens=16384, eval_every=0, ckpt_every=0, data_order="random"),
+                 val_tokens=16384, eval_every=0, ckpt_every=0, data_order="random", log_every=25),
     "gpt-tiny": dict(micro_batch=64, total_batch=524288, lr=6e-4, warmup_steps=750, max_steps=19073,
                      val_tokens=20 * 524288, eval_every=250, ckpt_every=1000, data_order="sequential"),
     "gpt-small": dict(micro_batch=32, total_batch=524288, lr=6e-4, warmup_steps=750, max_steps=19073,
@@ -129,7 +129,7 @@ def build_parser():
     g.add_argument("--resume", metavar="PATH", help="continue training from this checkpoint, with its "
                    "settings unless flags override them")
     g.add_argument("--log-every", type=int, metavar="N", help="print every N-th step; log.jsonl gets "
-                   "every step (default: 1)")
+                   "every step (default: 25 nano, 1 gpt-*)")
 
     g = p.add_argument_group("system")
     g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
