@@ -170,7 +170,10 @@ def model_config(args, given, ckpt):
     """The model's config: from the checkpoint on --resume (flags may not change it), else the preset."""
     if ckpt is None:
         overrides = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}
-        cfg = GPTConfig.from_preset(args.preset, pe=args.pe, **overrides)
+        try:
+            cfg = GPTConfig.from_preset(args.preset, pe=args.pe, **overrides)
+        except ValueError as e:  # a shape the model cannot have: say which flags, not where it failed
+            raise SystemExit(f"model flags: {e}")
     else:
         cfg = GPTConfig(**ckpt["model_config"])
         saved = dataclasses.asdict(cfg)
@@ -369,7 +372,8 @@ def load_checkpoint(path):
     try:  # weights_only: a checkpoint is data, never code
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SystemExit(f"--resume {path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})")
+        raise SystemExit(f"--resume {path}: not a readable checkpoint ({type(e).__name__}); pass a ckpt.pt "
+                         "written by train.py")
     if not isinstance(ckpt, dict) or not {"model", "model_config", "train_args", "step"} <= ckpt.keys():
         raise SystemExit(f"--resume {path}: not a train.py checkpoint (keys model, model_config, ...)")
     return ckpt

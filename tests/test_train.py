@@ -200,6 +200,14 @@ def test_error_resume_from_another_config(tmp_path):
     expect_exit(["--resume", ckpt, "--pe", "rope"], "another config", "pe=carope", "pe=rope")
     expect_exit(["--resume", ckpt, "--n-embd", "64"], "another config", "n_embd=32", "n_embd=64")
     expect_exit(["--resume", tmp_path / "missing.pt"], "no such checkpoint")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    expect_exit(["--resume", tmp_path / "junk.pt"], "not a readable checkpoint", "written by train.py")
+
+
+def test_error_impossible_model_shape(tmp_path):
+    data = make_data(tmp_path / "data")
+    expect_exit(TINY + ["--data", data, "--n-embd", "30", "--n-head", "4"], "model flags", "not divisible by n_head")
+    expect_exit(TINY + ["--data", data, "--n-embd", "30", "--n-head", "2", "--pe", "rope"], "head size", "odd")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
