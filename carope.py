@@ -16,7 +16,7 @@ so the angle between a query at m and a key at n, sum_{t=n+1..m} f(x_t)^i, depen
 tokens in between, not only on the distance m - n.
 
 Read it top to bottom: positional encodings, attention, MLP, block, GPTConfig, GPT.
-The project's readings of what the papers leave open (see PAPERS.md) are marked "Reading:".
+Where a paper leaves a choice open, the choice this project made is marked "Reading:".
 """
 
 import inspect
@@ -44,8 +44,9 @@ def rope_frequencies(dim, base):
 def rotate(x, cos, sin):
     """Rotate each pair (x_i, x_{i+d/2}) of x by the phase whose cos and sin are given.
 
-    The one rotation shared by RoPE, CARoPE and Selective RoPE. Pairs use the half-split
-    layout (pair i = dims i and i + d/2); any layout works as long as q and k agree.
+    The one rotation shared by RoPE, CARoPE and Selective RoPE. Reading (layout): pairs are
+    half-split (pair i = dims i and i + d/2), as Selective RoPE's code does; any layout works
+    as long as q and k, and RoPE and CARoPE, agree.
     x: (B, n_head, T, head_dim); cos, sin: float32, broadcastable to (B, n_head, T, head_dim/2).
     The arithmetic is float32 (phases reach thousands of radians), the result has x's dtype.
     """
