@@ -12,14 +12,20 @@ on GPUs, DDP through torchrun. Every setting is a flag (`python train.py --help`
 """
 
 import argparse
+import ctypes
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import random
+import re
+import shlex
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -48,8 +54,24 @@ RECIPES = {
 DEFAULTS = dict(preset="nano", pe="carope", data=None, out_dir="out", min_lr=None, lr_decay_steps=None,
                 weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, seed=1337,
                 eval_lens=None, eval_only=False, resume=None, device=None, dtype=None, compile=None,
-                num_samples=2, sample_tokens=64, log_every=1)
-NOT_INHERITED = ("device", "dtype", "compile", "eval_only", "resume", "data_dir")
+                num_samples=2, sample_tokens=64, log_every=1, overwrite=False)
+NOT_INHERITED = ("device", "dtype", "compile", "eval_only", "resume", "data_dir", "out_dir", "overwrite")
+RUN_FILES = ("log.jsonl", "config.json", "ckpt.pt")  # what a run leaves in its --out-dir
+
+# What every numeric setting must be, checked by validate() on the resolved settings (flags, checkpoint,
+# recipe) before anything is built or written. None means "not set": a default derived later.
+RULES = [
+    (("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "micro_batch", "total_batch", "max_steps",
+      "val_tokens", "log_every"), lambda v: v >= 1, "an integer >= 1"),
+    (("warmup_steps", "lr_decay_steps", "eval_every", "ckpt_every", "num_samples", "sample_tokens"),
+     lambda v: v >= 0, "an integer >= 0"),
+    (("seed",), lambda v: 0 <= v < 2**32, "an integer in [0, 2**32) (numpy's seed range)"),
+    (("lr", "eps", "rope_base"), lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    (("min_lr", "weight_decay"), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    (("grad_clip",), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = no clipping)"),
+    (("dropout", "beta1", "beta2"), lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    (("device",), lambda v: re.fullmatch(r"cpu|mps|cuda(:\d+)?", v), "cpu, cuda, cuda:N or mps"),
+]
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "rope_base")
 PAPER_HINT = """next: the paper's recipe (GPT-Tiny, context 512, ~19k steps; a GPU, ideally two):
   python prepare_data.py --source fineweb-edu      # FineWeb-Edu 10BT -> data/fineweb-edu-10BT (~30 GB download)
@@ -114,8 +136,8 @@ def build_parser():
                    "all on the same tokens (default: 1x,2x,4x the training context)")
     g.add_argument("--val-tokens", type=int, metavar="N", help="evaluate on the first N tokens of the val shard, the "
                    "same for every run (default: 16384 nano, 10485760 gpt-*)")
-    g.add_argument("--eval-every", type=int, metavar="N", help="evaluate every N steps; 0 = only at the "
-                   "end (default: 0 nano, 250 gpt-*)")
+    g.add_argument("--eval-every", type=int, metavar="N", help="evaluate every N steps at the first --eval-lens "
+                   "length (a loss curve); every length at the end; 0 = only at the end (default: 0 nano, 250 gpt-*)")
     g.add_argument("--eval-only", action="store_true", default=None,
                    help="evaluate the --resume checkpoint and exit")
     g.add_argument("--num-samples", type=int, metavar="N", help="texts to generate at the end (default: 2)")
@@ -123,7 +145,9 @@ def build_parser():
 
     g = p.add_argument_group("checkpoints and logs")
     g.add_argument("--out-dir", metavar="DIR", help="where log.jsonl, config.json and ckpt.pt go "
-                   "(default: out)")
+                   "(default: out; with --resume, the checkpoint's own folder)")
+    g.add_argument("--overwrite", action="store_true", default=None, help="start a new run in an --out-dir "
+                   "that holds another run; its files are replaced once the new run starts")
     g.add_argument("--ckpt-every", type=int, metavar="N", help="also save ckpt.pt every N steps; it is "
                    "always saved at the end (default: 0 nano, 1000 gpt-*)")
     g.add_argument("--resume", metavar="PATH", help="continue training from this checkpoint, with its "
@@ -163,7 +187,41 @@ def resolve_args(argv):
     preset = given.get("preset") or saved.get("preset") or DEFAULTS["preset"]
     args = {**DEFAULTS, **RECIPES[preset], **{k: None for k in MODEL_KEYS}, **saved, **given}
     args["preset"] = preset
-    return argparse.Namespace(**args), given, ckpt
+    if ckpt is not None and "out_dir" not in given:
+        # a resumed run continues in the folder the checkpoint is in, wherever its run was first written
+        args["out_dir"] = os.path.dirname(given["resume"]) or "."
+    args = argparse.Namespace(**args)
+    validate(args)
+    return args, given, ckpt
+
+
+def validate(args):
+    """One line naming the first setting that breaks a RULE, before anything is built or written."""
+    for names, ok, what in RULES:
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and not ok(value):
+                raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {what}")
+
+
+def check_out_dir(args):
+    """Before the run touches anything: --out-dir must be a folder we can write, and hold no other run."""
+    d = args.out_dir
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise SystemExit(f"--out-dir {d} is a file, not a folder: pass another --out-dir")
+    parent = os.path.abspath(d)
+    while not os.path.exists(parent):  # the nearest folder that exists is where makedirs starts writing
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise SystemExit(f"--out-dir {d}: {parent} is a file, so the folder cannot be made: pass another --out-dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"--out-dir {d}: cannot write in {parent} (read-only or no permission): "
+                         f"pass another --out-dir")
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(d, f))]
+    resuming_here = args.resume and same_file(os.path.dirname(args.resume) or ".", d)
+    if found and not resuming_here and not args.overwrite:
+        raise SystemExit(f"{d} already holds a run ({', '.join(found)}): continue it with --resume "
+                         f"{os.path.join(d, 'ckpt.pt')}, replace it with --overwrite, or pass another --out-dir")
 
 
 def model_config(args, given, ckpt):
@@ -175,7 +233,10 @@ def model_config(args, given, ckpt):
         except ValueError as e:  # a shape the model cannot have: say which flags, not where it failed
             raise SystemExit(f"model flags: {e}")
     else:
-        cfg = GPTConfig(**ckpt["model_config"])
+        try:
+            cfg = GPTConfig(**ckpt["model_config"])
+        except (TypeError, ValueError) as e:  # an edited or foreign model_config
+            raise SystemExit(f"{args.resume}: its model_config is not one train.py writes ({e}); use another checkpoint")
         saved = dataclasses.asdict(cfg)
         if cfg.pe == "learned" and given.get("block_size", 0) > cfg.block_size:
             raise SystemExit(f"context {given['block_size']} is longer than the learned position table "
@@ -207,6 +268,13 @@ def open_shards(args, vocab_size, master):
         if dist.is_initialized():
             dist.barrier()  # the other ranks wait for rank 0 to build it
         data_dir = prepare_data.DEFAULT_EMBEDDED_DIR
+    texts = sorted(f for f in os.listdir(data_dir) if f.lower().endswith(prepare_data.SUPPORTED)) \
+        if os.path.isdir(data_dir) and not any(f.endswith(".bin") for f in os.listdir(data_dir)) else []
+    if texts:  # the corpus itself, not yet tokenised: say how to make shards of it, not how to download one
+        ext = next(e for e in prepare_data.SUPPORTED if texts[0].lower().endswith(e))
+        raise SystemExit(f"{data_dir} holds {ext} files ({texts[0]}, ...), not token shards: make shards of them with "
+                         f"python prepare_data.py --input {shlex.quote(str(data_dir))}/*{ext} --out "
+                         f"{shlex.quote(str(data_dir).rstrip('/') + '-shards')}, then --data that folder")
     try:
         val_paths, train_paths = prepare_data.list_shards(data_dir)
         manifest = prepare_data.load_manifest(data_dir)
@@ -286,6 +354,11 @@ class TokenLoader:
         return dict(shard=self.shard, pos=self.pos, rng=self.rng.bit_generator.state)
 
     def load_state_dict(self, state):
+        """Raises ValueError if a sequential position is past the end of these shards (other data)."""
+        if self.order == "sequential" and not (0 <= state["shard"] < len(self.shards)
+                                               and state["pos"] <= len(self.shards[state["shard"]])):
+            raise ValueError(f"its data position (train shard {state['shard'] + 1}, token {state['pos']:,}) is past "
+                             f"the end of these {len(self.shards)} train shard(s)")
         self.shard, self.pos = state["shard"], state["pos"]
         self.rng.bit_generator.state = state["rng"]
 
@@ -311,6 +384,9 @@ def val_span(val, lens, want, vocab_size, path_hint):
     """The first `span` (+1 for the targets) val tokens, span a multiple of every eval length."""
     step = math.lcm(*lens)
     span = min(want, len(val) - 1) // step * step
+    if span == 0 and want < step:
+        raise SystemExit(f"--val-tokens {want} is fewer than one window of every eval length ({step} tokens for "
+                         f"{','.join(map(str, lens))}): raise --val-tokens or lower --eval-lens")
     if span == 0:
         raise SystemExit(f"the val shard has {len(val)} tokens, too few for eval length {max(lens)}: "
                          f"lower --eval-lens or make more data")
@@ -376,7 +452,151 @@ def load_checkpoint(path):
                          "written by train.py")
     if not isinstance(ckpt, dict) or not {"model", "model_config", "train_args", "step"} <= ckpt.keys():
         raise SystemExit(f"--resume {path}: not a train.py checkpoint (keys model, model_config, ...)")
+    # torch.load reads flipped bytes in the tensor data without complaint: only a checksum tells
+    saved = ckpt.pop("sha256", None)
+    if saved is None:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: {path} has no checksum (an older train.py wrote it): loaded unverified")
+    elif state_sha256(ckpt) != saved:
+        raise SystemExit(f"--resume {path}: checksum mismatch, the file is corrupt: resume from another "
+                         f"checkpoint or start again")
     return ckpt
+
+
+def state_sha256(state):
+    """sha256 of a checkpoint's contents in a fixed order (dict entries sorted by key, tensors as dtype,
+    shape and raw bytes, anything else by repr), so it is the same before torch.save and after torch.load."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode() + b":")
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):  # pickle keeps tuples, but one rule for both is safer
+            h.update(b"[")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        elif isinstance(x, torch.Tensor):
+            h.update(f"tensor({x.dtype},{tuple(x.shape)})".encode())
+            h.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        else:
+            h.update(repr(x).encode() + b",")
+    feed(state)
+    return h.hexdigest()
+
+
+def save_checkpoint(path, raw_model, optimizer, step, rng, cfg, args):
+    state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, rng=rng,
+                 model_config=dataclasses.asdict(cfg), train_args=dict(vars(args)))
+    state["sha256"] = state_sha256(state)
+    prepare_data.atomic_write(path, lambda f: torch.save(state, f))
+
+
+def read_log(path, resume_step, master=True):
+    """The lines of a run's log.jsonl up to the checkpoint's step, so that on resume no step appears twice.
+    A crash or a full disk can cut the last line short: that one is dropped; a bad line elsewhere is an error."""
+    if not os.path.exists(path):
+        return []
+    with open(path, errors="replace") as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+            step = record.get("step", 0)
+        except (json.JSONDecodeError, AttributeError):
+            if i == len(lines) - 1:
+                if master:
+                    print(f"note: {path}: dropped its last line, written only in part")
+                break
+            raise SystemExit(f"{path}: line {i + 1} of {len(lines)} is not a log record: delete or repair that "
+                             f"line, then resume again")
+        if step <= resume_step:
+            kept.append(line + "\n")
+    return kept
+
+
+class Interrupts:
+    """While installed, Ctrl-C (SIGINT) raises KeyboardInterrupt as usual, except inside `with interrupts:`
+    blocks, where it is held until the block ends: an optimizer step and its log line happen entirely or
+    not at all, so what is saved on Ctrl-C is exactly the last completed step."""
+
+    def __init__(self):
+        self.holding = self.pending = False
+        self.previous = None
+
+    def install(self):
+        # only the main thread can set handlers; and a run started with SIGINT ignored (nohup, &) keeps it so
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def uninstall(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _handler(self, signum, frame):
+        if self.holding:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        self.holding = True
+
+    def __exit__(self, exc_type, *_):
+        self.holding = False
+        if self.pending and exc_type is None:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def disk_errors(out_dir, kept):
+    """A failed write of the log or a checkpoint (ENOSPC, EROFS, EIO...) as one line saying what was kept."""
+    try:
+        yield
+    except OSError as e:
+        raise SystemExit(f"disk full / cannot write {out_dir}: {e.strerror or e}; {kept()}")
+
+
+def resume_command(ckpt_path, given, world):
+    """The command that continues a run from ckpt_path (its settings come from the checkpoint)."""
+    launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
+    try:
+        script = os.path.relpath(os.path.abspath(__file__))
+    except ValueError:  # another drive on Windows
+        script = os.path.abspath(__file__)
+    machine = [f"--{k} {given[k]}" for k in ("device", "dtype") if k in given]
+    if "compile" in given:
+        machine.append("--compile" if given["compile"] else "--no-compile")
+    return " ".join([launcher, shlex.quote(script), "--resume", shlex.quote(ckpt_path)] + machine)
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed memory instead of returning it to the kernel at once.
+
+    Every CPU step allocates and frees the logits and their gradient (B x T x vocab floats, 100 MB for nano).
+    glibc serves blocks that big with mmap and unmaps them on free, so each step maps, page-faults and zeroes
+    them anew in the kernel. Raising the mmap and trim thresholds makes those blocks come from (and go back
+    to) the heap, which is reused; the price is that the process keeps its peak memory. No-op without glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+        mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        if not mallopt(M_MMAP_THRESHOLD, 1 << 30):  # mallopt(3) documents 32 MiB as the limit: then no mmap
+            mallopt(M_MMAP_MAX, 0)
+    except (OSError, AttributeError):  # no libc by that name, or one without mallopt (musl has a no-op)
+        pass
 
 
 # -----------------------------------------------------------------------------
@@ -454,16 +674,23 @@ def get_lr(it, args):
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
-    args, given, ckpt = resolve_args(argv)
-    rank, world, device = setup_device(args)
+    keep_freed_memory()
     try:
-        summary = run(args, given, ckpt, rank, world, device)
-        if dist.is_initialized():
-            dist.barrier()  # all ranks leave together: tearing gloo down under a busy peer can abort it
-        return summary
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        args, given, ckpt = resolve_args(argv)
+        if not args.eval_only:
+            check_out_dir(args)
+        rank, world, device = setup_device(args)
+        try:
+            summary = run(args, given, ckpt, rank, world, device)
+            if dist.is_initialized():
+                dist.barrier()  # all ranks leave together: tearing gloo down under a busy peer can abort it
+            return summary
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    except KeyboardInterrupt:  # outside the training loop (which saves a checkpoint first): nothing to keep
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130)
 
 
 def run(args, given, ckpt, rank, world, device):
@@ -479,7 +706,7 @@ def run(args, given, ckpt, rank, world, device):
     np.random.seed(args.seed)
     raw_model = GPT(cfg).to(device)
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
+        load_state(raw_model, ckpt["model"], args.resume)
     autocast, dtype_why = pick_dtype(args, kind)
     compile_why = pick_compile(args, kind)
     if kind == "cuda":
@@ -520,22 +747,42 @@ def run(args, given, ckpt, rank, world, device):
     optimizer = raw_model.configure_optimizers(args.weight_decay, args.lr, (args.beta1, args.beta2), kind, args.eps)
     start_step = 0
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        restore_rng_states(ckpt["rng"], loader)
+        load_state(optimizer, ckpt["optimizer"], args.resume)
+        try:
+            restore_rng_states(ckpt["rng"], loader)
+        except ValueError as e:  # sequential order, other (shorter, fewer) shards than the run's
+            raise SystemExit(f"{args.resume}: {e} in {data_dir}: resume on the data it was trained on "
+                             f"({ckpt['train_args'].get('data_dir')}) or with --data-order random")
         start_step = ckpt["step"]
 
-    # ---- output folder: config.json, log.jsonl, ckpt.pt
-    os.makedirs(args.out_dir, exist_ok=True)
+    # ---- output folder: config.json, log.jsonl, ckpt.pt. Everything above only read; from here on we write.
     ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
     log_path = os.path.join(args.out_dir, "log.jsonl")
     config_path = os.path.join(args.out_dir, "config.json")
+    # on resume, the log so far is the checkpoint's run's (in its folder), cut back to the checkpoint's step
+    kept_log = read_log(os.path.join(os.path.dirname(args.resume) or ".", "log.jsonl"), start_step, master) \
+        if ckpt is not None else []
     last_good = (args.resume, start_step) if ckpt is not None else (None, 0)
+
+    def kept():
+        return f"the last good checkpoint is {last_good[0]} (step {last_good[1]})" if last_good[0] else \
+            "no checkpoint was saved yet (--ckpt-every N keeps one)"
+
     run_info = dict(args=vars(args), model=dataclasses.asdict(cfg), world_size=world, device=device,
                     grad_accum_steps=grad_accum_steps, num_params=n_params, torch=torch.__version__)
     log_file = None
     if master:
-        prepare_data.atomic_write(config_path, lambda f: f.write(json.dumps(run_info, indent=2).encode()))
-        log_file = open_log(log_path, start_step if ckpt is not None else None)
+        with disk_errors(args.out_dir, kept):
+            os.makedirs(args.out_dir, exist_ok=True)
+            removed = prepare_data.remove_stale_temps(args.out_dir)
+            if removed:
+                log(f"removed {len(removed)} temp file(s) left by a killed save: {', '.join(map(str, removed))}")
+            # a new run (--overwrite) first drops the old run's checkpoint, which must not outlive its log
+            if os.path.exists(ckpt_path) and not (ckpt is not None and same_file(ckpt_path, args.resume)):
+                os.remove(ckpt_path)
+            prepare_data.atomic_write(config_path, lambda f: f.write(json.dumps(run_info, indent=2).encode()))
+            prepare_data.atomic_write(log_path, lambda f: f.write("".join(kept_log).encode()))
+            log_file = open(log_path, "a")
 
     log(f"model: {args.preset}, pe={cfg.pe}, {cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd} wide, "
         f"{n_params / 1e6:.2f}M params")
@@ -547,71 +794,104 @@ def run(args, given, ckpt, rank, world, device):
         f"{args.total_batch:,} tokens per step; steps {start_step + 1}..{args.max_steps}, "
         f"lr {args.lr:g} -> {args.min_lr:g}, warmup {args.warmup_steps}")
 
-    # ---- the loop
-    losses, results = [], None
-    for step in range(start_step, args.max_steps):
-        t0 = time.time()
-        lr = get_lr(step, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss_accum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum_steps):
-            x, y = loader.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            # DDP: all-reduce the gradients only after the last micro-step, not after each one
-            last = micro_step == grad_accum_steps - 1
-            with (nullcontext() if world == 1 or last else train_model.no_sync()):
-                with autocast:
-                    _, loss = train_model(x, y)
-                # each micro-batch's loss is a mean; dividing by the count makes the sum of the
-                # accumulated gradients the gradient of the mean over the whole batch
-                loss = loss / grad_accum_steps
-                loss_accum += loss.detach()
-                loss.backward()
-        if world > 1:
-            dist.all_reduce(loss_accum)  # SUM (gloo has no AVG), then divide
-            loss_accum /= world
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
-                                              args.grad_clip if args.grad_clip > 0 else float("inf"))
-        loss_val, norm_val = loss_accum.item(), norm.item()
-        if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
-            # stop before the update: the weights and the last checkpoint stay good
-            kept = f"the last good checkpoint is {last_good[0]} (step {last_good[1]})" if last_good[0] else \
-                "no checkpoint was saved yet (--ckpt-every N keeps one)"
-            raise SystemExit(f"step {step + 1}: the loss is {loss_val} (grad norm {norm_val}), training stopped "
-                             f"without applying it; {kept}. Try a lower --lr or more --warmup-steps.")
-        optimizer.step()
-        if kind == "cuda":
-            torch.cuda.synchronize()  # so dt measures the GPU's work, not the launch
-        dt = time.time() - t0
-        losses.append(loss_val)
+    def lens_at(step):  # the curve during training needs one length (the first); the end gets every length
+        return lens if step == args.max_steps else lens[:1]
 
-        tokens_per_s = args.total_batch / dt
-        mfu = raw_model.estimate_mfu(B * T * grad_accum_steps, dt, seq_len=T, device=device)
-        record = dict(type="train", step=step + 1, loss=loss_val, lr=lr, grad_norm=norm_val, ms=dt * 1000,
-                      tokens_per_s=tokens_per_s, mfu=mfu, tokens=(step + 1) * args.total_batch)
+    # ---- the loop. Ctrl-C saves the last completed step: `done` and the RNG and data position after it.
+    losses, results = [], None
+    evaluated = {r["step"] for r in map(json.loads, kept_log) if r.get("type") == "eval"}
+    if ckpt is not None and start_step > 0 and start_step not in evaluated and (
+            start_step == args.max_steps or (args.eval_every > 0 and start_step % args.eval_every == 0)):
+        # Ctrl-C during this step's evaluation saved the step without its eval lines: evaluate it now, as
+        # the uninterrupted run did (evaluation draws no random numbers, so the run continues the same)
+        results = evaluate(model, val_tokens, lens_at(start_step), tokens_per_forward, device, autocast, rank, world)
         if master:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            if (step + 1) % args.log_every == 0 or step == start_step or step + 1 == args.max_steps:
+            with disk_errors(args.out_dir, kept):
+                for L, r in results.items():
+                    log_file.write(json.dumps(dict(type="eval", step=start_step, len=L, **r)) + "\n")
+                log_file.flush()
+    done, after_done = start_step, rng_states(loader)
+    interrupts = Interrupts().install()
+    try:
+        for step in range(start_step, args.max_steps):
+            t0 = time.time()
+            lr = get_lr(step, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss_accum = torch.zeros((), device=device)
+            for micro_step in range(grad_accum_steps):
+                x, y = loader.next_batch()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                # DDP: all-reduce the gradients only after the last micro-step, not after each one
+                last = micro_step == grad_accum_steps - 1
+                with (nullcontext() if world == 1 or last else train_model.no_sync()):
+                    with autocast:
+                        _, loss = train_model(x, y)
+                    # each micro-batch's loss is a mean; dividing by the count makes the sum of the
+                    # accumulated gradients the gradient of the mean over the whole batch
+                    loss = loss / grad_accum_steps
+                    loss_accum += loss.detach()
+                    loss.backward()
+            if world > 1:
+                dist.all_reduce(loss_accum)  # SUM (gloo has no AVG), then divide
+                loss_accum /= world
+            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
+                                                  args.grad_clip if args.grad_clip > 0 else float("inf"))
+            loss_val, norm_val = loss_accum.item(), norm.item()
+            if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
+                # stop before the update: the weights and the last checkpoint stay good
+                raise SystemExit(f"step {step + 1}: the loss is {loss_val} (grad norm {norm_val}), training "
+                                 f"stopped without applying it; {kept()}. Try a lower --lr or more --warmup-steps.")
+            with interrupts:  # Ctrl-C waits for the update and its log line: a step is done or not begun
+                optimizer.step()
+                if kind == "cuda":
+                    torch.cuda.synchronize()  # so dt measures the GPU's work, not the launch
+                dt = time.time() - t0
+                losses.append(loss_val)
+                tokens_per_s = args.total_batch / dt
+                mfu = raw_model.estimate_mfu(B * T * grad_accum_steps, dt, seq_len=T, device=device)
+                record = dict(type="train", step=step + 1, loss=loss_val, lr=lr, grad_norm=norm_val, ms=dt * 1000,
+                              tokens_per_s=tokens_per_s, mfu=mfu, tokens=(step + 1) * args.total_batch)
+                if master:
+                    with disk_errors(args.out_dir, kept):
+                        log_file.write(json.dumps(record) + "\n")
+                        log_file.flush()
+                done, after_done = step + 1, rng_states(loader)
+            if master and ((step + 1) % args.log_every == 0 or step == start_step or step + 1 == args.max_steps):
                 log(f"step {step + 1:5d}/{args.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | norm {norm_val:.3f} "
                     f"| {dt * 1000:7.1f} ms | {tokens_per_s:8.0f} tok/s | mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
 
-        last_step = step + 1 == args.max_steps
-        if last_step or (args.eval_every > 0 and (step + 1) % args.eval_every == 0):
-            results = evaluate(model, val_tokens, lens, tokens_per_forward, device, autocast, rank, world)
-            if master:
-                for L, r in results.items():
-                    log_file.write(json.dumps(dict(type="eval", step=step + 1, len=L, **r)) + "\n")
-                log_file.flush()
-                if not last_step:
-                    log("val " + " | ".join(f"ctx {L}: loss {r['loss']:.4f} ppl {r['ppl']:.2f}"
-                                            for L, r in results.items()))
-        if last_step or (args.ckpt_every > 0 and (step + 1) % args.ckpt_every == 0):
-            if master:
-                save_checkpoint(ckpt_path, raw_model, optimizer, step + 1, loader, cfg, args)
-            last_good = (ckpt_path, step + 1)
+            last_step = step + 1 == args.max_steps
+            if last_step or (args.eval_every > 0 and (step + 1) % args.eval_every == 0):
+                results = evaluate(model, val_tokens, lens_at(step + 1), tokens_per_forward, device, autocast, rank, world)
+                if master:
+                    with interrupts, disk_errors(args.out_dir, kept):  # all of a step's eval lines, or none
+                        for L, r in results.items():
+                            log_file.write(json.dumps(dict(type="eval", step=step + 1, len=L, **r)) + "\n")
+                        log_file.flush()
+                    if not last_step:
+                        log("val " + " | ".join(f"ctx {L}: loss {r['loss']:.4f} ppl {r['ppl']:.2f}"
+                                                for L, r in results.items()))
+            if last_step or (args.ckpt_every > 0 and (step + 1) % args.ckpt_every == 0):
+                if master:
+                    with disk_errors(args.out_dir, kept):
+                        save_checkpoint(ckpt_path, raw_model, optimizer, done, after_done, cfg, args)
+                last_good = (ckpt_path, done)
+    except KeyboardInterrupt:
+        if interrupts.previous is not None:  # a second Ctrl-C (or torchrun's) must not cut the save short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if not master:  # rank 0 saves; the weights are the same on every rank after a completed step
+            raise SystemExit(130)
+        with disk_errors(args.out_dir, kept):
+            if last_good != (ckpt_path, done):
+                save_checkpoint(ckpt_path, raw_model, optimizer, done, after_done, cfg, args)
+            log_file.close()
+        print(f"interrupted: step {done} is saved in {ckpt_path}; continue with: "
+              f"{resume_command(ckpt_path, given, world)}", file=sys.stderr)
+        raise SystemExit(130)
+    finally:
+        interrupts.uninstall()
 
     # ---- the end: perplexity at each length, a few samples, what to try next
     if results is None:  # nothing to train (resumed at max_steps): still report the model
@@ -629,7 +909,8 @@ def run(args, given, ckpt, rank, world, device):
                 log("  " + text.strip().replace("\n", "\n  ") + "\n  ---")
         if args.preset == "nano":
             log("\n" + PAPER_HINT)
-        log(f"\ndone in {time.time() - t_start:.0f} s; files in {args.out_dir}/: log.jsonl, config.json, ckpt.pt")
+        files = [f for f in RUN_FILES if os.path.exists(os.path.join(args.out_dir, f))]
+        log(f"\ndone in {time.time() - t_start:.0f} s; files in {args.out_dir}/: {', '.join(files)}")
     return dict(out_dir=args.out_dir, log=log_path, ckpt=ckpt_path, config=config_path, preset=args.preset,
                 pe=cfg.pe, start_step=start_step, steps=args.max_steps if losses else start_step,
                 losses=losses, final_train_loss=losses[-1] if losses else None, val=results, eval_lens=lens,
@@ -637,20 +918,18 @@ def run(args, given, ckpt, rank, world, device):
                 samples=samples, wall_s=time.time() - t_start)
 
 
-def open_log(path, resume_step):
-    """A fresh log, or on resume the old one cut back to the checkpoint's step (so no step appears twice)."""
-    kept = []
-    if resume_step is not None and os.path.exists(path):
-        with open(path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-    prepare_data.atomic_write(path, lambda f: f.write("".join(kept).encode()))
-    return open(path, "a")
+def load_state(target, state, path):
+    """model/optimizer.load_state_dict, with a mismatch (an edited checkpoint) as one line."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"{path}: its saved {type(target).__name__} state does not fit its model_config "
+                         f"({first}); the checkpoint was edited or is damaged: use another one")
 
 
-def save_checkpoint(path, raw_model, optimizer, step, loader, cfg, args):
-    state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step,
-                 rng=rng_states(loader), model_config=dataclasses.asdict(cfg), train_args=dict(vars(args)))
-    prepare_data.atomic_write(path, lambda f: torch.save(state, f))
+def same_file(a, b):  # also for folders; either may not exist yet
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def print_eval(log, results, T):

@@ -4,10 +4,16 @@ Most tests write tiny llm.c shards into tmp_path; only the end-to-end default ru
 embedded corpus (built once in data/kjv, as `python train.py` would).
 """
 
+import errno
+import io
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -38,8 +44,10 @@ def make_data(root, n_train=20_000, n_val=2_000, vocab_size=VOCAB, manifest=True
     prepare_data.write_shard(os.path.join(root, "train_000001.bin"), stream[n_val:])
     if manifest:
         with open(os.path.join(root, "manifest.json"), "w") as f:
+            shards = [dict(file="val_000000.bin", split="val", tokens=n_val),
+                      dict(file="train_000001.bin", split="train", tokens=n_train)]
             json.dump(dict(source="test", tokenizer="gpt2", vocab_size=vocab_size, eot_token=vocab_size - 1,
-                           shards=[], total_tokens=n_train + n_val), f)
+                           shards=shards, total_tokens=n_train + n_val), f)
     return str(root)
 
 
@@ -224,3 +232,264 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     expect_exit(TINY + ["--data", data, "--max-steps", 5, "--ckpt-every", 2, "--out-dir", out],
                 "step 3", "nan", "last good checkpoint", "(step 2)")
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
+
+
+def test_error_bad_flags_leave_an_existing_run_untouched(tmp_path):
+    """Each bad value is one line naming the flag, and the run already in --out-dir keeps every byte."""
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "o"
+    run(*TINY, "--data", data, "--max-steps", 2, "--out-dir", out)
+    before = {f: (out / f).read_bytes() for f in train.RUN_FILES}
+    (tmp_path / "afile").write_text("x")
+    cases = [(["--micro-batch", "0"], "--micro-batch 0"), (["--micro-batch", "-1"], "--micro-batch -1"),
+             (["--block-size", "0"], "--block-size 0"), (["--lr", "nan"], "--lr nan"), (["--lr", "-1"], "--lr -1"),
+             (["--log-every", "0"], "--log-every 0"), (["--dropout", "2"], "--dropout 2"),
+             (["--seed", "-1"], "--seed -1"), (["--device", "tpu"], "--device tpu"),
+             (["--max-steps", "0"], "--max-steps 0"), (["--val-tokens", "0"], "--val-tokens 0"),
+             (["--eval-every", "-1"], "--eval-every -1"), (["--ckpt-every", "-2"], "--ckpt-every -2"),
+             (["--warmup-steps", "-1"], "--warmup-steps -1"), (["--total-batch", "0"], "--total-batch 0"),
+             (["--num-samples", "-1"], "--num-samples -1"), (["--sample-tokens", "-5"], "--sample-tokens -5"),
+             (["--grad-clip", "inf"], "--grad-clip inf"), (["--weight-decay", "-0.1"], "--weight-decay -0.1"),
+             (["--beta1", "1"], "--beta1 1"), (["--beta2", "-0.5"], "--beta2 -0.5"), (["--eps", "0"], "--eps 0"),
+             (["--val-tokens", "10"], "--val-tokens 10", "raise --val-tokens"),  # fewer than one 64-token window
+             (["--data", tmp_path / "nowhere"], "prepare_data.py"),
+             (["--n-embd", "30", "--n-head", "4"], "model flags")]
+    for extra, *words in cases:
+        expect_exit(TINY + ["--data", data, "--out-dir", out, "--overwrite"] + extra, *words)
+    expect_exit(TINY + ["--data", data, "--out-dir", tmp_path / "afile"], "is a file", "another --out-dir")
+    expect_exit(TINY + ["--data", data, "--out-dir", tmp_path / "afile" / "sub"], "is a file")
+    assert {f: (out / f).read_bytes() for f in train.RUN_FILES} == before
+
+
+def test_error_read_only_out_dir(tmp_path, monkeypatch):
+    """Caught before setup (as root, chmod cannot make a folder read-only: os.access is what train.py asks)."""
+    data = make_data(tmp_path / "data")
+    real_access = os.access
+    monkeypatch.setattr(train.os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
+    expect_exit(TINY + ["--data", data, "--max-steps", 1, "--out-dir", tmp_path / "new"],
+                f"cannot write in {tmp_path}", "another --out-dir")
+    assert not (tmp_path / "new").exists()
+
+
+def test_new_run_refuses_a_folder_with_a_run_unless_overwrite(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "o"
+    run(*TINY, "--data", data, "--max-steps", 3, "--out-dir", out)
+    before = {f: (out / f).read_bytes() for f in train.RUN_FILES}
+    expect_exit(TINY + ["--data", data, "--max-steps", 2, "--out-dir", out],
+                str(out), f"--resume {out / 'ckpt.pt'}", "--overwrite", "another --out-dir")
+    assert {f: (out / f).read_bytes() for f in train.RUN_FILES} == before
+    run(*TINY, "--data", data, "--max-steps", 2, "--seed", 7, "--out-dir", out, "--overwrite")
+    assert [r["step"] for r in read_log(out)] == [1, 2]  # the old run's log is gone, not merged
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
+    assert json.loads((out / "config.json").read_text())["args"]["seed"] == 7
+
+
+def test_resume_writes_next_to_its_checkpoint(tmp_path):
+    """--resume DIR/ckpt.pt continues in DIR even when the run was made elsewhere; --out-dir wins."""
+    data = make_data(tmp_path / "data")
+    run(*TINY, "--data", data, "--max-steps", 2, "--lr-decay-steps", 4, "--out-dir", tmp_path / "first")
+    os.rename(tmp_path / "first", tmp_path / "moved")
+    os.makedirs(tmp_path / "first")  # the folder recorded in the checkpoint, now someone else's
+    s = run("--resume", tmp_path / "moved" / "ckpt.pt", "--max-steps", 3, "--device", "cpu")
+    assert s["out_dir"] == str(tmp_path / "moved") and os.listdir(tmp_path / "first") == []
+    assert [r["step"] for r in read_log(tmp_path / "moved")] == [1, 2, 3]
+    s = run("--resume", tmp_path / "moved" / "ckpt.pt", "--max-steps", 4, "--out-dir", tmp_path / "branch")
+    assert [r["step"] for r in read_log(tmp_path / "branch")] == [1, 2, 3, 4]  # the history comes along
+    assert [r["step"] for r in read_log(tmp_path / "moved")] == [1, 2, 3]
+    # resuming into a folder that holds another run needs --overwrite, like a new run
+    expect_exit(["--resume", tmp_path / "moved" / "ckpt.pt", "--max-steps", 5, "--out-dir", tmp_path / "branch"],
+                "already holds a run", "--overwrite")
+
+
+def test_resume_drops_a_torn_last_log_line_only(tmp_path, capsys):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "o"
+    run(*TINY, "--data", data, "--max-steps", 3, "--lr-decay-steps", 5, "--out-dir", out)
+    good = (out / "log.jsonl").read_text()
+    (out / "log.jsonl").write_text(good + '{"type": "train", "step": 4, "lo')  # a write cut short
+    run("--resume", out / "ckpt.pt", "--max-steps", 5, "--device", "cpu")
+    assert "dropped its last line" in capsys.readouterr().out
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4, 5]
+    lines = good.splitlines()
+    (out / "log.jsonl").write_text("\n".join(lines[:1] + ["{garbage"] + lines[1:]) + "\n")
+    expect_exit(["--resume", out / "ckpt.pt", "--max-steps", 6], str(out / "log.jsonl"), "line 2 of")
+
+
+def test_ctrl_c_saves_the_last_step_and_resume_is_exact(tmp_path):
+    """SIGINT mid-run: exit 130, one line with the command to resume; that command continues bit for bit."""
+    data = make_data(tmp_path / "data")
+    common = TINY + ["--data", data, "--dropout", "0.1", "--data-order", "random", "--eval-every", "5",
+                     "--max-steps", "150"]
+    out = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 1 thread here too (below): the same float sums
+    proc = subprocess.Popen([sys.executable, "train.py", *map(str, common), "--out-dir", str(out)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count('"train"') >= 4:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    saved = torch.load(out / "ckpt.pt", weights_only=True)["step"]
+    assert 4 <= saved < 150 and f"step {saved} is saved in {out / 'ckpt.pt'}" in line, line
+    assert [r["step"] for r in read_log(out)] == list(range(1, saved + 1))
+    command = shlex.split(line.split("continue with: ")[1])
+    assert command[:2] == ["python", "train.py"] and command[2:4] == ["--resume", str(out / "ckpt.pt")], command
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rest = run(*command[2:], "--device", "cpu")
+        full = run(*common, "--out-dir", tmp_path / "full")
+    finally:
+        torch.set_num_threads(threads)
+    assert rest["start_step"] == saved
+    assert [r["loss"] for r in read_log(out)] == full["losses"]
+    assert read_log(out, "eval") == read_log(tmp_path / "full", "eval")
+    a, b = weights(out), weights(tmp_path / "full")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_edited_and_old_checkpoints(tmp_path, capsys):
+    data = make_data(tmp_path / "data")
+    run(*TINY, "--data", data, "--max-steps", 2, "--lr-decay-steps", 4, "--out-dir", tmp_path / "o")
+    path = tmp_path / "o" / "ckpt.pt"
+    good = path.read_bytes()
+    # flip bytes inside a weight's data: torch.load reads it without complaint, the checksum does not match
+    w = torch.load(path, weights_only=True)["model"]["lm_head.weight"].numpy().tobytes()
+    at = good.index(w[:64]) + 100
+    path.write_bytes(good[:at] + bytes(b ^ 0xFF for b in good[at:at + 16]) + good[at + 16:])
+    torch.load(path, weights_only=True)
+    expect_exit(["--resume", path, "--max-steps", 4], str(path), "checksum mismatch")
+    expect_exit(["--eval-only", "--resume", path], "checksum mismatch")
+    # a checkpoint from before checksums: loaded with a note
+    state = torch.load(io.BytesIO(good), weights_only=True)
+    del state["sha256"]
+    torch.save(state, path)
+    capsys.readouterr()
+    run("--resume", path, "--max-steps", 3, "--device", "cpu")
+    assert "has no checksum" in capsys.readouterr().out
+    # an edited config with the checksum kept is corrupt; without it, the weights do not fit: one line each
+    state["model_config"]["n_layer"] = 2
+    torch.save({**state, "sha256": "0" * 64}, path)
+    expect_exit(["--resume", path, "--max-steps", 4], "checksum mismatch")
+    torch.save(state, path)
+    expect_exit(["--resume", path, "--max-steps", 4], str(path), "does not fit its model_config")
+
+
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "o"
+    save, calls = torch.save, []
+
+    def fails_the_second_time(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", fails_the_second_time)
+    expect_exit(TINY + ["--data", data, "--max-steps", 6, "--ckpt-every", 2, "--out-dir", out],
+                f"disk full / cannot write {out}", "No space left", "(step 2)")
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "config.json", "log.jsonl"]  # no temp file left
+
+
+def test_error_sequential_resume_on_shorter_data(tmp_path):
+    data = make_data(tmp_path / "data")
+    run(*TINY, "--data", data, "--max-steps", 3, "--lr-decay-steps", 5, "--data-order", "sequential",
+        "--out-dir", tmp_path / "o")  # the loader is at token 3 x 4 x 16 = 192 of its shard
+    short = make_data(tmp_path / "short", n_train=150)
+    expect_exit(["--resume", tmp_path / "o" / "ckpt.pt", "--max-steps", 5, "--data", short],
+                "token 192", "past the end", "--data-order random")
+
+
+def test_error_text_files_instead_of_shards(tmp_path):
+    os.makedirs(tmp_path / "corpus")
+    (tmp_path / "corpus" / "book.txt").write_text("In the beginning")
+    message = expect_exit(TINY + ["--data", tmp_path / "corpus", "--out-dir", tmp_path / "o"], "not token shards")
+    assert f"python prepare_data.py --input {tmp_path / 'corpus'}/*.txt --out " in message
+    assert not (tmp_path / "o").exists()
+
+
+def test_stale_temp_files_are_removed_at_start(tmp_path, capsys):
+    data = make_data(tmp_path / "data")
+    os.makedirs(tmp_path / "o")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "o" / f"ckpt.pt.{int(dead.stdout)}.tmp"  # the pid of a process that has exited
+    stale.write_bytes(b"half a checkpoint")
+    run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "o")
+    assert not stale.exists() and "removed 1 temp file(s)" in capsys.readouterr().out
+
+
+def test_evaluate_matches_a_hand_computation():
+    """evaluate() == the mean cross-entropy of each window's logits against the NEXT tokens, at several lengths."""
+    torch.manual_seed(0)
+    model = carope.GPT(carope.GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=VOCAB))
+    lens = [4, 8, 12]
+    tokens = torch.randint(0, VOCAB, (48 + 1,))
+    for per_forward in (8, 24, 1000):  # batches of 1..several windows must not change the mean
+        got = train.evaluate(model, tokens, lens, per_forward, "cpu", nullcontext(), 0, 1)
+        for L in lens:
+            total, n = 0.0, 0
+            with torch.no_grad():
+                for start in range(0, 48, L):
+                    logits, _ = model(tokens[start:start + L][None])
+                    target = tokens[start + 1:start + L + 1]
+                    total += torch.nn.functional.cross_entropy(logits[0], target, reduction="sum").item()
+                    n += L
+            assert got[L]["loss"] == pytest.approx(total / n, rel=1e-5), (L, per_forward)
+            assert got[L]["ppl"] == pytest.approx(np.exp(total / n), rel=1e-5)
+
+
+@pytest.mark.parametrize("where, saved", [("forward", 6), ("evaluate", 5), ("optimizer", 3)])
+def test_interrupt_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, capsys, where, saved):
+    """Ctrl-C in a forward pass (step 7 half done), in an evaluation (after step 5), or as a real SIGINT
+    during the update of step 3 (held until that step and its log line are done): the checkpoint is the
+    last completed step, and resuming it gives the uninterrupted run's log and weights."""
+    data = make_data(tmp_path / "data")
+    common = TINY + ["--data", data, "--dropout", "0.1", "--data-order", "random", "--eval-every", 5,
+                     "--max-steps", 8]
+    full = run(*common, "--out-dir", tmp_path / "full")
+    calls = []
+    if where == "forward":
+        forward = carope.GPT.forward
+
+        def cut(self, *a, **k):
+            calls.append(self.training)
+            if calls.count(True) == 7 and self.training:
+                raise KeyboardInterrupt
+            return forward(self, *a, **k)
+        monkeypatch.setattr(carope.GPT, "forward", cut)
+    elif where == "evaluate":
+        def cut(*a, **k):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(train, "evaluate", cut)
+    else:
+        step = torch.optim.AdamW.step
+
+        def cut(self, *a, **k):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return step(self, *a, **k)
+        monkeypatch.setattr(torch.optim.AdamW, "step", cut)
+    with pytest.raises(SystemExit) as e:
+        run(*common, "--out-dir", tmp_path / "cut")
+    assert e.value.code == 130
+    assert f"step {saved} is saved" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)["step"] == saved
+    rest = run("--resume", tmp_path / "cut" / "ckpt.pt", "--device", "cpu")
+    assert rest["start_step"] == saved and rest["val"] == full["val"]
+    assert [r["loss"] for r in read_log(tmp_path / "cut")] == full["losses"]
+    assert read_log(tmp_path / "cut", "eval") == read_log(tmp_path / "full", "eval")
+    a, b = weights(tmp_path / "cut"), weights(tmp_path / "full")
+    assert all(torch.equal(a[k], b[k]) for k in a)
