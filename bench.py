@@ -3,24 +3,97 @@ Throughput and peak memory of each positional encoding, side by side on one mach
 
     python bench.py                                   # nano, every encoding, train steps, T=128
     python bench.py --mode eval --seq-lens 512,2048   # forward only at long contexts
+    python bench.py --mode rotation --seq-lens 512    # only the rotation of q and k, fwd + bwd
     python bench.py --preset gpt-small --batch-size 32 --seq-lens 1024 --dtype bfloat16 --compile
 
-Each (encoding, length) case runs in a fresh Python process: a process's peak memory never
-goes down, so cases sharing one would see each other's peaks. Speeds are reported as ratios
-to RoPE measured in the same run; only those ratios compare across machines.
+Each (encoding, length) case lives in its own worker process: a process's peak memory never
+goes down, so cases sharing one would see each other's peaks. The workers are started and
+warmed up once, then timed in rounds, every case once per round (A B C, C B A, A B C, ...), so
+a slow moment of a shared machine lands on all cases alike instead of on one. Reported: the
+median tokens/s over the rounds, its min-max, and the ratio to RoPE of the medians with the
+min-max of the per-round ratios. Only ratios to RoPE compare across machines.
+
+--mode rotation times only the rotation of q and k (B, n_head, T, head_dim of the preset),
+forward and backward: rope (RoPE's cached cos, sin), carope (the reference CARoPE module: f
+from x, phases, cos, sin, rotate) and carope-fused (carope_triton's kernel, CUDA only).
 """
 
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
 
-from carope import GPT, GPTConfig, PE_CHOICES
+from carope import GPT, GPTConfig, PE_CHOICES, PRESETS, CARoPE, RoPE, rotate
+
+ROTATION_PE = ("rope", "carope", "carope-fused")
+FUSED_UNAVAILABLE = "fused kernel unavailable here"
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.exit(f"bench.py: {message}")  # one line naming the problem, not the usage block
+
+
+def positive(text, least=1):
+    """An argparse type: a whole number >= least."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = least - 1
+    if n < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {least}")
+    return n
+
+
+def lengths(text):
+    """'512,2048' -> [512, 2048] (an argparse type)."""
+    try:
+        lens = [positive(s) for s in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive lengths, e.g. 512,2048")
+    return lens
+
+
+def check_device(name):
+    """Fail now, in one line, on a device this machine does not have."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        sys.exit(f"bench.py: --device {name!r} is not a device name; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"bench.py: --device {name}: no CUDA GPU is visible to torch {torch.__version__} here; "
+                 "use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        sys.exit(f"bench.py: --device {name}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                 f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        sys.exit(f"bench.py: --device {name}: MPS is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        sys.exit(f"bench.py: --device {name}: bench.py runs on cpu, cuda or mps")
+
+
+def check_writable(path):
+    """Fail before the benchmark, not after it, if the results could not be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        sys.exit(f"bench.py: --json {path} is a directory; give a file name, e.g. {os.path.join(path, 'bench.json')}")
+    if not os.path.isdir(folder):
+        sys.exit(f"bench.py: --json {path}: directory {folder} does not exist; create it or choose another path")
+    try:
+        tempfile.NamedTemporaryFile(dir=folder).close()  # the very thing the final write does
+    except OSError as e:
+        sys.exit(f"bench.py: --json {path}: cannot write in {folder} ({e.strerror}); choose a writable path")
+
+
+# -----------------------------------------------------------------------------
+# A worker: one case, built once, timed on request
 
 
 def rss_mib():
@@ -37,10 +110,12 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_case(args, pe, T):
-    """Time `--steps` steps of one encoding at length T; return a dict of measurements."""
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+class Unavailable(Exception):
+    """A case this machine cannot run (the fused kernel without Triton or CUDA): skipped, not failed."""
+
+
+def model_case(args, pe, T, device):
+    """One step of the whole model (train: forward, backward, AdamW; eval: forward) and its MFU at 1 s."""
     config = GPTConfig.from_preset(args.preset, pe=pe)
     model = GPT(config).to(device)
     model.train(args.mode == "train")
@@ -61,26 +136,196 @@ def run_case(args, pe, T):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    mfu = model.estimate_mfu(args.batch_size * T, 1.0, seq_len=T, device=device)
+    # estimate_mfu counts training flops (6N + 12LHQT per token); a forward pass is a third of
+    # both terms (2N + 4LHQT), so eval's MFU is a third of it rather than "n/a".
+    if mfu is not None and args.mode == "eval":
+        mfu /= 3
+    return step, mfu
+
+
+def rotation_case(args, pe, T, device):
+    """Rotating q and k only, forward + backward. step() returns the gradients (tests read them)."""
+    config = GPTConfig.from_preset(args.preset, pe="carope")
+    B, H, D, C = args.batch_size, config.n_head, config.head_dim, config.n_embd
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    q, k = (torch.randn(B, H, T, D, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
+    x = torch.randn(B, T, C, device=device, dtype=dtype, requires_grad=True)  # the layer input CARoPE reads
+    # The loss is a fixed random projection of q_rot, k_rot: a |q_rot|^2 loss would not depend
+    # on the phase, so CARoPE's f, W and b would get zero gradients.
+    gq, gk = torch.randn_like(q), torch.randn_like(k)
+    if pe == "rope":
+        rope = RoPE(config).to(device)
+        inputs = (q, k)
+
+        def rot():
+            cos, sin = rope(x)
+            return rotate(q, cos, sin), rotate(k, cos, sin)
+    else:
+        carope = CARoPE(config).to(device)
+        torch.nn.init.normal_(carope.weight, std=0.02)  # W = 0 (its init) would make f the same for every token
+        inputs = (q, k, x, carope.weight, carope.bias)
+        if pe == "carope":
+            def rot():
+                cos, sin = carope(x)
+                return rotate(q, cos, sin), rotate(k, cos, sin)
+        else:
+            try:
+                import carope_triton  # lazily: it needs Triton, which CPU machines lack
+            except ImportError:
+                raise Unavailable(FUSED_UNAVAILABLE)
+            if not carope_triton.fused_available(q):
+                raise Unavailable(FUSED_UNAVAILABLE)
+
+            def rot():
+                return carope_triton.carope_rotate(q, k, carope.frequencies(x))  # f: (B, T, H)
+    if args.compile and pe != "carope-fused":  # the fused kernel is already one kernel
+        rot = torch.compile(rot)
+
+    def step():
+        return torch.autograd.grad(rot(), inputs, (gq, gk))
+
+    return step, None  # no MFU: the model's flop count does not describe a rotation alone
+
+
+def worker(args, pe, T):
+    """Build the case, warm it up, answer one JSON line per "run" line on stdin until EOF."""
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything else printed (library warnings) goes to stderr, not into the replies
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    try:
+        step, mfu = (rotation_case if args.mode == "rotation" else model_case)(args, pe, T, device)
+    except Unavailable as e:
+        reply.write(json.dumps(dict(skip=str(e))) + "\n")
+        return
+
     def sync():
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
 
     base_rss = rss_mib()
     for _ in range(args.warmup):
         step()
     sync()
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    dt = (time.perf_counter() - t0) / args.steps
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20  # all tensors on the GPU, weights included
-    else:
-        peak = peak_rss_mib() - base_rss  # what the steps added to the process: activations, grads, Adam
-    return dict(pe=pe, T=T, ms=1e3 * dt, tokens_per_s=args.batch_size * T / dt, peak_mib=peak)
+        torch.cuda.reset_peak_memory_stats(device)
+    reply.write(json.dumps(dict(mfu_at_1s=mfu)) + "\n")
+    for _ in sys.stdin:
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        sync()
+        dt = (time.perf_counter() - t0) / args.steps
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**20  # all tensors on the GPU, weights included
+            torch.cuda.empty_cache()  # while others run, this worker holds only its weights and optimizer state
+        else:
+            peak = peak_rss_mib() - base_rss  # what the steps added to the process: activations, grads, Adam
+        reply.write(json.dumps(dict(dt=dt, peak_mib=peak)) + "\n")
+
+
+class Worker:
+    """The parent's handle on one case's worker process."""
+
+    def __init__(self, argv, pe, T):
+        self.pe, self.T, self.stderr = pe, T, tempfile.TemporaryFile("w+")  # a file: a full pipe would block it
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--case", f"{pe}:{T}"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.ready = self.answer()  # after the build and the warm-up
+
+    def answer(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.stderr.seek(0)
+            rc, lines = self.proc.returncode, self.stderr.read().strip().splitlines()
+            if rc < 0:  # a signal, with no message of its own: the kernel's out-of-memory killer, say
+                last = f"killed by signal {-rc}"
+            else:
+                last = lines[-1] if lines else f"exited with status {rc}"
+            sys.exit(f"bench.py: case {self.pe} at T={self.T} failed: {last}")
+        return json.loads(line)
+
+    def time(self):
+        try:
+            self.proc.stdin.write("run\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died while idle: answer() finds no reply and says why
+        return self.answer()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # EOF: the worker's loop ends
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.stderr.close()
+
+
+# -----------------------------------------------------------------------------
+# The parent: rounds over the cases of each length, then one table per length
+
+
+def run_length(args, argv, encodings, T):
+    """Time every encoding at length T in interleaved rounds; return (results, skipped)."""
+    workers, skipped = [], []
+    try:
+        for pe in encodings:
+            if pe == "learned" and T > GPTConfig.from_preset(args.preset).block_size:
+                skipped.append(dict(pe=pe, T=T, reason="T beyond its table"))
+                continue
+            w = Worker(argv, pe, T)  # started one at a time: warm-ups do not overlap (nor their memory)
+            if "skip" in w.ready:
+                skipped.append(dict(pe=pe, T=T, reason=w.ready["skip"]))
+                w.close()
+            else:
+                workers.append(w)
+        tps = {w.pe: [] for w in workers}
+        peak = {}
+        for r in range(args.rounds):
+            # every other round in reverse: no case always follows the same neighbour
+            for w in (workers if r % 2 == 0 else workers[::-1]):
+                out = w.time()
+                tps[w.pe].append(args.batch_size * T / out["dt"])
+                peak[w.pe] = out["peak_mib"]  # the process's peak so far: the last round has the max
+            print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{pe} {v[-1]:,.0f}" for pe, v in tps.items()),
+                  flush=True)
+    finally:
+        for w in workers:
+            w.close()
+    results = []
+    for w in workers:
+        rounds = tps[w.pe]
+        median = statistics.median(rounds)
+        mfu = w.ready["mfu_at_1s"]
+        results.append(dict(pe=w.pe, T=T, tokens_per_s=median, tokens_per_s_min=min(rounds),
+                            tokens_per_s_max=max(rounds), ms=1e3 * args.batch_size * T / median,
+                            peak_mib=peak[w.pe], mfu=None if mfu is None else mfu * median / (args.batch_size * T),
+                            rounds=rounds))
+    ref = next((r for r in results if r["pe"] == "rope"), None)
+    for r in results:  # ratios: of the medians, and their spread as the range of same-round ratios
+        per_round = [a / b for a, b in zip(r["rounds"], ref["rounds"])] if ref else []
+        r.update(vs_rope=r["tokens_per_s"] / ref["tokens_per_s"] if ref else None,
+                 vs_rope_min=min(per_round, default=None), vs_rope_max=max(per_round, default=None))
+    return results, skipped
+
+
+def print_table(T, results, skipped):
+    ref = next((r for r in results if r["pe"] == "rope"), None)
+    print(f"\nT = {T}\n| pe | ms/step | tokens/s | min–max | vs rope | per round | peak MiB | vs rope | MFU |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        speed = f"{r['vs_rope']:.2f}x | {r['vs_rope_min']:.2f}–{r['vs_rope_max']:.2f}x" if ref else "– | –"
+        mem = f"{r['peak_mib'] / ref['peak_mib']:.2f}x" if ref and ref["peak_mib"] > 0 else "–"
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(f"| {r['pe']} | {r['ms']:.2f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s_min']:,.0f}–"
+              f"{r['tokens_per_s_max']:,.0f} | {speed} | {r['peak_mib']:.0f} | {mem} | {mfu} |")
+    for s in skipped:
+        print(f"| {s['pe']} | – | – | – | – | – | – | – | – |  ({s['reason']})")
 
 
 def describe_device(device):
@@ -89,61 +334,61 @@ def describe_device(device):
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="nano", help="model size from carope.PRESETS (default nano)")
-    parser.add_argument("--pe", default=",".join(PE_CHOICES), help="comma-separated encodings (default all)")
-    parser.add_argument("--seq-lens", default="128", help="comma-separated sequence lengths (default 128)")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
-    parser.add_argument("--mode", choices=("train", "eval"), default="train",
-                        help="train: forward, backward and AdamW step; eval: forward under no_grad")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per case (default 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="nano", choices=PRESETS, help="model size (default nano)")
+    parser.add_argument("--mode", choices=("train", "eval", "rotation"), default="train",
+                        help="train: forward, backward and AdamW step; eval: forward under no_grad; "
+                        "rotation: only the rotation of q and k, forward and backward")
+    parser.add_argument("--pe", help="comma-separated encodings (default: all; in rotation mode "
+                        f"{','.join(ROTATION_PE)})")
+    parser.add_argument("--seq-lens", type=lengths, default=[128], help="comma-separated lengths (default 128)")
+    parser.add_argument("--batch-size", type=positive, default=8, help="sequences per step (default 8)")
+    parser.add_argument("--rounds", type=positive, default=5, help="timed rounds, each runs every case once (default 5)")
+    parser.add_argument("--steps", type=positive, default=3, help="timed steps per case per round (default 3)")
+    parser.add_argument("--warmup", type=lambda s: positive(s, 0), default=2, help="untimed steps first (default 2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16 runs under autocast (default float32)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+                        help="bfloat16: autocast for the model, bf16 q and k for the rotation (default float32)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model or the rotation (CUDA)")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: PE:T, run one case, print JSON
-    args = parser.parse_args()
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: PE:T, be that case's worker
+    args = parser.parse_args(argv)
 
     if args.case:
-        pe, T = args.case.split(":")
-        print(json.dumps(run_case(args, pe, int(T))))
-        return
+        pe, T = args.case.rsplit(":", 1)
+        return worker(args, pe, int(T))
 
-    encodings = sorted(args.pe.split(","), key=lambda pe: pe != "rope")  # RoPE first: the reference
-    unknown = [pe for pe in encodings if pe not in PE_CHOICES]
+    known = ROTATION_PE if args.mode == "rotation" else PE_CHOICES
+    encodings = list(dict.fromkeys((args.pe or ",".join(known)).split(",")))
+    unknown = [pe for pe in encodings if pe not in known]
     if unknown:
-        sys.exit(f"bench.py: unknown encoding(s) {', '.join(unknown)}; choose from {', '.join(PE_CHOICES)}")
-    lengths = [int(t) for t in args.seq_lens.split(",")]
+        sys.exit(f"bench.py: unknown encoding(s) {', '.join(unknown)} for --mode {args.mode}; "
+                 f"choose from {', '.join(known)}")
+    encodings.sort(key=lambda pe: pe != "rope")  # RoPE first: the reference
+    args.pe = ",".join(encodings)  # what ran, for the JSON
+    check_device(args.device)
+    if args.json:
+        check_writable(args.json)
+
     print(f"device: {describe_device(args.device)} | torch {torch.__version__} | preset {args.preset} | "
           f"batch {args.batch_size} | mode {args.mode} | dtype {args.dtype} | compile {args.compile} | "
-          f"{args.steps} timed steps after {args.warmup} warm-up")
-    results = []
-    for T in lengths:
-        print(f"\nT = {T}\n| pe | ms/step | tokens/s | vs rope | peak MiB | vs rope |\n|---|---:|---:|---:|---:|---:|")
-        rows = []
-        for pe in encodings:
-            if pe == "learned" and T > GPTConfig.from_preset(args.preset).block_size:
-                print(f"| learned | – | – | – | – | – |  (T beyond its table)")
-                continue
-            out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--case", f"{pe}:{T}"],
-                                 capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            if out.returncode != 0:
-                sys.exit(f"bench.py: case {pe} at T={T} failed:\n{out.stderr.strip()}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            ref = next((r for r in rows if r["pe"] == "rope"), None)
-            r = rows[-1]
-            speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "–"
-            mem = f"{r['peak_mib'] / ref['peak_mib']:.2f}x" if ref and ref["peak_mib"] > 0 else "–"
-            print(f"| {pe} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {speed} | {r['peak_mib']:.0f} | {mem} |",
-                  flush=True)
-        results.extend(rows)
+          f"{args.rounds} rounds of {args.steps} timed steps after {args.warmup} warm-up", flush=True)
+    results, skipped = [], []
+    for T in args.seq_lens:
+        print(f"\nT = {T}: warming up {len(encodings)} worker(s)", flush=True)
+        res, skip = run_length(args, argv, encodings, T)
+        print_table(T, res, skip)
+        results += res
+        skipped += skip
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(device=describe_device(args.device), torch=torch.__version__, args=vars(args),
-                           results=results), f, indent=1)
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:  # then a rename: a reader never sees half a file
+            json.dump(dict(device=describe_device(args.device), torch=torch.__version__,
+                           args={k: v for k, v in vars(args).items() if k != "case"},
+                           results=results, skipped=skipped), f, indent=1)
+        os.replace(tmp, args.json)
 
 
 if __name__ == "__main__":

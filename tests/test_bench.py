@@ -1,25 +1,153 @@
-"""bench.py runs its cases in subprocesses and reports every encoding against RoPE."""
+"""bench.py: one worker process per case, interleaved rounds, ratios to RoPE, one-line errors."""
 
+import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import bench  # noqa: E402
+
+CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts what happens without CUDA")
 
 
-def test_bench_reports_each_encoding_against_rope(tmp_path):
-    out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(REPO / "bench.py"), "--pe", "carope,rope", "--seq-lens", "16,256",
-           "--batch-size", "1", "--steps", "1", "--warmup", "0", "--mode", "eval", "--json", str(out)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def bench_cli(*argv, timeout=300):
+    return subprocess.run([sys.executable, str(REPO / "bench.py"), *argv], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory):
+    """One tiny run shared by the tests below: 2 encodings x 2 lengths x 3 rounds."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    run = bench_cli("--pe", "carope,rope", "--seq-lens", "16,64", "--batch-size", "1", "--rounds", "3",
+                    "--steps", "1", "--warmup", "0", "--mode", "eval", "--json", str(out))
     assert run.returncode == 0, run.stderr
+    return run, json.loads(out.read_text()), out
+
+
+def test_bench_reports_each_encoding_against_rope(eval_run):
+    run, report, out = eval_run
     assert "| rope |" in run.stdout and "| carope |" in run.stdout and "1.00x" in run.stdout
-    results = json.loads(out.read_text())["results"]
-    assert [(r["pe"], r["T"]) for r in results] == [("rope", 16), ("carope", 16), ("rope", 256), ("carope", 256)]
-    assert all(r["tokens_per_s"] > 0 for r in results)
+    assert {"device", "torch", "args", "results"} <= report.keys() and report["args"]["preset"] == "nano"
+    results = report["results"]
+    assert [(r["pe"], r["T"]) for r in results] == [("rope", 16), ("carope", 16), ("rope", 64), ("carope", 64)]
+    assert all(r["tokens_per_s"] > 0 and r["peak_mib"] == r["peak_mib"] for r in results)  # not NaN
+    for r in results:  # the ratio is of the medians; RoPE's own is 1
+        rope = next(x for x in results if x["pe"] == "rope" and x["T"] == r["T"])
+        assert r["vs_rope"] == pytest.approx(r["tokens_per_s"] / rope["tokens_per_s"])
+        assert r["vs_rope_min"] <= r["vs_rope"] <= r["vs_rope_max"]
+    assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # written by rename: no .tmp left behind
 
 
-def test_bench_rejects_unknown_encoding():
-    run = subprocess.run([sys.executable, str(REPO / "bench.py"), "--pe", "alibi"], capture_output=True, text=True)
-    assert run.returncode != 0 and "unknown encoding(s) alibi" in run.stderr
+def test_rounds_median_and_range(eval_run):
+    _, report, _ = eval_run
+    for r in report["results"]:
+        assert len(r["rounds"]) == 3
+        assert r["tokens_per_s"] == pytest.approx(statistics.median(r["rounds"]))
+        assert (r["tokens_per_s_min"], r["tokens_per_s_max"]) == (min(r["rounds"]), max(r["rounds"]))
+        assert r["ms"] == pytest.approx(1e3 * r["T"] / r["tokens_per_s"])  # batch 1: ms per token times T
+
+
+def test_mfu_is_not_invented_on_cpu(eval_run):
+    run, report, _ = eval_run
+    assert all(r["mfu"] is None for r in report["results"]) and "| n/a |" in run.stdout
+
+
+def test_rotation_mode_on_cpu(tmp_path):
+    out = tmp_path / "rot.json"
+    run = bench_cli("--mode", "rotation", "--seq-lens", "32", "--batch-size", "1", "--rounds", "2", "--steps", "1",
+                    "--warmup", "0", "--json", str(out))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    done = [r["pe"] for r in report["results"]]
+    assert done[:2] == ["rope", "carope"] and all(len(r["rounds"]) == 2 for r in report["results"])
+    if "carope-fused" not in done:  # no Triton or no CUDA: skipped with a note, not a failure
+        assert report["skipped"] == [dict(pe="carope-fused", T=32, reason=bench.FUSED_UNAVAILABLE)]
+        assert "(fused kernel unavailable here)" in run.stdout
+
+
+def test_rotation_gradients_reach_every_input():
+    args = argparse.Namespace(preset="nano", batch_size=2, dtype="float32", compile=False)
+    step, mfu = bench.rotation_case(args, "carope", 16, torch.device("cpu"))
+    grads = step()  # q, k, x, W, b: the loss must depend on the phases, or f's inputs get zeros
+    assert mfu is None and len(grads) == 5
+    assert all(g.isfinite().all() and g.abs().sum() > 0 for g in grads)
+    assert len(bench.rotation_case(args, "rope", 16, torch.device("cpu"))[0]()) == 2  # q, k only
+
+
+@CPU_ONLY
+def test_fused_case_is_unavailable_without_cuda():
+    args = argparse.Namespace(preset="nano", batch_size=1, dtype="float32", compile=False)
+    with pytest.raises(bench.Unavailable):
+        bench.rotation_case(args, "carope-fused", 16, torch.device("cpu"))
+
+
+def test_a_dying_worker_is_one_line_naming_its_case():
+    # learned at T > its table raises in the worker's warm-up (the parent skips that case itself)
+    with pytest.raises(SystemExit) as e:
+        bench.Worker(["--mode", "eval", "--batch-size", "1", "--warmup", "1"], "learned", 200)
+    msg = str(e.value.code)
+    assert msg.startswith("bench.py: case learned at T=200 failed:") and "learned position table" in msg
+    assert "\n" not in msg
+
+
+BAD_ARGS = [
+    (["--seq-lens", "abc"], "--seq-lens"), (["--seq-lens", "0"], "--seq-lens"), (["--seq-lens", "-5"], "--seq-lens"),
+    (["--seq-lens", "128,"], "--seq-lens"), (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-3"], "--batch-size"), (["--steps", "0"], "--steps"), (["--warmup", "-1"], "--warmup"),
+    (["--rounds", "0"], "--rounds"), (["--preset", "huge"], "huge"), (["--device", "gpu"], "'gpu'"),
+    (["--pe", "alibi"], "unknown encoding(s) alibi"),
+    (["--mode", "rotation", "--pe", "tapa"], "unknown encoding(s) tapa"),
+]
+
+
+@pytest.mark.parametrize("argv, names", BAD_ARGS, ids=lambda a: " ".join(a) if isinstance(a, list) else None)
+def test_bad_arguments_fail_in_one_line_before_any_work(argv, names, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "Worker", None)  # starting a case would raise TypeError, not SystemExit
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    msg = str(e.value.code)
+    assert msg.startswith("bench.py: ") and names in msg and "\n" not in msg
+    assert capsys.readouterr().out == ""  # not even the header: nothing ran
+
+
+def json_errors(tmp_path):
+    yield str(tmp_path / "missing" / "b.json"), "does not exist"
+    yield str(tmp_path), "is a directory"
+    if os.geteuid() != 0:  # root writes into read-only directories
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        yield str(ro / "b.json"), "cannot write"
+
+
+def test_unwritable_json_is_found_before_the_benchmark(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "Worker", None)
+    for path, why in json_errors(tmp_path):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--json", path])
+        assert why in str(e.value.code) and "\n" not in str(e.value.code)
+        assert capsys.readouterr().out == ""
+
+
+@CPU_ONLY
+def test_cuda_without_cuda(monkeypatch):
+    monkeypatch.setattr(bench, "Worker", None)
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--device", "cuda"])
+    assert "no CUDA GPU" in str(e.value.code) and "--device cpu" in str(e.value.code)
+
+
+@pytest.mark.parametrize("argv", [["--seq-lens", "abc"], ["--json", "/nonexistent-dir/b.json"]])
+def test_command_line_errors_are_one_line(argv):
+    run = bench_cli(*argv, timeout=60)
+    assert run.returncode != 0 and run.stdout == ""
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
