@@ -16,12 +16,14 @@ so the angle between a query at m and a key at n, sum_{t=n+1..m} f(x_t)^i, depen
 tokens in between, not only on the distance m - n.
 
 Read it top to bottom: positional encodings, attention, MLP, block, GPTConfig, GPT.
+Shapes: B batch, T tokens, C = n_embd, H = n_head, D = head_dim = C/H, P = D/2 pairs.
 Where a paper leaves a choice open, the choice this project made is marked "Reading:".
 """
 
 import inspect
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -47,7 +49,7 @@ def rotate(x, cos, sin):
     The one rotation shared by RoPE, CARoPE and Selective RoPE. Reading (layout): pairs are
     half-split (pair i = dims i and i + d/2), as Selective RoPE's code does; any layout works
     as long as q and k, and RoPE and CARoPE, agree.
-    x: (B, n_head, T, head_dim); cos, sin: float32, broadcastable to (B, n_head, T, head_dim/2).
+    x: (B, H, T, D); cos, sin: float32, broadcastable to (B, H, T, P).
     The arithmetic is float32 (phases reach thousands of radians), the result has x's dtype.
     """
     half = x.size(-1) // 2
@@ -70,6 +72,40 @@ def sinusoidal_table(T, C, device=None):
     return torch.stack((phase.sin(), phase.cos()), dim=-1).view(T, C)  # interleave sin, cos: (T, C)
 
 
+@dataclass
+class LayerCache:
+    """What one attention layer keeps between generation steps, so a step runs on the new token only.
+
+    The first call with a cache takes the whole prompt (the prefill), every later call one token.
+    k, v:  keys and values of every token so far, (B, H, T, D). Keys are stored rotated (RoPE,
+           CARoPE, Selective): a key's rotation depends only on tokens up to it, so it never
+           changes. TAPA's keys are raw; its score takes |m - n| from the positions.
+    pos:   tokens so far, i.e. the position of the next token: RoPE's offset, TAPA's m, the row
+           of the learned or sinusoidal table.
+    phase: the running phase of the last token, (B, H, P). CARoPE: phi_i^h, so the next token's
+           is phase + f(x_t)_h^i (no table: it depends on every token before). Selective: the
+           running sum of rates (its phase divided by theta_i).
+    rates: Selective: the last kernel-1 rates before its causal convolution, (B, H*P, kernel-1).
+    """
+    k: Optional[torch.Tensor] = None
+    v: Optional[torch.Tensor] = None
+    pos: int = 0
+    phase: Optional[torch.Tensor] = None
+    rates: Optional[torch.Tensor] = None
+
+    def append(self, k, v):
+        """Add this call's keys and values; returns all of them, (B, H, pos, D)."""
+        if self.k is None:
+            self.k, self.v = k, v
+        elif k.size(2) == 1:
+            self.k, self.v = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
+        else:
+            raise ValueError(f"a LayerCache takes a whole prompt once, then one token per call; got "
+                             f"{k.size(2)} tokens after {self.pos}: start a new cache for a new prompt")
+        self.pos += k.size(2)
+        return self.k, self.v
+
+
 # -----------------------------------------------------------------------------
 # Positional encodings that rotate q and k. Each returns (cos, sin) of its phases.
 
@@ -77,8 +113,8 @@ def sinusoidal_table(T, C, device=None):
 class RoPE(nn.Module):
     """RoPE (Su et al., 2021): phi_i(m) = m * theta_i, theta_i = base^(-2i/d).
 
-    cos and sin are cached for block_size positions and the cache grows when a longer
-    sequence arrives (evaluation beyond the training context).
+    cos and sin are tabulated for block_size positions and the table grows when a longer
+    sequence arrives (evaluation beyond the training context, generation).
     """
 
     def __init__(self, config):
@@ -87,15 +123,16 @@ class RoPE(nn.Module):
         self._build_cache(config.block_size)
 
     def _build_cache(self, T):
-        phase = torch.arange(T, dtype=torch.float32, device=self.theta.device)[:, None] * self.theta  # m * theta_i: (T, d/2)
+        phase = torch.arange(T, dtype=torch.float32, device=self.theta.device)[:, None] * self.theta  # m * theta_i: (T, P)
         self.register_buffer("cos_cached", phase.cos(), persistent=False)
         self.register_buffer("sin_cached", phase.sin(), persistent=False)
 
-    def forward(self, x):
-        T = x.size(1)
-        if T > self.cos_cached.size(0):
-            self._build_cache(T)
-        return self.cos_cached[:T], self.sin_cached[:T]  # (T, d/2) each, broadcast over B and heads
+    def forward(self, x, cache=None):
+        start = 0 if cache is None else cache.pos  # generating: x's first token sits at position pos
+        end = start + x.size(1)
+        if end > self.cos_cached.size(0):
+            self._build_cache(max(end, 2 * self.cos_cached.size(0)))  # doubling: rare rebuilds when generating
+        return self.cos_cached[start:end], self.sin_cached[start:end]  # (T, P) each, broadcast over B and H
 
 
 class CARoPE(nn.Module):
@@ -119,17 +156,25 @@ class CARoPE(nn.Module):
         self.weight = nn.Parameter(torch.zeros(n_head, config.n_embd)) if input_dependent else None
         self.register_buffer("i", torch.arange(head_dim // 2, dtype=torch.float32), persistent=False)
 
-    def forward(self, x):
+    def frequencies(self, x):
+        """f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1), float32, (B, T, H): each token's base per head."""
         B, T, C = x.size()
         with no_autocast(x):  # Reading (precision): f, f^i, the sums, cos and sin all in float32
             if self.weight is None:
                 logits = self.bias.float().expand(B, T, -1)  # b_h, the same for every token
             else:
-                logits = F.linear(x.float(), self.weight.float(), self.bias.float())  # x_t W + b: (B, T, n_head)
-            f = 1.0 / (F.softplus(logits) + 1.0)  # f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1)
-            powers = f.unsqueeze(-1) ** self.i  # f(x_t)_h^i: (B, T, n_head, d/2)
+                logits = F.linear(x.float(), self.weight.float(), self.bias.float())  # x_t W + b: (B, T, H)
+            return 1.0 / (F.softplus(logits) + 1.0)  # f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1)
+
+    def forward(self, x, cache=None):
+        with no_autocast(x):
+            powers = self.frequencies(x).unsqueeze(-1) ** self.i  # f(x_t)_h^i: (B, T, H, P)
             phase = torch.cumsum(powers, dim=1)  # phi_i^h(m) = sum_{t<=m} f(x_t)_h^i
-            phase = phase.transpose(1, 2)  # (B, n_head, T, d/2), the layout of q and k
+            if cache is not None:  # generating: carry on from the tokens before x
+                if cache.phase is not None:
+                    phase = cache.phase.unsqueeze(1) + phase  # phi(m) = phi(m-1) + f(x_m)^i
+                cache.phase = phase[:, -1]  # the last token's phase: (B, H, P)
+            phase = phase.transpose(1, 2)  # (B, H, T, P), the layout of q and k
             return phase.cos(), phase.sin()
 
 
@@ -158,21 +203,32 @@ class SelectiveRoPE(nn.Module):
         self.gate = nn.Linear(n_embd, n_head) if config.selective_gate else None
         self.register_buffer("theta", rope_frequencies(head_dim, config.rope_base), persistent=False)
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
         B, T, C = x.size()
-        H, P = self.n_head, self.n_pair
+        H, P, K = self.n_head, self.n_pair, self.kernel
         with no_autocast(x):
             xh = F.normalize(x.float().view(B, T, H, C // H), dim=-1)  # 1. L2-normalised chunk per head
             w = F.normalize(self.proj.float(), dim=-1)  # 2. weight norm: each rate's row has unit length
             rate = torch.einsum("bthc,hpc->bthp", xh, w) * self.gain.view(1, 1, H, 1)  # (B, T, H, P)
             rate = rate.reshape(B, T, H * P).transpose(1, 2)  # (B, H*P, T): channels first for conv1d
-            rate = F.conv1d(F.pad(rate, (self.kernel - 1, 0)), self.conv, groups=H * P)  # 3. causal: pad the past only
+            if cache is None:
+                rate = F.pad(rate, (K - 1, 0))  # 3. causal: the K-1 steps before the start are zeros
+            else:  # generating: those K-1 steps are the rates cached from the tokens before x
+                past = cache.rates if cache.rates is not None else rate.new_zeros(B, H * P, K - 1)
+                rate = torch.cat((past, rate), dim=2)
+                cache.rates = rate[:, :, rate.size(2) - (K - 1):]  # (B, H*P, K-1)
+            rate = F.conv1d(rate, self.conv, groups=H * P)  # (B, H*P, T)
             rate = rate.transpose(1, 2).reshape(B, T, H, P)
             if self.bias is not None:
                 rate = rate + self.bias.exp()  # 4. + exp(b): b = 0 is a clock of one step per token
             if self.gate is not None:
                 rate = rate * torch.sigmoid(self.gate(x.float())).unsqueeze(-1)  # 5. phase gate per head
-            phase = torch.cumsum(rate, dim=1) * self.theta  # 6. phi_i(m) = theta_i * sum_{t<=m} rate_t,i
+            total = torch.cumsum(rate, dim=1)  # sum_{t<=m} rate_t,i: (B, T, H, P)
+            if cache is not None:  # generating: carry on from the sum of the tokens before x
+                if cache.phase is not None:
+                    total = cache.phase.unsqueeze(1) + total
+                cache.phase = total[:, -1]  # (B, H, P)
+            phase = total * self.theta  # 6. phi_i(m) = theta_i * sum_{t<=m} rate_t,i
             phase = phase.transpose(1, 2)  # (B, H, T, P)
             return phase.cos(), phase.sin()
 
@@ -199,18 +255,21 @@ def tapa_attention(q, k, v, theta=0.5, alpha=0.1, chunk_size=256, dropout_p=0.0)
         score(m, n) = (q_A.k_A)/sqrt(theta D) * cos(2 pi |m-n|^alpha (q_P.k_P)/sqrt((1-theta) D))
     then the causal mask and softmax. It needs two dot products per (m, n), so it cannot use
     the flash kernel; queries go in chunks so the (T, T) score matrix is never whole in memory.
-    q, k, v: (B, n_head, T, D). Scores in float32; the result has v's dtype.
+    q: (B, H, Tq, D), the last Tq positions of k, v: (B, H, T, D); Tq = T but when generating with
+    a cache. Scores in float32; the result has v's dtype, (B, H, Tq, D).
     """
-    T, D = q.size(-2), q.size(-1)
+    Tq, T, D = q.size(-2), k.size(-2), q.size(-1)
+    past = T - Tq  # keys before the first query: 0 but when generating with a cache
     D_A = round(theta * D)
     q, k = q.float(), k.float()
     q_A, q_P, k_A, k_P = q[..., :D_A], q[..., D_A:], k[..., :D_A], k[..., D_A:]
     pos = torch.arange(T, dtype=torch.float32, device=q.device)
     out = []
-    for start in range(0, T, chunk_size):
-        end = min(start + chunk_size, T)  # queries [start, end) see keys [0, end)
-        amplitude = q_A[:, :, start:end] @ k_A[:, :, :end].transpose(-2, -1) / math.sqrt(D_A)  # (B, H, c, end)
-        dot_P = q_P[:, :, start:end] @ k_P[:, :, :end].transpose(-2, -1) / math.sqrt(D - D_A)
+    for start in range(past, T, chunk_size):
+        end = min(start + chunk_size, T)  # queries at positions [start, end) see keys [0, end)
+        q_rows = slice(start - past, end - past)
+        amplitude = q_A[:, :, q_rows] @ k_A[:, :, :end].transpose(-2, -1) / math.sqrt(D_A)  # (B, H, c, end)
+        dot_P = q_P[:, :, q_rows] @ k_P[:, :, :end].transpose(-2, -1) / math.sqrt(D - D_A)
         distance = (pos[start:end, None] - pos[None, :end]).abs() ** alpha  # |m - n|^alpha: (c, end)
         scores = amplitude * torch.cos(2 * math.pi * distance * dot_P)
         future = pos[None, :end] > pos[start:end, None]  # key after query: masked
@@ -234,21 +293,23 @@ class CausalSelfAttention(nn.Module):
         self.rotary = make_rotary(config)  # RoPE / CARoPE / Selective RoPE, each layer its own
         self.tapa = (config.tapa_theta, config.tapa_alpha, config.tapa_chunk) if config.pe == "tapa" else None
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
         B, T, C = x.size()  # batch, sequence length, width (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         if self.rotary is not None:
-            cos, sin = self.rotary(x)  # x is this layer's own (normalised) input: CARoPE's x_t
+            cos, sin = self.rotary(x, cache)  # x is this layer's own (normalised) input: CARoPE's x_t
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if cache is not None:  # generating: the keys and values of the tokens before join: (B, H, pos, D)
+            k, v = cache.append(k, v)
         dropout_p = self.dropout if self.training else 0.0
         if self.tapa is not None:
             theta, alpha, chunk = self.tapa
             y = tapa_attention(q, k, v, theta, alpha, chunk, dropout_p)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:  # causal over a whole sequence; one new token sees every key, no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=k.size(2) == T)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -273,8 +334,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))  # pre-norm: attention (and CARoPE) read ln_1(x)
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)  # pre-norm: attention (and CARoPE) read ln_1(x)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -375,24 +436,33 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, cache=None):
+        """Logits (B, T, vocab_size) and the loss if targets are given.
+
+        cache: generation only, a list of one LayerCache per layer (see new_cache): idx then holds
+        the tokens after those the cache has seen, and the logits are the last position's, (B, 1, vocab_size).
+        """
         B, T = idx.size()
+        start = 0 if cache is None else cache[0].pos  # the position of idx's first token
         x = self.transformer.wte(idx)  # token embeddings: (B, T, C)
         if self.config.pe == "learned":
-            if T > self.config.block_size:
-                raise ValueError(f"sequence length {T} is longer than the learned position table "
+            if start + T > self.config.block_size:
+                raise ValueError(f"sequence length {start + T} is longer than the learned position table "
                                  f"({self.config.block_size} rows): pe='learned' cannot extrapolate; "
                                  f"use sequences of at most {self.config.block_size} tokens")
-            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))  # (T, C) broadcast over B
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast over B
         elif self.config.pe == "sinusoidal":
             # Our choice (the paper is silent): the table at GPT-2's embedding scale (std 0.02, as
             # a learned wpe starts). At Vaswani's amplitude 1 it drowns the 0.02-sized token
             # embeddings and a small model stalls (tests/test_model.py::test_every_encoding_learns).
-            x = x + SINUSOIDAL_SCALE * sinusoidal_table(T, self.config.n_embd, idx.device).to(x.dtype)
+            table = sinusoidal_table(start + T, self.config.n_embd, idx.device)[start:]  # rows start .. start+T-1
+            x = x + SINUSOIDAL_SCALE * table.to(x.dtype)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if cache is None else cache[i])
         x = self.transformer.ln_f(x)
+        if cache is not None:
+            x = x[:, [-1]]  # generating needs the next token's logits only: (B, 1, C)
         logits = self.lm_head(x)  # every position: (B, T, vocab_size)
         loss = None
         if targets is not None:
@@ -423,12 +493,34 @@ class GPT(nn.Module):
         peak = peak_flops(device or next(self.parameters()).device)
         return None if peak is None else flops_per_token * tokens_per_iter / dt / peak
 
+    def new_cache(self):
+        """An empty cache for generation: one LayerCache per layer."""
+        return [LayerCache() for _ in self.transformer.h]
+
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens tokens after idx (B, T); temperature 0 takes the argmax."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True):
+        """Sample max_new_tokens tokens after idx (B, T); temperature 0 takes the argmax.
+
+        Context: every encoding but 'learned' sees the whole sequence, past block_size too (they
+        are relative, or for sinusoidal computable at any position; how well they extrapolate is
+        what the papers measure). 'learned' has block_size positions and sees the last block_size tokens.
+        use_cache=True runs the prompt once, then one token per step against each layer's cached
+        keys, values and phase (LayerCache); use_cache=False runs the whole context every step.
+        Both give the same logits, up to float rounding.
+        """
+        window = self.config.block_size if self.config.pe == "learned" else None
+        cache = None
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]  # the model was trained on this much context
-            logits, _ = self(idx_cond)
+            if not use_cache:
+                logits, _ = self(idx if window is None else idx[:, -window:])
+            elif cache is None or cache[0].pos == window:
+                # The prefill. For 'learned', also each step once the cache holds block_size tokens:
+                # the window slides, every token's position row changes and no cached key stays
+                # valid, so the cache falls back to recomputing the window, token for token as use_cache=False.
+                cache = self.new_cache()
+                logits, _ = self(idx if window is None else idx[:, -window:], cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], cache=cache)  # the newest token only
             logits = logits[:, -1, :].float()
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)

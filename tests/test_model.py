@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from carope import (GPT, PE_CHOICES, PRESETS, CARoPE, GPTConfig, RoPE, SelectiveRoPE, rotate,
+from carope import (GPT, PE_CHOICES, PRESETS, CARoPE, GPTConfig, LayerCache, RoPE, SelectiveRoPE, rotate,
                     sinusoidal_table, tapa_attention)
 
 TINY = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
@@ -255,7 +255,7 @@ def test_targets_minus_one_ignored():
 def test_generate(pe):
     model = tiny_model(pe)
     idx = torch.randint(0, 64, (2, 5))
-    out = model.generate(idx, 20, temperature=0.8, top_k=10)  # runs past block_size: context is cropped
+    out = model.generate(idx, 20, temperature=0.8, top_k=10)  # runs past block_size (learned: a window)
     assert out.shape == (2, 25) and torch.equal(out[:, :5], idx)
     assert 0 <= out.min() and out.max() < 64
     greedy = model.generate(idx, 4, temperature=0)
@@ -354,3 +354,138 @@ def test_selective_with_zero_projection_equals_rope():
     _, gated = logits_with_weights_of(rope, "selective", idx, selective_gate=True)
     with torch.no_grad():  # the gate (sigmoid(0) = 1/2 at init) halves the clock: no longer RoPE
         assert not torch.allclose(zero_selective_projection(gated)(idx)[0], expected, atol=1e-2)
+
+
+# ----------------------------------------------------------------------------- generation with a cache
+
+def generation_model(pe):
+    """Non-trivial encoding weights, sharp attention that weighs in the residual stream, and an untied
+    random lm_head, so that greedy text does not just repeat a token and a wrong position or phase
+    changes the tokens, not only the logits."""
+    model = sharpen_attention(perturb_positional_params(tiny_model(pe)), scale=10.0)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_proj.weight *= 3.0
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(64, 32, generator=torch.Generator().manual_seed(0)))
+    return model
+
+
+@pytest.mark.parametrize("pe", PE_CHOICES)
+def test_cache_logits_equal_full_forward(pe):
+    # Prefill 5 tokens, then one token per call: each call's logits are the full forward's at that
+    # position. Past block_size (16) for every encoding but learned, whose table stops there.
+    model = generation_model(pe)
+    T = 16 if pe == "learned" else 35
+    idx = torch.randint(0, 64, (2, T), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full, _ = model(idx)  # (2, T, 64)
+        cache = model.new_cache()
+        steps = [model(idx[:, :5], cache=cache)[0]]  # the prefill gives the last position only
+        steps += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, T)]
+    assert all(s.shape == (2, 1, 64) for s in steps)
+    assert torch.allclose(torch.cat(steps, dim=1), full[:, 4:], rtol=0, atol=2e-4)  # |logits| up to ~20
+    assert all(c.pos == T and c.k.shape == (2, 2, T, 16) for c in cache)
+
+
+@pytest.mark.parametrize("pe", PE_CHOICES)
+def test_greedy_generation_with_cache_equals_recomputation(pe):
+    # Batch 2, prompt 5, 30 new tokens with block_size 16. Reference: each token is the argmax of a
+    # fresh forward over the whole sequence so far, or for learned over its last block_size tokens.
+    model = generation_model(pe)
+    prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(4))
+    cached = model.generate(prompt, 30, temperature=0, use_cache=True)
+    assert torch.equal(cached, model.generate(prompt, 30, temperature=0, use_cache=False))
+    context = 16 if pe == "learned" else None
+    with torch.no_grad():
+        for t in range(5, 35):
+            start = 0 if context is None else max(0, t - context)
+            expected = model(cached[:, start:t])[0][:, -1].argmax(dim=-1)
+            assert torch.equal(cached[:, t], expected), (pe, t)
+
+
+@pytest.mark.parametrize("pe", PE_CHOICES)
+def test_sampling_with_seed_same_with_and_without_cache(pe):
+    model = generation_model(pe)
+    prompt = torch.randint(0, 64, (3, 4), generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(7)
+    cached = model.generate(prompt, 24, temperature=1.0, top_k=20, use_cache=True)
+    torch.manual_seed(7)
+    assert torch.equal(cached, model.generate(prompt, 24, temperature=1.0, top_k=20, use_cache=False))
+    torch.manual_seed(8)  # and the seed matters: the test compares samples, not a constant
+    assert not torch.equal(cached, model.generate(prompt, 24, temperature=1.0, top_k=20, use_cache=True))
+
+
+def test_cache_takes_one_token_per_call_after_the_prompt():
+    cache = LayerCache()
+    cache.append(torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4))
+    with pytest.raises(ValueError, match="one token per call"):
+        cache.append(torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
+
+
+def test_carope_frequencies_formula_and_precision():
+    carope = perturb_positional_params(tiny_model("carope")).transformer.h[0].attn.rotary
+    x = torch.randn(2, 7, 32)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        f = carope.frequencies(x)
+    assert f.shape == (2, 7, 2) and f.dtype == torch.float32
+    z = x.double() @ carope.weight.detach().double().T + carope.bias.detach().double()  # x_t W + b
+    assert torch.allclose(f.double(), 1 / (torch.log1p(torch.exp(z)) + 1), atol=1e-6)
+    assert 0 < f.min() and f.max() < 1
+
+
+# ----------------------------------------------------------------------------- the gradient through the phase
+
+class DetachedInput(torch.nn.Module):
+    """Wraps a rotary module so that its input is detached: its phases stay, their gradient is cut."""
+
+    def __init__(self, rotary):
+        super().__init__()
+        self.rotary = rotary
+
+    def forward(self, x, cache=None):
+        return self.rotary(x.detach(), cache)
+
+
+def embedding_gradient(model, idx):
+    """d loss / d (token embeddings), (B, T, C)."""
+    captured = []
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        captured.append(out)
+
+    hook = model.transformer.wte.register_forward_hook(keep)
+    _, loss = model(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    hook.remove()
+    return loss.detach(), captured[0].grad
+
+
+@pytest.mark.parametrize("pe", ["carope", "selective", "carope-static"])
+def test_gradient_reaches_residual_stream_through_the_phase(pe):
+    # CARoPE's f(x_t) and Selective's rates are functions of the residual stream, so the loss's
+    # gradient must reach the embeddings through them too, not only through q, k, v. Cutting that
+    # path (detaching the rotary module's input) must change d loss / d embeddings.
+    idx = torch.randint(0, 64, (2, 17), generator=torch.Generator().manual_seed(6))
+    model = generation_model(pe)
+    loss, grad = embedding_gradient(model, idx)
+    for block in model.transformer.h:
+        block.attn.rotary = DetachedInput(block.attn.rotary)
+    model.zero_grad()
+    loss_cut, grad_cut = embedding_gradient(model, idx)
+    assert torch.equal(loss, loss_cut)  # the same forward values
+    if pe == "carope-static":  # f_h ignores its input: nothing flows through it, the gradients agree
+        assert torch.allclose(grad, grad_cut, rtol=0, atol=1e-9)
+    else:
+        assert (grad - grad_cut).abs().max() > 1e-3 * grad.abs().max(), "no gradient flows through the phase"
+
+
+def test_rotate_pairs_dims_i_and_i_plus_half():
+    # rotate's layout against an independent formula: pair i is the complex number x_i + j x_{i+D/2},
+    # multiplied by e^{j phi_i}.
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 3, 5, 8, generator=g)  # (B, H, T, D)
+    phi = 10 * torch.randn(2, 3, 5, 4, generator=g)  # (B, H, T, P)
+    z = torch.complex(x[..., :4].double(), x[..., 4:].double()) * torch.exp(1j * phi.double())
+    expected = torch.cat((z.real, z.imag), dim=-1)
+    assert torch.allclose(rotate(x, phi.cos(), phi.sin()).double(), expected, atol=1e-5)

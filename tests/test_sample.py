@@ -1,0 +1,120 @@
+"""Tests of sample.py on tiny checkpoints written by train.py itself."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import prepare_data
+import sample
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_RUN = ["--max-steps", "2", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
+            "--micro-batch", "2", "--val-tokens", "256", "--eval-lens", "16", "--sample-tokens", "0",
+            "--device", "cpu", "--no-compile"]
+
+
+def checkpoint(tmp_path_factory, pe):
+    out = tmp_path_factory.mktemp(pe)
+    train.main(TINY_RUN + ["--pe", pe, "--out-dir", str(out)])
+    return str(out / "ckpt.pt")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return checkpoint(tmp_path_factory, "carope")
+
+
+@pytest.fixture(scope="module")
+def learned_ckpt(tmp_path_factory):
+    return checkpoint(tmp_path_factory, "learned")
+
+
+def run_sample(args):
+    """sample.py in its own process, one thread (2 shared cores: more threads only wait on each other)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "sample.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def samples(capsys, args):
+    """The printed samples of an in-process run, without the closing tokens/s line."""
+    capsys.readouterr()
+    sample.main(args)
+    out = capsys.readouterr().out
+    assert "tokens/s" in out.splitlines()[-1]
+    return out.rsplit("----------\n", 1)[0]
+
+
+def test_prints_samples_and_speed(ckpt):
+    r = run_sample(["--ckpt", ckpt, "--prompt", "And God said", "--tokens", "8", "--num-samples", "2"])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert sum(line.startswith("---------- sample") for line in lines) == 2
+    assert "sample 2 of 2" in r.stdout and "pe=carope" in r.stdout
+    assert [line for line in lines if not line.startswith("----------")][-3].startswith("And God said")
+    assert lines[-1].startswith("16 tokens in ") and lines[-1].endswith("tokens/s, KV cache on, cpu")
+
+
+@pytest.mark.parametrize("extra", [["--temperature", "0"], ["--temperature", "0.9", "--top-k", "20", "--seed", "3"]])
+def test_no_cache_gives_the_same_text(ckpt, capsys, extra):
+    args = ["--ckpt", ckpt, "--prompt", "In the beginning", "--tokens", "12", "--num-samples", "2", *extra]
+    with_cache = samples(capsys, args)
+    assert with_cache == samples(capsys, args + ["--no-cache"])
+    if "--seed" in extra:  # and the seed matters: not a constant text
+        assert with_cache != samples(capsys, args[:-2] + ["--seed", "4"])
+
+
+def test_no_prompt_starts_a_document(ckpt, capsys):
+    # The printed text is the model's greedy continuation of the end-of-text token, that token left out.
+    text = samples(capsys, ["--ckpt", ckpt, "--tokens", "10", "--num-samples", "1", "--temperature", "0"])
+    model, _ = sample.load_model(ckpt, "cpu")
+    enc = prepare_data.get_encoding()
+    out = model.generate(torch.tensor([[enc.eot_token]]), 10, temperature=0)[0, 1:].tolist()
+    assert text.splitlines()[1:] == enc.decode([t for t in out if t < enc.n_vocab]).splitlines()
+
+
+def test_learned_crops_a_long_prompt(learned_ckpt, capsys):
+    prompt = "and the evening and the morning were the first day, and God saw the light, that it was good"
+    assert len(prepare_data.get_encoding().encode_ordinary(prompt)) == 21
+    text = samples(capsys, ["--ckpt", learned_ckpt, "--prompt", prompt, "--tokens", "20", "--num-samples", "1"])
+    assert "note: pe=learned sees 16 positions; the prompt is cropped to its last 16 of 21 tokens" in text
+    assert "the light" in text and "and the evening" not in text
+
+
+def write_foreign_files(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ckpt", "{tmp}/missing.pt"], "--ckpt {tmp}/missing.pt: no such checkpoint file"),
+    (["--ckpt", "{tmp}/foreign.pt"], "--ckpt {tmp}/foreign.pt: not a train.py checkpoint"),
+    (["--ckpt", "{tmp}/notes.txt"], "--ckpt {tmp}/notes.txt: not a readable checkpoint"),
+    (["--prompt", ""], '--prompt "": empty; leave --prompt out'),
+    (["--tokens", "0"], "--tokens 0: must be an integer >= 1"),
+    (["--temperature", "-0.5"], "--temperature -0.5: must be a number >= 0"),
+    (["--top-k", "0"], "--top-k 0: must be an integer >= 1"),
+    (["--num-samples", "0"], "--num-samples 0: must be an integer >= 1"),
+    (["--device", "tpu"], "--device tpu: unknown device"),
+    (["--tokens", "many"], "argument --tokens: invalid int value"),
+])
+def test_bad_input_is_one_line(tmp_path, ckpt, args, message):
+    write_foreign_files(tmp_path)
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--ckpt" not in args:
+        args += ["--ckpt", ckpt]
+    with pytest.raises(SystemExit) as e:
+        sample.main(args)
+    text = str(e.value.code)
+    assert "\n" not in text and text.startswith("sample.py: " + message.format(tmp=tmp_path)), text
+
+
+def test_bad_input_exits_1_without_traceback(tmp_path, ckpt):
+    write_foreign_files(tmp_path)
+    for args in (["--ckpt", str(tmp_path / "foreign.pt")], ["--ckpt", ckpt, "--top-k", "0"]):
+        r = run_sample(args)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("sample.py: ")
