@@ -1,0 +1,492 @@
+"""
+Compare positional encodings the honest way: one recipe, several seeds, a table with spread, plots.
+
+    python compare.py --pe rope,carope,carope-static --seeds 1,2,3 --out results/nano-kjv
+    python compare.py --pe rope,carope --seeds 1,2 --max-steps 100 --out /tmp/cmp   # any train.py flag
+    python compare.py --out results/nano-kjv --plot-only                           # redraw from runs
+
+Every run is train.py's own `main` (no second training loop) in a folder DIR/<pe>-s<seed>: the
+same data, the same recipe and the same validation tokens for all of them, evaluated at 1x, 2x,
+4x and 8x the training context unless --eval-lens says otherwise. Re-running the same command
+skips finished runs and resumes unfinished ones from their checkpoint, so a sweep may be stopped
+at any time and continued later or elsewhere (copy DIR, run again). Afterwards:
+
+    DIR/results.json      every run: pe, seed, tokens, params, speed, device, val loss and ppl per length
+    DIR/results.md        per encoding and length: mean over seeds, spread, change against RoPE
+    DIR/loss.png          validation loss against training tokens (seed mean, min-max band)
+    DIR/ppl_vs_length.png perplexity against evaluation length (log x), training length marked
+    DIR/carope_f.png      what CARoPE learned: f(x_t)_h over a passage, per head, and f per layer
+    DIR/carope_clock.png  the "context-aware clock": phase of pair 1 along the passage vs RoPE's line
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+import prepare_data
+import train
+from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
+
+OWN_FLAGS = ("--pe", "--seed", "--out-dir", "--resume", "--overwrite", "--eval-only")  # set per run by compare.py
+PASSAGE_TOKENS = 40  # tokens of the validation text shown along the x axis of the CARoPE plots
+F_SAMPLE_TOKENS = 8192  # validation tokens whose f(x_t) make the per-layer distributions
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description="Train a list of encodings x seeds with one train.py recipe; write results.json, "
+                    "results.md and plots. Any other flag goes to train.py unchanged (python train.py --help).",
+        epilog="example: python compare.py --pe rope,carope,carope-static --seeds 1,2,3 --out results/nano-kjv",
+        allow_abbrev=False)  # else train.py's --seed would be taken for --seeds
+    p.add_argument("--pe", default="rope,carope,carope-static", help="comma-separated encodings "
+                   f"(default rope,carope,carope-static; any of {','.join(PE_CHOICES)})")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the sweep's folder: one sub-folder per run")
+    p.add_argument("--plot-only", action="store_true", help="redraw results.md and the plots from the runs "
+                   "in --out without training")
+    args, recipe = p.parse_known_args(argv)
+    pes = [s for s in args.pe.split(",") if s]
+    bad = [s for s in pes if s not in PE_CHOICES]
+    if not pes or bad:
+        p.error(f"--pe {args.pe!r}: unknown encoding(s) {', '.join(bad) or '(none given)'}; "
+                f"choose from {', '.join(PE_CHOICES)}")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        args.seeds = []
+    if not args.seeds or min(args.seeds) < 0:
+        p.error(f"--seeds {args.seeds!r}: give comma-separated non-negative integers, e.g. 1,2,3")
+    args.pe = sorted(dict.fromkeys(pes), key=lambda pe: pe != "rope")  # RoPE first: the reference
+    own = [a for a in recipe if a.split("=")[0] in OWN_FLAGS]
+    if own:
+        p.error(f"{own[0]} is set per run by compare.py; use --pe (a list), --seeds and --out instead")
+    return args, recipe
+
+
+def resolve_recipe(recipe):
+    """train.py's flags as given, checked by train.py's own parser; eval lengths default to 1x..8x."""
+    try:
+        targs, given, _ = train.resolve_args(recipe)
+    except SystemExit as e:
+        if e.code in (0, None):  # --help
+            raise
+        raise SystemExit(f"compare.py: train.py rejects the recipe {' '.join(recipe)!r}: {e}") from None
+    if "eval_lens" not in given:
+        T = targs.block_size or PRESETS[targs.preset]["block_size"]
+        given["eval_lens"] = [T, 2 * T, 4 * T, 8 * T]
+        recipe = recipe + ["--eval-lens", ",".join(map(str, given["eval_lens"]))]
+    if "eval_every" not in given:  # ten points on the validation curve (train.py evaluates 1x only in between)
+        given["eval_every"] = max(1, targs.max_steps // 10)
+        recipe = recipe + ["--eval-every", str(given["eval_every"])]
+    return recipe, {k: v for k, v in sorted(given.items())}
+
+
+def check_recipe(out, given):
+    """A sweep folder holds one recipe: refuse another with one line naming the difference."""
+    path = os.path.join(out, "recipe.json")
+    want = json.loads(json.dumps(given))  # as it reads back from JSON (tuples -> lists)
+    if os.path.exists(path):
+        with open(path) as f:
+            have = json.load(f)
+        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        if diff:
+            what = "; ".join(f"--{k.replace('_', '-')} {have.get(k, '(unset)')} there, {want.get(k, '(unset)')} here"
+                             for k in diff)
+            raise SystemExit(f"compare.py: {out} holds runs of another recipe ({what}): pass the same flags "
+                             f"to continue it, or choose another --out")
+        return
+    os.makedirs(out, exist_ok=True)
+    prepare_data.atomic_write(path, lambda f: f.write(json.dumps(want, indent=1).encode()))
+
+
+# -----------------------------------------------------------------------------
+# Running the sweep
+
+def run_dir(out, pe, seed):
+    return os.path.join(out, f"{pe}-s{seed}")
+
+
+def train_one(out, pe, seed, recipe):
+    """Train (or resume) one run with train.py's main; returns its results.json entry."""
+    d = run_dir(out, pe, seed)
+    ckpt = os.path.join(d, "ckpt.pt")
+    flags = recipe + ["--pe", pe, "--seed", str(seed), "--out-dir", d]
+    # a checkpoint: continue it (train.py says "nothing to train" if it is already at the last step);
+    # none: start afresh, replacing whatever a run killed before its first checkpoint left there
+    flags += ["--resume", ckpt] if os.path.exists(ckpt) else ["--overwrite"]
+    summary = train.main(flags)
+    entry = run_entry(d, pe, seed, summary)
+    if pe == "carope":
+        analyse_carope(d)  # small JSON of f(x_t): the plots redraw from it without the checkpoint
+    prepare_data.atomic_write(os.path.join(d, "result.json"), lambda f: f.write(json.dumps(entry, indent=1).encode()))
+    return entry
+
+
+def run_entry(d, pe, seed, summary):
+    with open(os.path.join(d, "config.json")) as f:
+        info = json.load(f)
+    steps = train_records(d)
+    wall = sum(r["ms"] for r in steps) / 1000  # training steps only, over every resumed segment
+    tokens = steps[-1]["tokens"] if steps else 0
+    return dict(pe=pe, seed=seed, preset=info["args"]["preset"], data=info["args"]["data_dir"], tokens=tokens,
+                params=info["num_params"], tokens_per_s=tokens / wall if wall else None, wall_s=round(wall, 1),
+                device=device_name(info["device"]), torch=torch.__version__, commit=git_commit(),
+                val={str(L): dict(loss=r["loss"], ppl=r["ppl"]) for L, r in summary["val"].items()})
+
+
+def read_log(d):
+    with open(os.path.join(d, "log.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def train_records(d):
+    return [r for r in read_log(d) if r["type"] == "train"]
+
+
+def device_name(device):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads" if device == "cpu" else device
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def sweep(args, recipe):
+    """Every (pe, seed) in turn; finished runs are skipped, a failed run is reported and the rest go on."""
+    failed = []
+    for seed in args.seeds:  # all encodings of seed 1 first: an early stop still compares like with like
+        for pe in args.pe:
+            d = run_dir(args.out, pe, seed)
+            if os.path.exists(os.path.join(d, "result.json")):
+                print(f"compare.py: {pe} seed {seed}: finished, skipped ({d})")
+                continue
+            print(f"\ncompare.py: ===== {pe} seed {seed} -> {d} =====", flush=True)
+            try:
+                train_one(args.out, pe, seed, recipe)
+            except KeyboardInterrupt:
+                raise SystemExit(f"\ncompare.py: interrupted; run the same command again to continue the sweep")
+            except SystemExit as e:
+                if e.code == 130:  # train.py saved a checkpoint on Ctrl-C: stop the whole sweep
+                    raise SystemExit(f"compare.py: interrupted during {pe} seed {seed}; run the same "
+                                     f"command again to continue the sweep") from None
+                failed.append(f"{pe} seed {seed}: {e}")
+                print(f"compare.py: {pe} seed {seed} failed: {e}", file=sys.stderr)
+            except Exception as e:  # a crash in one run must not cost the others
+                failed.append(f"{pe} seed {seed}: {type(e).__name__}: {e}")
+                print(f"compare.py: {pe} seed {seed} crashed: {type(e).__name__}: {e}", file=sys.stderr)
+    return failed
+
+
+# -----------------------------------------------------------------------------
+# What CARoPE learned: f(x_t) on validation text, kept as a small JSON beside the run
+
+@torch.no_grad()
+def analyse_carope(d):
+    """f(x_t)_h of every layer on a passage and on F_SAMPLE_TOKENS validation tokens -> DIR/carope_f.json."""
+    ckpt = train.load_checkpoint(os.path.join(d, "ckpt.pt"))
+    cfg = GPTConfig(**ckpt["model_config"])
+    model = GPT(cfg)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    data_dir = ckpt["train_args"]["data_dir"]
+    val = prepare_data.read_shard(prepare_data.list_shards(data_dir)[0][0])
+    enc = prepare_data.get_encoding()
+    passage = np.asarray(val[1:1 + PASSAGE_TOKENS], dtype=np.int64)  # the val text after its first EOT
+    T = cfg.block_size
+    n = min(F_SAMPLE_TOKENS, len(val) - 1) // T * T
+    sample = torch.from_numpy(np.asarray(val[:n], dtype=np.int64)).view(-1, T)
+    f_passage = layer_frequencies(model, torch.from_numpy(passage)[None])  # (L, 1, T, H)
+    f_sample = layer_frequencies(model, sample)  # (L, rows, T, H)
+    theta_1 = cfg.rope_base ** (-2.0 / cfg.head_dim)
+    bins = np.linspace(0.0, 1.0, 101)
+    hist = [[np.histogram(f_sample[layer, ..., h].numpy(), bins=bins)[0].tolist() for h in range(cfg.n_head)]
+            for layer in range(cfg.n_layer)]
+    analysis = dict(tokens=[enc.decode([t]) for t in passage.tolist()], theta_1=theta_1, bins=bins.tolist(),
+                    f_passage=f_passage[:, 0].tolist(), hist=hist, sample_tokens=n,
+                    mean=f_sample.mean(dim=(1, 2)).tolist())  # (L, H)
+    prepare_data.atomic_write(os.path.join(d, "carope_f.json"), lambda fh: fh.write(json.dumps(analysis).encode()))
+
+
+def layer_frequencies(model, idx):
+    """f(x_t)_h of every CARoPE layer for tokens idx (B, T): a tensor (L, B, T, H)."""
+    seen = []
+    hooks = [block.attn.rotary.register_forward_hook(lambda m, inp, out: seen.append(m.frequencies(inp[0])))
+             for block in model.transformer.h]
+    try:
+        model(idx)
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.stack(seen)
+
+
+# -----------------------------------------------------------------------------
+# Summaries: results.json, results.md
+
+def collect(out, pes, seeds):
+    runs = []
+    for pe in pes:
+        for seed in seeds:
+            path = os.path.join(run_dir(out, pe, seed), "result.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    runs.append(json.load(f))
+    return runs
+
+
+def by_pe(runs):
+    groups = {}
+    for r in runs:
+        groups.setdefault(r["pe"], []).append(r)
+    return groups
+
+
+def write_markdown(out, runs, command, train_len):
+    groups = by_pe(runs)
+    lens = sorted({int(L) for r in runs for L in r["val"]})
+    head = "| pe | seeds | " + " | ".join(f"ctx {L} ({L / train_len:g}x)" for L in lens) + " |"
+    rule = "|---|---:|" + "---:|" * len(lens)
+    ref = {L: [r["val"][str(L)]["ppl"] for r in groups.get("rope", []) if str(L) in r["val"]] for L in lens}
+    lines = [f"# {os.path.basename(os.path.normpath(out))}: validation perplexity, mean over seeds",
+             "", f"Command: `{command}`", "",
+             f"Runs: {len(runs)}; trained at context {train_len}. Cells: mean ± std over seeds [min–max].",
+             "", head, rule]
+    for pe, rs in groups.items():
+        cells = []
+        for L in lens:
+            p = [r["val"][str(L)]["ppl"] for r in rs if str(L) in r["val"]]
+            cells.append(f"{np.mean(p):.2f} ± {np.std(p, ddof=1) if len(p) > 1 else 0:.2f} [{min(p):.2f}–{max(p):.2f}]"
+                         if p else "–")
+        lines.append(f"| {pe} | {len(rs)} | " + " | ".join(cells) + " |")
+    if ref[lens[0]]:
+        lines += ["", "Change of mean perplexity against RoPE. **beyond spread**: the seeds' min–max ranges "
+                  "of the two encodings do not overlap; otherwise the difference is within seed noise.", "",
+                  head.replace("| seeds |", "| |"), rule]
+        for pe, rs in groups.items():
+            if pe == "rope":
+                continue
+            cells = []
+            for L in lens:
+                p = [r["val"][str(L)]["ppl"] for r in rs if str(L) in r["val"]]
+                if not p or not ref[L]:
+                    cells.append("–")
+                    continue
+                change = 100 * (np.mean(p) / np.mean(ref[L]) - 1)
+                apart = max(p) < min(ref[L]) or min(p) > max(ref[L])
+                cells.append(f"{change:+.1f}%" + (" **beyond spread**" if apart else ""))
+            lines.append(f"| {pe} | | " + " | ".join(cells) + " |")
+    speed = [f"{pe} {np.mean([r['tokens_per_s'] for r in rs]):,.0f}" for pe, rs in groups.items()
+             if all(r["tokens_per_s"] for r in rs)]
+    first = runs[0]
+    lines += ["", f"Training tokens per run: {first['tokens']:,}; device: {first['device']}; torch {first['torch']}; "
+              f"data: {first['data']}.", f"Training tokens/s (mean over seeds, steps only): {'; '.join(speed)}."]
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+# -----------------------------------------------------------------------------
+# Plots (matplotlib, Agg: files only, no window)
+
+def plots(out, pes, seeds, train_len):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    colors = {pe: plt.get_cmap("tab10")(i) for i, pe in enumerate(PE_CHOICES)}
+    written = [plot_loss(plt, out, pes, seeds, colors), plot_ppl(plt, out, pes, seeds, train_len, colors)]
+    f_path = next((os.path.join(run_dir(out, "carope", s), "carope_f.json") for s in seeds
+                   if os.path.exists(os.path.join(run_dir(out, "carope", s), "carope_f.json"))), None)
+    if f_path:
+        with open(f_path) as fh:
+            analysis = json.load(fh)
+        written += [plot_frequencies(plt, out, analysis), plot_clock(plt, out, analysis)]
+    return [w for w in written if w]
+
+
+def seed_curves(out, pe, seeds, kind):
+    """{tokens: [value per seed]} of the runs' logged train loss or 1x validation loss."""
+    curves = {}
+    for seed in seeds:
+        d = run_dir(out, pe, seed)
+        if not os.path.exists(os.path.join(d, "result.json")):
+            continue
+        log = read_log(d)
+        tokens_at = {r["step"]: r["tokens"] for r in log if r["type"] == "train"}
+        if kind == "train":
+            loss = np.array([r["loss"] for r in log if r["type"] == "train"])
+            smooth = np.convolve(loss, np.ones(10) / 10, mode="valid") if len(loss) >= 10 else loss  # 10-step mean
+            steps = sorted(tokens_at)[len(loss) - len(smooth):]
+            points = zip(steps, smooth)
+        else:
+            first = min(r["len"] for r in log if r["type"] == "eval")
+            points = [(r["step"], r["loss"]) for r in log if r["type"] == "eval" and r["len"] == first]
+        for step, v in points:
+            curves.setdefault(tokens_at[step], []).append(v)
+    return curves
+
+
+def plot_loss(plt, out, pes, seeds, colors):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, kind, title in ((axes[0], "train", "training loss (10-step mean)"),
+                            (axes[1], "val", "validation loss at the training context")):
+        for pe in pes:
+            curves = seed_curves(out, pe, seeds, kind)
+            if not curves:
+                continue
+            x = np.array(sorted(curves))
+            n = min(len(v) for v in curves.values())
+            vals = [np.array(curves[t][:n]) for t in x]
+            mean = np.array([v.mean() for v in vals])
+            ax.plot(x, mean, color=colors[pe], label=f"{pe} ({n} seed{'s' if n > 1 else ''})",
+                    marker="o" if kind == "val" else None, ms=3)
+            ax.fill_between(x, [v.min() for v in vals], [v.max() for v in vals], color=colors[pe], alpha=0.2)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Loss against training tokens: seed mean, band = min–max over seeds")
+    return save(plt, fig, out, "loss.png")
+
+
+def plot_ppl(plt, out, pes, seeds, train_len, colors):
+    runs = collect(out, pes, seeds)
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for pe, rs in by_pe(runs).items():
+        lens = sorted({int(L) for r in rs for L in r["val"]})
+        ppl = [[r["val"][str(L)]["ppl"] for r in rs if str(L) in r["val"]] for L in lens]
+        mean = np.array([np.mean(p) for p in ppl])
+        err = [mean - [min(p) for p in ppl], [max(p) for p in ppl] - mean]
+        ax.errorbar(lens, mean, yerr=err, color=colors[pe], marker="o", ms=4, capsize=3,
+                    label=f"{pe} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+    ax.axvline(train_len, color="gray", ls="--", lw=1)
+    ax.text(train_len, ax.get_ylim()[1], " training context", va="top", fontsize=8, color="gray")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("evaluation context (tokens, log scale)")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("Perplexity against context length (mean over seeds, bars = min–max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(plt, fig, out, "ppl_vs_length.png")
+
+
+def plot_frequencies(plt, out, a):
+    f = np.array(a["f_passage"])  # (L, T, H)
+    L, T, H = f.shape
+    layer = 0
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw=dict(width_ratios=[2.2, 1]))
+    im = axes[0].imshow(f[layer].T, aspect="auto", cmap="viridis")  # heads along y, tokens along x
+    axes[0].set_xticks(range(T), [repr(t)[1:-1] for t in a["tokens"]], rotation=90, fontsize=7)
+    axes[0].set_yticks(range(H), [f"head {h}" for h in range(H)], fontsize=8)
+    axes[0].set_title(f"f(x_t)_h in layer {layer} along a validation passage (RoPE: {a['theta_1']:.3f} everywhere)")
+    fig.colorbar(im, ax=axes[0], fraction=0.03)
+    centers = (np.array(a["bins"][:-1]) + np.array(a["bins"][1:])) / 2
+    for layer_i, per_head in enumerate(a["hist"]):
+        counts = np.sum(per_head, axis=0)
+        axes[1].plot(centers, counts / counts.sum(), label=f"layer {layer_i}")
+    axes[1].axvline(a["theta_1"], color="k", ls="--", lw=1, label=f"RoPE theta_1 = {a['theta_1']:.3f}")
+    axes[1].set_xlabel("f(x_t) (all heads)")
+    axes[1].set_ylabel("share of tokens")
+    axes[1].set_title(f"f per layer over {a['sample_tokens']:,} validation tokens")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return save(plt, fig, out, "carope_f.png")
+
+
+def plot_clock(plt, out, a):
+    f = np.array(a["f_passage"])  # (L, T, H); pair 1's phase is the running sum of f itself (f^1)
+    L, T, H = f.shape
+    fig, axes = plt.subplots(1, L, figsize=(3.2 * L, 3.4), sharey=True, squeeze=False)
+    m = np.arange(1, T + 1)
+    for layer, ax in enumerate(axes[0]):
+        for h in range(H):
+            ax.plot(m, np.cumsum(f[layer, :, h]), lw=1, label=f"head {h}")
+        ax.plot(m, m * a["theta_1"], "k--", lw=1.5, label="RoPE: m theta_1")
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("position m in the passage")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("phi_1(m) = sum_{t<=m} f(x_t)  (rad)")
+    axes[0][-1].legend(fontsize=6)
+    fig.suptitle("The context-aware clock: phase of pair 1 along the passage, CARoPE's heads vs RoPE's line")
+    fig.tight_layout()
+    return save(plt, fig, out, "carope_clock.png")
+
+
+def save(plt, fig, out, name):
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# -----------------------------------------------------------------------------
+
+def summarise(args, recipe, given):
+    runs = collect(args.out, args.pe, args.seeds)
+    if not runs:
+        raise SystemExit(f"compare.py: no finished runs in {args.out} for --pe {','.join(args.pe)} "
+                         f"--seeds {','.join(map(str, args.seeds))}; run without --plot-only first")
+    prepare_data.atomic_write(os.path.join(args.out, "results.json"),
+                              lambda f: f.write(json.dumps(dict(runs=runs), indent=1).encode()))
+    train_len = min(given["eval_lens"])
+    command = " ".join(["python compare.py", "--pe", ",".join(args.pe), "--seeds", ",".join(map(str, args.seeds)),
+                        *recipe, "--out", args.out])
+    write_markdown(args.out, runs, command, train_len)
+    written = plots(args.out, args.pe, args.seeds, train_len)
+    print(f"\ncompare.py: {len(runs)} run(s) -> {args.out}/results.json, results.md, "
+          + ", ".join(os.path.basename(w) for w in written))
+    with open(os.path.join(args.out, "results.md")) as f:
+        print(f.read())
+
+
+def main(argv=None):
+    args, recipe = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.plot_only:
+        path = os.path.join(args.out, "recipe.json")
+        if not os.path.exists(path):
+            raise SystemExit(f"compare.py: {args.out} holds no sweep (no recipe.json); run without --plot-only first")
+        with open(path) as f:
+            given = json.load(f)
+        recipe = [a for k, v in given.items() for a in recipe_flag(k, v)]
+        summarise(args, recipe, given)
+        return 0
+    recipe, given = resolve_recipe(recipe)
+    check_recipe(args.out, given)
+    t0 = time.time()
+    failed = sweep(args, recipe)
+    summarise(args, recipe, given)
+    print(f"compare.py: done in {time.time() - t0:.0f} s")
+    if failed:
+        print(f"compare.py: {len(failed)} run(s) failed:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def recipe_flag(key, value):
+    """A recorded train.py setting back as command-line words (for the recipe line in results.md)."""
+    flag = "--" + key.replace("_", "-")
+    if value is True:
+        return [flag]
+    if value is False:
+        return [f"--no-{key.replace('_', '-')}"] if key == "compile" else []
+    return [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

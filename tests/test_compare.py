@@ -1,0 +1,126 @@
+"""compare.py on a tiny recipe: two encodings x two seeds, interrupted and resumed, then every output."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+import compare  # noqa: E402
+from test_train import make_data  # noqa: E402
+
+# a model big enough that a step takes a few milliseconds, so a run can be interrupted mid-way
+RECIPE = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--vocab-size", "128",
+          "--micro-batch", "4", "--val-tokens", "512", "--warmup-steps", "2", "--sample-tokens", "0",
+          "--device", "cpu", "--max-steps", "40"]
+
+
+def compare_cmd(data, out, pes="rope,carope", seeds="1,2", extra=()):
+    return [sys.executable, os.path.join(REPO, "compare.py"), "--pe", pes, "--seeds", seeds, "--out", str(out),
+            "--data", data, *RECIPE, *extra]
+
+
+def test_compare_interrupted_resumed_and_summarised(tmp_path):
+    data, out = make_data(tmp_path / "data"), tmp_path / "sweep"
+    # 1. start the sweep and press Ctrl-C in the middle of its second run (rope seed 1 is first)
+    # output to files, not pipes: a full pipe nobody reads would stall the run being watched
+    with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
+        proc = subprocess.Popen(compare_cmd(data, out), cwd=REPO, stdout=so, stderr=se)
+    second = out / "carope-s1" / "log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if second.exists() and sum('"train"' in line for line in open(second)) >= 5:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=120)
+    stderr = (tmp_path / "stderr").read_text()
+    assert proc.returncode != 0 and "Traceback" not in stderr, stderr
+    assert "run the same command again" in stderr
+    assert (out / "rope-s1" / "result.json").exists()  # the finished run is kept
+    assert not (out / "carope-s1" / "result.json").exists() and (out / "carope-s1" / "ckpt.pt").exists()
+    stopped_at = [json.loads(line) for line in open(second) if '"train"' in line][-1]["step"]
+    assert 5 <= stopped_at < 40
+
+    # 2. the same command again: skips rope seed 1, resumes carope seed 1, runs the rest
+    run = subprocess.run(compare_cmd(data, out), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "rope seed 1: finished, skipped" in run.stdout
+    steps = [json.loads(line)["step"] for line in open(second) if json.loads(line)["type"] == "train"]
+    assert steps == list(range(1, 41))  # resumed: every step exactly once
+
+    results = json.loads((out / "results.json").read_text())
+    assert sorted((r["pe"], r["seed"]) for r in results["runs"]) == [("carope", 1), ("carope", 2), ("rope", 1), ("rope", 2)]
+    keys = {"pe", "seed", "preset", "data", "tokens", "params", "tokens_per_s", "wall_s", "device", "torch",
+            "commit", "val"}
+    for r in results["runs"]:
+        assert set(r) == keys
+        assert sorted(r["val"], key=int) == ["16", "32", "64", "128"]  # 1x, 2x, 4x, 8x by default
+        assert r["tokens"] == 40 * 4 * 16 and all(np.isfinite(v["ppl"]) for v in r["val"].values())
+        log = [json.loads(line) for line in open(out / f"{r['pe']}-s{r['seed']}" / "log.jsonl")]
+        final = {e["len"]: e["loss"] for e in log if e["type"] == "eval" and e["step"] == 40}
+        assert r["val"]["64"]["loss"] == final[64]  # the table is the runs' own final evaluation
+    assert results["runs"][0]["params"] != results["runs"][2]["params"]  # carope has W and b on top of rope
+
+    md = (out / "results.md").read_text()
+    assert "| rope | 2 |" in md and "| carope | 2 |" in md and "ctx 128 (8x)" in md
+    rope = [r["val"]["16"]["ppl"] for r in results["runs"] if r["pe"] == "rope"]
+    assert f"{np.mean(rope):.2f} ± {np.std(rope, ddof=1):.2f}" in md  # mean ± std over seeds
+    for png in ("loss.png", "ppl_vs_length.png", "carope_f.png", "carope_clock.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    f = json.loads((out / "carope-s1" / "carope_f.json").read_text())
+    assert np.array(f["f_passage"]).shape == (1, compare.PASSAGE_TOKENS, 2)  # (layers, tokens, heads)
+    assert all(0 < v < 1 for v in np.ravel(f["f_passage"]))  # f(x_t) in (0, 1)
+
+    # 3. --plot-only redraws from the runs alone (no checkpoint needed)
+    for d in out.iterdir():
+        if d.is_dir():
+            (d / "ckpt.pt").unlink()
+    (out / "carope_f.png").unlink()
+    redo = subprocess.run([sys.executable, os.path.join(REPO, "compare.py"), "--pe", "rope,carope", "--seeds", "1,2",
+                           "--out", str(out), "--plot-only"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert redo.returncode == 0, redo.stderr
+    assert (out / "carope_f.png").exists() and "carope_clock.png" in redo.stdout
+
+    # 4. the same folder with another recipe is refused, naming the difference
+    other = subprocess.run(compare_cmd(data, out, extra=["--lr", "0.01"]), cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert other.returncode == 1 and "another recipe" in other.stderr and "--lr" in other.stderr
+    assert "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1
+
+
+def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    data, out = make_data(tmp_path / "data"), tmp_path / "sweep"
+    real_main = compare.train.main
+
+    def flaky_main(argv):
+        if argv[argv.index("--pe") + 1] == "rope" and argv[argv.index("--seed") + 1] == "1":
+            raise SystemExit("simulated: the disk is full")
+        return real_main(argv)
+    monkeypatch.setattr(compare.train, "main", flaky_main)
+    status = compare.main(["--pe", "rope,nope", "--seeds", "1", "--out", str(out), "--data", data, *RECIPE,
+                           "--max-steps", "3"])
+    assert status == 1
+    assert "rope seed 1: simulated: the disk is full" in capsys.readouterr().err
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [(r["pe"], r["seed"]) for r in runs] == [("nope", 1)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pe", "alibi", "--out", "x"], "unknown encoding(s) alibi"),
+    (["--seeds", "a,b", "--out", "x"], "--seeds"),
+    (["--out", "x", "--seed", "3"], "--seed is set per run by compare.py"),
+    (["--out", "x", "--max-steps", "-3"], "train.py rejects the recipe"),
+])
+def test_compare_errors_are_one_line(argv, message, tmp_path):
+    run = subprocess.run([sys.executable, os.path.join(REPO, "compare.py"), *argv], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr
