@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from carope_triton import carope_rotate, fused_available  # the fast path of CARoPE's rotation (CUDA)
+
 PE_CHOICES = ("nope", "learned", "sinusoidal", "rope", "carope", "carope-static", "tapa", "selective")
 ROTARY_PE = ("rope", "carope", "carope-static", "selective")  # the ones that rotate q and k
 SINUSOIDAL_SCALE = 0.02  # the fixed table's amplitude relative to Vaswani's (see GPT.forward)
@@ -291,6 +293,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.rotary = make_rotary(config)  # RoPE / CARoPE / Selective RoPE, each layer its own
+        self.fused = config.fused_carope and isinstance(self.rotary, CARoPE)
         self.tapa = (config.tapa_theta, config.tapa_alpha, config.tapa_chunk) if config.pe == "tapa" else None
 
     def forward(self, x, cache=None):
@@ -299,7 +302,11 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
-        if self.rotary is not None:
+        if self.fused and cache is None and fused_available(q):
+            # the same rotation as below, fused into one Triton kernel (carope_triton.py): the
+            # powers, running sums, cos and sin never leave the GPU's registers
+            q, k = carope_rotate(q, k, self.rotary.frequencies(x))
+        elif self.rotary is not None:
             cos, sin = self.rotary(x, cache)  # x is this layer's own (normalised) input: CARoPE's x_t
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if cache is not None:  # generating: the keys and values of the tokens before join: (B, H, pos, D)
@@ -369,6 +376,7 @@ class GPTConfig:
     selective_conv: int = 4  # Selective RoPE: causal depthwise convolution kernel
     selective_bias: bool = True  # Selective RoPE: + exp(b) per token (b = 0: RoPE's clock)
     selective_gate: bool = False  # Selective RoPE: sigmoid phase gate per head
+    fused_carope: bool = True  # CARoPE on CUDA: the fused Triton kernel (same maths, less memory)
 
     def __post_init__(self):
         if self.pe not in PE_CHOICES:

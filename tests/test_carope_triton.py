@@ -212,3 +212,31 @@ def test_fused_available():
     if DEVICE == "cuda":
         assert fused_available(torch.zeros(1, device="cuda"))
     assert fused_available(torch.zeros(1)) == INTERPRETED  # CPU tensors: only in the interpreter
+
+
+@here
+def test_model_with_fused_carope_equals_the_readable_model():
+    """GPT(fused_carope=True) takes the kernel in every layer and gives the readable model's loss and gradients."""
+    from carope import GPT
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, pe="carope")
+    fused, plain = GPT(GPTConfig(**cfg, fused_carope=True)).to(DEVICE), GPT(GPTConfig(**cfg, fused_carope=False)).to(DEVICE)
+    for block in fused.transformer.h:  # W = 0 would make f the same for every token: give it input dependence
+        torch.nn.init.normal_(block.attn.rotary.weight, std=0.5)
+    plain.load_state_dict(fused.state_dict())
+    calls = []
+    import carope
+    real = carope.carope_rotate
+    carope.carope_rotate = lambda *a: calls.append(1) or real(*a)
+    try:
+        idx = torch.randint(0, 64, (2, 40), device=DEVICE)  # past block_size too
+        _, loss_fused = fused(idx[:, :-1], idx[:, 1:])
+        loss_fused.backward()
+    finally:
+        carope.carope_rotate = real
+    _, loss_plain = plain(idx[:, :-1], idx[:, 1:])
+    loss_plain.backward()
+    assert len(calls) == 2  # one fused call per layer
+    assert abs(loss_fused.item() - loss_plain.item()) < 1e-5
+    for (name, a), b in zip(fused.named_parameters(), plain.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6), name  # W and b of every layer included
