@@ -5,7 +5,7 @@ A GPT-2 style language model with a one-word switch between positional encodings
 
 The point of the file is CARoPE (Context-aware Rotary Position Embedding, arXiv 2507.23083).
 RoPE rotates each (q, k) pair i at position m by the phase phi_i(m) = m * theta_i with
-theta_i = base^(-2i/d). Since theta_i = theta_1^i, that phase is also a sum over tokens,
+theta_i = base^(-2i/D). Since theta_i = theta_1^i, that phase is also a sum over tokens,
 phi_i(m) = sum_{t<=m} theta_1^i. CARoPE replaces the fixed theta_1 by a number f(x_t) that
 each token t computes from its own hidden state, once per head:
 
@@ -15,7 +15,8 @@ each token t computes from its own hidden state, once per head:
 so the angle between a query at m and a key at n, sum_{t=n+1..m} f(x_t)^i, depends on the
 tokens in between, not only on the distance m - n.
 
-Read it top to bottom: positional encodings, attention, MLP, block, GPTConfig, GPT.
+Read it top to bottom: the shared pieces (rope_frequencies, rotate), RoPE, CARoPE, attention,
+MLP, block, GPTConfig, GPT; the other input-dependent encodings (Selective RoPE, TAPA) come last.
 Shapes: B batch, T tokens, C = n_embd, H = n_head, D = head_dim = C/H, P = D/2 pairs.
 Where a paper leaves a choice open, the choice this project made is marked "Reading:".
 """
@@ -35,21 +36,25 @@ PE_CHOICES = ("nope", "learned", "sinusoidal", "rope", "carope", "carope-static"
 ROTARY_PE = ("rope", "carope", "carope-static", "selective")  # the ones that rotate q and k
 SINUSOIDAL_SCALE = 0.02  # the fixed table's amplitude relative to Vaswani's (see GPT.forward)
 
+
 # -----------------------------------------------------------------------------
 # Positional encodings: the shared pieces
 
 
 def rope_frequencies(dim, base):
-    """theta_i = base^(-2i/dim) for i = 0 .. dim/2 - 1 (float32, shape (dim/2,))."""
+    """theta_i = base^(-2i/dim) for i = 0 .. dim/2 - 1 (float32, shape (dim/2,)).
+
+    dim = D for the rotations (P frequencies), dim = C for the sinusoidal table.
+    """
     i = torch.arange(dim // 2, dtype=torch.float32)
     return base ** (-2.0 * i / dim)
 
 
 def rotate(x, cos, sin):
-    """Rotate each pair (x_i, x_{i+d/2}) of x by the phase whose cos and sin are given.
+    """Rotate each pair (x_i, x_{i+P}) of x by the phase whose cos and sin are given.
 
     The one rotation shared by RoPE, CARoPE and Selective RoPE. Reading (layout): pairs are
-    half-split (pair i = dims i and i + d/2), as Selective RoPE's code does; any layout works
+    half-split (pair i = dims i and i + P), as Selective RoPE's code does; any layout works
     as long as q and k, and RoPE and CARoPE, agree.
     x: (B, H, T, D); cos, sin: float32, broadcastable to (B, H, T, P).
     The arithmetic is float32 (phases reach thousands of radians), the result has x's dtype.
@@ -72,6 +77,94 @@ def sinusoidal_table(T, C, device=None):
     """
     phase = torch.arange(T, dtype=torch.float32, device=device)[:, None] * rope_frequencies(C, 10000.0).to(device)
     return torch.stack((phase.sin(), phase.cos()), dim=-1).view(T, C)  # interleave sin, cos: (T, C)
+
+
+# -----------------------------------------------------------------------------
+# Positional encodings that rotate q and k. Each returns (cos, sin) of its phases.
+# (The third, Selective RoPE, is in the last section, with TAPA.)
+
+
+class RoPE(nn.Module):
+    """RoPE (Su et al., 2021): phi_i(m) = m * theta_i, theta_i = base^(-2i/D).
+
+    cos and sin are tabulated for block_size positions and the table grows when a longer
+    sequence arrives (evaluation beyond the training context, generation).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.register_buffer("theta", rope_frequencies(config.head_dim, config.rope_base), persistent=False)
+        self._build_cache(config.block_size)
+
+    def _build_cache(self, T):
+        phase = torch.arange(T, dtype=torch.float32, device=self.theta.device)[:, None] * self.theta  # m * theta_i: (T, P)
+        self.register_buffer("cos_cached", phase.cos(), persistent=False)
+        self.register_buffer("sin_cached", phase.sin(), persistent=False)
+
+    def forward(self, x, cache=None):
+        start = 0 if cache is None else cache.pos  # generating: x's first token sits at position pos
+        end = start + x.size(1)
+        if end > self.cos_cached.size(0):
+            self._build_cache(max(end, 2 * self.cos_cached.size(0)))  # doubling: rare rebuilds when generating
+        return self.cos_cached[start:end], self.sin_cached[start:end]  # (T, P) each, broadcast over B and H
+
+
+class CARoPE(nn.Module):
+    """CARoPE: a per-token, per-head base f(x_t)_h replaces RoPE's fixed theta_1.
+
+    Reading (x_t): x_t is this attention layer's own input, the normalised hidden state that
+    also feeds the q/k/v projection, and each layer has its own W and b.
+    Reading (i):   pairs i = 0 .. P - 1, so pair 0 turns 1 rad per token, as in RoPE.
+    Reading (init): W = 0 and b = softplus^-1(base^(2/D) - 1), so f = base^(-2/D) = theta_1 for
+                   every token and the model starts as the RoPE model exactly.
+    input_dependent=False is the "carope-static" ablation: f_h = 1/(softplus(b_h) + 1), a learned
+    per-head base with no W, initialised the same way.
+    """
+
+    def __init__(self, config, input_dependent=True):
+        super().__init__()
+        n_head, head_dim = config.n_head, config.head_dim
+        softplus_b = config.rope_base ** (2.0 / head_dim) - 1.0  # softplus(b) = 1/f - 1 with f = theta_1
+        b0 = math.log(math.expm1(softplus_b))  # softplus^-1(y) = log(e^y - 1); -0.9267 for D=64, base 1e4
+        self.bias = nn.Parameter(torch.full((n_head,), b0))
+        self.weight = nn.Parameter(torch.zeros(n_head, config.n_embd)) if input_dependent else None
+        self.register_buffer("i", torch.arange(head_dim // 2, dtype=torch.float32), persistent=False)
+
+    def frequencies(self, x):
+        """f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1), float32, (B, T, H): each token's base per head."""
+        B, T, C = x.size()
+        with no_autocast(x):  # Reading (precision): f, f^i, the sums, cos and sin all in float32
+            if self.weight is None:
+                logits = self.bias.float().expand(B, T, -1)  # b_h, the same for every token
+            else:
+                logits = F.linear(x.float(), self.weight.float(), self.bias.float())  # x_t W + b: (B, T, H)
+            return 1.0 / (F.softplus(logits) + 1.0)  # f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1)
+
+    def forward(self, x, cache=None):
+        with no_autocast(x):
+            powers = self.frequencies(x).unsqueeze(-1) ** self.i  # f(x_t)_h^i: (B, T, H, P)
+            phase = torch.cumsum(powers, dim=1)  # phi_i^h(m) = sum_{t<=m} f(x_t)_h^i
+            if cache is not None:  # generating: carry on from the tokens before x
+                if cache.phase is not None:
+                    phase = cache.phase.unsqueeze(1) + phase  # phi(m) = phi(m-1) + f(x_m)^i
+                cache.phase = phase[:, -1]  # the last token's phase: (B, H, P)
+            phase = phase.transpose(1, 2)  # (B, H, T, P), the layout of q and k
+            return phase.cos(), phase.sin()
+
+
+def make_rotary(config):
+    """The module that gives (cos, sin) for the config's encoding, or None if q, k are not rotated."""
+    if config.pe == "rope":
+        return RoPE(config)
+    if config.pe in ("carope", "carope-static"):
+        return CARoPE(config, input_dependent=(config.pe == "carope"))
+    if config.pe == "selective":
+        return SelectiveRoPE(config)
+    return None
+
+
+# -----------------------------------------------------------------------------
+# The transformer
 
 
 @dataclass
@@ -106,183 +199,6 @@ class LayerCache:
                              f"{k.size(2)} tokens after {self.pos}: start a new cache for a new prompt")
         self.pos += k.size(2)
         return self.k, self.v
-
-
-# -----------------------------------------------------------------------------
-# Positional encodings that rotate q and k. Each returns (cos, sin) of its phases.
-
-
-class RoPE(nn.Module):
-    """RoPE (Su et al., 2021): phi_i(m) = m * theta_i, theta_i = base^(-2i/d).
-
-    cos and sin are tabulated for block_size positions and the table grows when a longer
-    sequence arrives (evaluation beyond the training context, generation).
-    """
-
-    def __init__(self, config):
-        super().__init__()
-        self.register_buffer("theta", rope_frequencies(config.head_dim, config.rope_base), persistent=False)
-        self._build_cache(config.block_size)
-
-    def _build_cache(self, T):
-        phase = torch.arange(T, dtype=torch.float32, device=self.theta.device)[:, None] * self.theta  # m * theta_i: (T, P)
-        self.register_buffer("cos_cached", phase.cos(), persistent=False)
-        self.register_buffer("sin_cached", phase.sin(), persistent=False)
-
-    def forward(self, x, cache=None):
-        start = 0 if cache is None else cache.pos  # generating: x's first token sits at position pos
-        end = start + x.size(1)
-        if end > self.cos_cached.size(0):
-            self._build_cache(max(end, 2 * self.cos_cached.size(0)))  # doubling: rare rebuilds when generating
-        return self.cos_cached[start:end], self.sin_cached[start:end]  # (T, P) each, broadcast over B and H
-
-
-class CARoPE(nn.Module):
-    """CARoPE: a per-token, per-head base f(x_t)_h replaces RoPE's fixed theta_1.
-
-    Reading (x_t): x_t is this attention layer's own input, the normalised hidden state that
-    also feeds the q/k/v projection, and each layer has its own W and b.
-    Reading (i):   pairs i = 0 .. d/2 - 1, so pair 0 turns 1 rad per token, as in RoPE.
-    Reading (init): W = 0 and b = softplus^-1(base^(2/d) - 1), so f = base^(-2/d) = theta_1 for
-                   every token and the model starts as the RoPE model exactly.
-    input_dependent=False is the "carope-static" ablation: f_h = 1/(softplus(b_h) + 1), a learned
-    per-head base with no W, initialised the same way.
-    """
-
-    def __init__(self, config, input_dependent=True):
-        super().__init__()
-        n_head, head_dim = config.n_head, config.head_dim
-        softplus_b = config.rope_base ** (2.0 / head_dim) - 1.0  # softplus(b) = 1/f - 1 with f = theta_1
-        b0 = math.log(math.expm1(softplus_b))  # softplus^-1(y) = log(e^y - 1); -0.9267 for d=64, base 1e4
-        self.bias = nn.Parameter(torch.full((n_head,), b0))
-        self.weight = nn.Parameter(torch.zeros(n_head, config.n_embd)) if input_dependent else None
-        self.register_buffer("i", torch.arange(head_dim // 2, dtype=torch.float32), persistent=False)
-
-    def frequencies(self, x):
-        """f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1), float32, (B, T, H): each token's base per head."""
-        B, T, C = x.size()
-        with no_autocast(x):  # Reading (precision): f, f^i, the sums, cos and sin all in float32
-            if self.weight is None:
-                logits = self.bias.float().expand(B, T, -1)  # b_h, the same for every token
-            else:
-                logits = F.linear(x.float(), self.weight.float(), self.bias.float())  # x_t W + b: (B, T, H)
-            return 1.0 / (F.softplus(logits) + 1.0)  # f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1)
-
-    def forward(self, x, cache=None):
-        with no_autocast(x):
-            powers = self.frequencies(x).unsqueeze(-1) ** self.i  # f(x_t)_h^i: (B, T, H, P)
-            phase = torch.cumsum(powers, dim=1)  # phi_i^h(m) = sum_{t<=m} f(x_t)_h^i
-            if cache is not None:  # generating: carry on from the tokens before x
-                if cache.phase is not None:
-                    phase = cache.phase.unsqueeze(1) + phase  # phi(m) = phi(m-1) + f(x_m)^i
-                cache.phase = phase[:, -1]  # the last token's phase: (B, H, P)
-            phase = phase.transpose(1, 2)  # (B, H, T, P), the layout of q and k
-            return phase.cos(), phase.sin()
-
-
-class SelectiveRoPE(nn.Module):
-    """Selective RoPE (arXiv 2511.17388) for softmax attention, following the authors' code.
-
-    Each token emits a rate per head and pair; the phase is the running sum of the rates
-    times RoPE's fixed frequencies. With the projection's gain at 0, no gate and the bias on,
-    every rate is exp(0) = 1 and the phase is (m + 1) * theta_i: RoPE, offset by one step
-    that cancels in q.k.
-    """
-
-    def __init__(self, config):
-        super().__init__()
-        n_head, head_dim, n_embd = config.n_head, config.head_dim, config.n_embd
-        self.n_head, self.n_pair, self.kernel = n_head, head_dim // 2, config.selective_conv
-        chunk = n_embd // n_head  # each head reads its own slice of the layer input
-        self.proj = nn.Parameter(0.02 * torch.randn(n_head, self.n_pair, chunk))  # direction only (weight norm)
-        self.gain = nn.Parameter(torch.ones(n_head))  # per-head gain of the weight-normalised map
-        # Causal depthwise convolution over time, one filter per (head, pair). Our choice (the
-        # papers don't give it): start as the identity, tap 1 on the current token.
-        conv = torch.zeros(n_head * self.n_pair, 1, self.kernel)
-        conv[..., -1] = 1.0
-        self.conv = nn.Parameter(conv)
-        self.bias = nn.Parameter(torch.zeros(n_head, self.n_pair)) if config.selective_bias else None
-        self.gate = nn.Linear(n_embd, n_head) if config.selective_gate else None
-        self.register_buffer("theta", rope_frequencies(head_dim, config.rope_base), persistent=False)
-
-    def forward(self, x, cache=None):
-        B, T, C = x.size()
-        H, P, K = self.n_head, self.n_pair, self.kernel
-        with no_autocast(x):
-            xh = F.normalize(x.float().view(B, T, H, C // H), dim=-1)  # 1. L2-normalised chunk per head
-            w = F.normalize(self.proj.float(), dim=-1)  # 2. weight norm: each rate's row has unit length
-            rate = torch.einsum("bthc,hpc->bthp", xh, w) * self.gain.view(1, 1, H, 1)  # (B, T, H, P)
-            rate = rate.reshape(B, T, H * P).transpose(1, 2)  # (B, H*P, T): channels first for conv1d
-            if cache is None:
-                rate = F.pad(rate, (K - 1, 0))  # 3. causal: the K-1 steps before the start are zeros
-            else:  # generating: those K-1 steps are the rates cached from the tokens before x
-                past = cache.rates if cache.rates is not None else rate.new_zeros(B, H * P, K - 1)
-                rate = torch.cat((past, rate), dim=2)
-                cache.rates = rate[:, :, rate.size(2) - (K - 1):]  # (B, H*P, K-1)
-            rate = F.conv1d(rate, self.conv, groups=H * P)  # (B, H*P, T)
-            rate = rate.transpose(1, 2).reshape(B, T, H, P)
-            if self.bias is not None:
-                rate = rate + self.bias.exp()  # 4. + exp(b): b = 0 is a clock of one step per token
-            if self.gate is not None:
-                rate = rate * torch.sigmoid(self.gate(x.float())).unsqueeze(-1)  # 5. phase gate per head
-            total = torch.cumsum(rate, dim=1)  # sum_{t<=m} rate_t,i: (B, T, H, P)
-            if cache is not None:  # generating: carry on from the sum of the tokens before x
-                if cache.phase is not None:
-                    total = cache.phase.unsqueeze(1) + total
-                cache.phase = total[:, -1]  # (B, H, P)
-            phase = total * self.theta  # 6. phi_i(m) = theta_i * sum_{t<=m} rate_t,i
-            phase = phase.transpose(1, 2)  # (B, H, T, P)
-            return phase.cos(), phase.sin()
-
-
-def make_rotary(config):
-    """The module that gives (cos, sin) for the config's encoding, or None if q, k are not rotated."""
-    if config.pe == "rope":
-        return RoPE(config)
-    if config.pe in ("carope", "carope-static"):
-        return CARoPE(config, input_dependent=(config.pe == "carope"))
-    if config.pe == "selective":
-        return SelectiveRoPE(config)
-    return None
-
-
-# -----------------------------------------------------------------------------
-# TAPA: no rotation; a phase term inside the attention score itself
-
-
-def tapa_attention(q, k, v, theta=0.5, alpha=0.1, chunk_size=256, dropout_p=0.0):
-    """Token-Aware Phase Attention (arXiv 2509.12635), causal, in chunks of queries.
-
-    Each head's q and k split into an amplitude part (first theta*D dims) and a phase part:
-        score(m, n) = (q_A.k_A)/sqrt(theta D) * cos(2 pi |m-n|^alpha (q_P.k_P)/sqrt((1-theta) D))
-    then the causal mask and softmax. It needs two dot products per (m, n), so it cannot use
-    the flash kernel; queries go in chunks so the (T, T) score matrix is never whole in memory.
-    q: (B, H, Tq, D), the last Tq positions of k, v: (B, H, T, D); Tq = T but when generating with
-    a cache. Scores in float32; the result has v's dtype, (B, H, Tq, D).
-    """
-    Tq, T, D = q.size(-2), k.size(-2), q.size(-1)
-    past = T - Tq  # keys before the first query: 0 but when generating with a cache
-    D_A = round(theta * D)
-    q, k = q.float(), k.float()
-    q_A, q_P, k_A, k_P = q[..., :D_A], q[..., D_A:], k[..., :D_A], k[..., D_A:]
-    pos = torch.arange(T, dtype=torch.float32, device=q.device)
-    out = []
-    for start in range(past, T, chunk_size):
-        end = min(start + chunk_size, T)  # queries at positions [start, end) see keys [0, end)
-        q_rows = slice(start - past, end - past)
-        amplitude = q_A[:, :, q_rows] @ k_A[:, :, :end].transpose(-2, -1) / math.sqrt(D_A)  # (B, H, c, end)
-        dot_P = q_P[:, :, q_rows] @ k_P[:, :, :end].transpose(-2, -1) / math.sqrt(D - D_A)
-        distance = (pos[start:end, None] - pos[None, :end]).abs() ** alpha  # |m - n|^alpha: (c, end)
-        scores = amplitude * torch.cos(2 * math.pi * distance * dot_P)
-        future = pos[None, :end] > pos[start:end, None]  # key after query: masked
-        att = F.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
-        att = F.dropout(att, p=dropout_p) if dropout_p > 0 else att
-        out.append(att @ v[:, :, :end].float())
-    return torch.cat(out, dim=2).type_as(v)  # (B, H, T, D)
-
-
-# -----------------------------------------------------------------------------
-# The transformer
 
 
 class CausalSelfAttention(nn.Module):
@@ -491,13 +407,13 @@ class GPT(nn.Module):
         """Model flops utilisation: achieved flops over the device's peak bf16 dense flop/s, or None
         where no peak is known (CPUs, Apple GPUs): a figure against an invented peak would mislead.
 
-        Flops per token (PaLM appendix B, as nanoGPT): 6 N + 12 L H Q T, with T the sequence
+        Flops per token (PaLM appendix B, as nanoGPT): 6 N + 12 L H D T, with T the sequence
         length. The encodings' own work (CARoPE's powers and sums, TAPA's second product) is
         left out, so encodings are compared on the same yardstick.
         """
         cfg = self.config
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len or cfg.block_size
-        flops_per_token = 6 * self.num_params(non_embedding=True) + 12 * L * H * Q * T
+        L, H, D, T = cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len or cfg.block_size
+        flops_per_token = 6 * self.num_params(non_embedding=True) + 12 * L * H * D * T
         peak = peak_flops(device or next(self.parameters()).device)
         return None if peak is None else flops_per_token * tokens_per_iter / dt / peak
 
@@ -553,3 +469,100 @@ def peak_flops(device):
                 return peak
         return 312e12  # an unknown CUDA GPU: measured against an A100, as nanoGPT does
     return None  # CPUs and Apple GPUs: no single published figure to measure against
+
+
+# -----------------------------------------------------------------------------
+# Other input-dependent encodings: Selective RoPE and TAPA
+#
+# The comparisons of the paper's sections beyond RoPE. They sit behind the same switch as the
+# rest (GPTConfig.pe): make_rotary returns SelectiveRoPE, and CausalSelfAttention calls
+# tapa_attention; both are looked up when called, so defining them last is fine.
+
+
+class SelectiveRoPE(nn.Module):
+    """Selective RoPE (arXiv 2511.17388) for softmax attention, following the authors' code.
+
+    Each token emits a rate per head and pair; the phase is the running sum of the rates
+    times RoPE's fixed frequencies. With the projection's gain at 0, no gate and the bias on,
+    every rate is exp(0) = 1 and the phase is (m + 1) * theta_i: RoPE, offset by one step
+    that cancels in q.k.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        n_head, head_dim, n_embd = config.n_head, config.head_dim, config.n_embd
+        self.n_head, self.n_pair, self.kernel = n_head, head_dim // 2, config.selective_conv
+        chunk = n_embd // n_head  # each head reads its own slice of the layer input
+        self.proj = nn.Parameter(0.02 * torch.randn(n_head, self.n_pair, chunk))  # direction only (weight norm)
+        self.gain = nn.Parameter(torch.ones(n_head))  # per-head gain of the weight-normalised map
+        # Causal depthwise convolution over time, one filter per (head, pair). Our choice (the
+        # papers don't give it): start as the identity, tap 1 on the current token.
+        conv = torch.zeros(n_head * self.n_pair, 1, self.kernel)
+        conv[..., -1] = 1.0
+        self.conv = nn.Parameter(conv)
+        self.bias = nn.Parameter(torch.zeros(n_head, self.n_pair)) if config.selective_bias else None
+        self.gate = nn.Linear(n_embd, n_head) if config.selective_gate else None
+        self.register_buffer("theta", rope_frequencies(head_dim, config.rope_base), persistent=False)
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        H, P, K = self.n_head, self.n_pair, self.kernel  # K: the convolution's kernel size
+        with no_autocast(x):
+            xh = F.normalize(x.float().view(B, T, H, C // H), dim=-1)  # 1. L2-normalised chunk per head
+            w = F.normalize(self.proj.float(), dim=-1)  # 2. weight norm: each rate's row has unit length
+            rate = torch.einsum("bthc,hpc->bthp", xh, w) * self.gain.view(1, 1, H, 1)  # (B, T, H, P)
+            rate = rate.reshape(B, T, H * P).transpose(1, 2)  # (B, H*P, T): channels first for conv1d
+            if cache is None:
+                rate = F.pad(rate, (K - 1, 0))  # 3. causal: the K-1 steps before the start are zeros
+            else:  # generating: those K-1 steps are the rates cached from the tokens before x
+                past = cache.rates if cache.rates is not None else rate.new_zeros(B, H * P, K - 1)
+                rate = torch.cat((past, rate), dim=2)
+                cache.rates = rate[:, :, rate.size(2) - (K - 1):]  # (B, H*P, K-1)
+            rate = F.conv1d(rate, self.conv, groups=H * P)  # (B, H*P, T)
+            rate = rate.transpose(1, 2).reshape(B, T, H, P)
+            if self.bias is not None:
+                rate = rate + self.bias.exp()  # 4. + exp(b): b = 0 is a clock of one step per token
+            if self.gate is not None:
+                rate = rate * torch.sigmoid(self.gate(x.float())).unsqueeze(-1)  # 5. phase gate per head
+            total = torch.cumsum(rate, dim=1)  # sum_{t<=m} rate_t,i: (B, T, H, P)
+            if cache is not None:  # generating: carry on from the sum of the tokens before x
+                if cache.phase is not None:
+                    total = cache.phase.unsqueeze(1) + total
+                cache.phase = total[:, -1]  # (B, H, P)
+            phase = total * self.theta  # 6. phi_i(m) = theta_i * sum_{t<=m} rate_t,i
+            phase = phase.transpose(1, 2)  # (B, H, T, P)
+            return phase.cos(), phase.sin()
+
+
+# TAPA: no rotation; a phase term inside the attention score itself
+
+
+def tapa_attention(q, k, v, theta=0.5, alpha=0.1, chunk_size=256, dropout_p=0.0):
+    """Token-Aware Phase Attention (arXiv 2509.12635), causal, in chunks of queries.
+
+    Each head's q and k split into an amplitude part (first theta*D dims) and a phase part:
+        score(m, n) = (q_A.k_A)/sqrt(theta D) * cos(2 pi |m-n|^alpha (q_P.k_P)/sqrt((1-theta) D))
+    then the causal mask and softmax. It needs two dot products per (m, n), so it cannot use
+    the flash kernel; queries go in chunks so the (T, T) score matrix is never whole in memory.
+    q: (B, H, Tq, D), the last Tq positions of k, v: (B, H, T, D); Tq = T but when generating with
+    a cache. Scores in float32; the result has v's dtype, (B, H, Tq, D).
+    """
+    Tq, T, D = q.size(-2), k.size(-2), q.size(-1)
+    past = T - Tq  # keys before the first query: 0 but when generating with a cache
+    D_A = round(theta * D)
+    q, k = q.float(), k.float()
+    q_A, q_P, k_A, k_P = q[..., :D_A], q[..., D_A:], k[..., :D_A], k[..., D_A:]
+    pos = torch.arange(T, dtype=torch.float32, device=q.device)
+    out = []
+    for start in range(past, T, chunk_size):
+        end = min(start + chunk_size, T)  # queries at positions [start, end) see keys [0, end); c = end - start
+        q_rows = slice(start - past, end - past)
+        amplitude = q_A[:, :, q_rows] @ k_A[:, :, :end].transpose(-2, -1) / math.sqrt(D_A)  # (B, H, c, end)
+        dot_P = q_P[:, :, q_rows] @ k_P[:, :, :end].transpose(-2, -1) / math.sqrt(D - D_A)
+        distance = (pos[start:end, None] - pos[None, :end]).abs() ** alpha  # |m - n|^alpha: (c, end)
+        scores = amplitude * torch.cos(2 * math.pi * distance * dot_P)
+        future = pos[None, :end] > pos[start:end, None]  # key after query: masked
+        att = F.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+        att = F.dropout(att, p=dropout_p) if dropout_p > 0 else att
+        out.append(att @ v[:, :, :end].float())
+    return torch.cat(out, dim=2).type_as(v)  # (B, H, Tq, D)

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import prepare_data
+import shards
 from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
 
 # -----------------------------------------------------------------------------
@@ -58,6 +59,437 @@ DEFAULTS = dict(preset="nano", pe="carope", data=None, out_dir="out", min_lr=Non
 NOT_INHERITED = ("device", "dtype", "compile", "eval_only", "resume", "data_dir", "out_dir", "overwrite")
 RUN_FILES = ("log.jsonl", "config.json", "ckpt.pt")  # what a run leaves in its --out-dir
 
+
+# -----------------------------------------------------------------------------
+# A run, top to bottom: settings, device, setup, the loop, the report.
+
+def main(argv=None):
+    keep_freed_memory()
+    try:
+        args, given, ckpt = resolve_args(argv)
+        if not args.eval_only:
+            check_out_dir(args)
+        rank, world, device = setup_device(args)
+        try:
+            summary = run(args, given, ckpt, rank, world, device)
+            if dist.is_initialized():
+                dist.barrier()  # all ranks leave together: tearing gloo down under a busy peer can abort it
+            return summary
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    except KeyboardInterrupt:  # outside the training loop (which saves a checkpoint first): nothing to keep
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130)
+
+
+def run(args, given, ckpt, rank, world, device):
+    """One run on this process: setup, train(), report(); with --eval-only, one evaluation instead."""
+    r = setup_model_and_data(args, given, ckpt, rank, world, device)
+    if args.eval_only:
+        return evaluate_checkpoint(r)
+    setup_optimizer(r)
+    setup_out_dir(r)  # the first write
+    log_run_header(r)
+    losses, results = train(r)
+    return report(r, losses, results)
+
+
+# -----------------------------------------------------------------------------
+# The training loop. run() above sets it up (setup_*), calls train(), then report().
+
+
+def train(r):
+    """Train from r.start_step to --max-steps; returns (the train losses of this call, the last eval results).
+
+    One step: set the learning rate, accumulate the gradient of total_batch tokens over grad_accum_steps
+    micro-batches, clip it, update, log; now and then evaluate and save a checkpoint. Ctrl-C saves the
+    last completed step (`done`), with the RNG states and the data position after it, then exits.
+    """
+    args, raw_model, optimizer, loader = r.args, r.raw_model, r.optimizer, r.loader
+    model, train_model, device, autocast = r.model, r.train_model, r.device, r.autocast
+    B, T, grad_accum_steps, world = r.B, r.T, r.grad_accum_steps, r.world
+    losses = []
+    results = eval_missed_step(r)  # None unless a Ctrl-C cut the resumed step's evaluation short
+    done, after_done = r.start_step, rng_states(loader)
+    interrupts = Interrupts().install()
+    try:
+        for step in range(r.start_step, args.max_steps):
+            t0 = time.time()
+            lr = get_lr(step, args)  # warmup, then cosine decay: set by hand on every param group
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss_accum = torch.zeros((), device=device)  # the step's mean loss, for the log only
+            for micro_step in range(grad_accum_steps):
+                x, y = loader.next_batch()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                # DDP: all-reduce the gradients only after the last micro-step, not after each one
+                last = micro_step == grad_accum_steps - 1
+                with (nullcontext() if world == 1 or last else train_model.no_sync()):
+                    with autocast:
+                        _, loss = train_model(x, y)
+                    # Gradient accumulation, sum vs mean. Each micro-batch's loss is a mean over its
+                    # B*T tokens, and backward() adds each micro-step's gradients to those already
+                    # in .grad: a sum. Summing grad_accum_steps means would make the gradient
+                    # grad_accum_steps times too large. Dividing each loss by grad_accum_steps makes
+                    # the summed gradient the gradient of the mean over all B*T*grad_accum_steps
+                    # tokens, as one big batch of that many tokens would give. With DDP, the
+                    # all-reduce then averages that over the ranks: the mean over total_batch tokens.
+                    loss = loss / grad_accum_steps
+                    loss_accum += loss.detach()
+                    loss.backward()
+            if world > 1:
+                dist.all_reduce(loss_accum)  # SUM (gloo has no AVG), then divide
+                loss_accum /= world
+            # clip the global gradient norm, so that one unlucky batch cannot throw the weights far
+            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
+                                                  args.grad_clip if args.grad_clip > 0 else float("inf"))
+            loss_val, norm_val = loss_accum.item(), norm.item()
+            if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
+                # stop before the update: the weights and the last checkpoint stay good
+                raise SystemExit(nonfinite_message(step, loss_val, norm_val, r))
+            with interrupts:  # Ctrl-C waits for the update and its log line: a step is done or not begun
+                optimizer.step()
+                if r.kind == "cuda":
+                    torch.cuda.synchronize()  # so dt measures the GPU's work, not the launch
+                dt = time.time() - t0
+                losses.append(loss_val)
+                tokens_per_s = args.total_batch / dt
+                mfu = raw_model.estimate_mfu(B * T * grad_accum_steps, dt, seq_len=T, device=device)
+                record = dict(type="train", step=step + 1, loss=loss_val, lr=lr, grad_norm=norm_val, ms=dt * 1000,
+                              tokens_per_s=tokens_per_s, mfu=mfu, tokens=(step + 1) * args.total_batch)
+                if r.master:  # log.jsonl gets every step, flushed so a crash loses none
+                    with disk_errors(args.out_dir, r.kept):
+                        r.log_file.write(json.dumps(record) + "\n")
+                        r.log_file.flush()
+                done, after_done = step + 1, rng_states(loader)
+            if r.master and ((step + 1) % args.log_every == 0 or step == r.start_step or step + 1 == args.max_steps):
+                r.log(f"step {step + 1:5d}/{args.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | norm {norm_val:.3f} "
+                      f"| {dt * 1000:7.1f} ms | {tokens_per_s:8.0f} tok/s "
+                      f"| mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
+
+            # evaluation: every --eval-every steps at the first length (a loss curve), at the end at every length
+            last_step = step + 1 == args.max_steps
+            if last_step or (args.eval_every > 0 and (step + 1) % args.eval_every == 0):
+                results = evaluate(model, r.val_tokens, r.lens_at(step + 1), r.tokens_per_forward, device, autocast,
+                                   r.rank, world)
+                if r.master:
+                    with interrupts, disk_errors(args.out_dir, r.kept):  # all of a step's eval lines, or none
+                        for L, res in results.items():
+                            r.log_file.write(json.dumps(dict(type="eval", step=step + 1, len=L, **res)) + "\n")
+                        r.log_file.flush()
+                    if not last_step:
+                        r.log("val " + " | ".join(f"ctx {L}: loss {res['loss']:.4f} ppl {res['ppl']:.2f}"
+                                                  for L, res in results.items()))
+            # checkpoint: every --ckpt-every steps and at the end; only rank 0 writes (the weights are
+            # the same on every rank), every rank remembers it as the last good one
+            if last_step or (args.ckpt_every > 0 and (step + 1) % args.ckpt_every == 0):
+                if r.master:
+                    with disk_errors(args.out_dir, r.kept):
+                        save_checkpoint(r.ckpt_path, raw_model, optimizer, done, after_done, r.cfg, args)
+                r.last_good = (r.ckpt_path, done)
+    except KeyboardInterrupt:
+        save_on_interrupt(r, done, after_done, interrupts)  # exits with 130
+    finally:
+        interrupts.uninstall()
+    return losses, results
+
+
+def eval_missed_step(r):
+    """On resume: if Ctrl-C came during the checkpoint's step's evaluation, the step was saved without its
+    eval lines; evaluate it now, as the uninterrupted run did (evaluation draws no random numbers, so the
+    run continues the same). Returns those results, or None when nothing was missed."""
+    args, step = r.args, r.start_step
+    evaluated = {rec["step"] for rec in map(json.loads, r.kept_log) if rec.get("type") == "eval"}
+    due = step == args.max_steps or (args.eval_every > 0 and step % args.eval_every == 0)
+    if r.ckpt is None or step == 0 or step in evaluated or not due:
+        return None
+    results = evaluate(r.model, r.val_tokens, r.lens_at(step), r.tokens_per_forward, r.device, r.autocast,
+                       r.rank, r.world)
+    if r.master:
+        with disk_errors(args.out_dir, r.kept):
+            for L, res in results.items():
+                r.log_file.write(json.dumps(dict(type="eval", step=step, len=L, **res)) + "\n")
+            r.log_file.flush()
+    return results
+
+
+def save_on_interrupt(r, done, after_done, interrupts):
+    """Ctrl-C in the loop: rank 0 saves step `done` (unless that checkpoint exists already) and says how to go on."""
+    if interrupts.previous is not None:  # a second Ctrl-C (or torchrun's) must not cut the save short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not r.master:  # rank 0 saves; the weights are the same on every rank after a completed step
+        raise SystemExit(130)
+    with disk_errors(r.args.out_dir, r.kept):
+        if r.last_good != (r.ckpt_path, done):
+            save_checkpoint(r.ckpt_path, r.raw_model, r.optimizer, done, after_done, r.cfg, r.args)
+        r.log_file.close()
+    print(f"interrupted: step {done} is saved in {r.ckpt_path}; continue with: "
+          f"{resume_command(r.ckpt_path, r.given, r.world)}", file=sys.stderr)
+    raise SystemExit(130)
+
+
+def nonfinite_message(step, loss_val, norm_val, r):
+    return (f"step {step + 1}: the loss is {loss_val} (grad norm {norm_val}), training "
+            f"stopped without applying it; {r.kept()}. Try a lower --lr or more --warmup-steps.")
+
+
+def get_lr(it, args):
+    """Linear warmup to lr, cosine decay to min_lr at lr_decay_steps, then flat."""
+    if it < args.warmup_steps:
+        return args.lr * (it + 1) / args.warmup_steps
+    if it >= args.lr_decay_steps:
+        return args.min_lr
+    ratio = (it - args.warmup_steps) / max(1, args.lr_decay_steps - args.warmup_steps)
+    return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (args.lr - args.min_lr)
+
+
+# -----------------------------------------------------------------------------
+# Before the loop: a run's settings, model, data, optimizer and output folder, in one namespace.
+
+@dataclasses.dataclass
+class Run:
+    """What the loop and the report read. setup_model_and_data fills the first group; an --eval-only
+    run stops there. setup_optimizer and setup_out_dir fill the rest."""
+    args: argparse.Namespace
+    given: dict  # the flags as typed (for the resume command)
+    ckpt: dict | None  # the --resume checkpoint
+    rank: int
+    world: int
+    device: str
+    t_start: float = 0.0
+    # setup_model_and_data
+    cfg: GPTConfig = None
+    raw_model: GPT = None  # the plain module: state_dict, generate, estimate_mfu
+    model: torch.nn.Module = None  # raw_model, torch.compile'd with --compile: evaluation runs it
+    autocast: object = None  # bf16 autocast, or nullcontext for float32
+    dtype_why: str = None  # why that precision and compile setting, for the log
+    compile_why: str = None
+    data_dir: str = None
+    train: list = None  # the train shards (memmaps)
+    train_paths: list = None
+    val_tokens: torch.Tensor = None  # the validation span, the same for every run
+    lens: list = None  # evaluation lengths
+    B: int = 0  # micro-batch: sequences per forward pass per process
+    T: int = 0  # training context
+    # setup_optimizer
+    grad_accum_steps: int = 1
+    loader: "TokenLoader" = None
+    train_model: torch.nn.Module = None  # model, in DDP when world > 1: training runs it
+    optimizer: torch.optim.Optimizer = None
+    start_step: int = 0
+    # setup_out_dir
+    ckpt_path: str = None
+    log_path: str = None
+    config_path: str = None
+    kept_log: list = None  # the log lines kept from the resumed run
+    log_file: object = None  # log.jsonl, open for appending (rank 0)
+    last_good: tuple = (None, 0)  # (checkpoint, step) that a failure leaves behind
+
+    @property
+    def kind(self):  # cuda, cpu or mps
+        return self.device.split(":")[0]
+
+    @property
+    def master(self):  # only rank 0 prints and writes files
+        return self.rank == 0
+
+    @property
+    def tokens_per_forward(self):  # eval batches as many tokens per forward pass as training does
+        return self.B * self.T
+
+    def log(self, *a, **k):
+        if self.master:
+            print(*a, **k)
+
+    def lens_at(self, step):
+        """The curve during training needs one length (the first); the end gets every length."""
+        return self.lens if step == self.args.max_steps else self.lens[:1]
+
+    def kept(self):
+        """What a failure now leaves behind, for its message."""
+        return f"the last good checkpoint is {self.last_good[0]} (step {self.last_good[1]})" if self.last_good[0] \
+            else "no checkpoint was saved yet (--ckpt-every N keeps one)"
+
+
+def setup_model_and_data(args, given, ckpt, rank, world, device):
+    """The model (from the checkpoint on --resume), precision, compilation, data and evaluation lengths.
+    Reads only: nothing is written yet."""
+    r = Run(args, given, ckpt, rank, world, device, t_start=time.time())
+    # ---- model
+    r.cfg = model_config(args, given, ckpt)
+    torch.manual_seed(args.seed)  # the same seed on every rank: identical initial weights
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    r.raw_model = GPT(r.cfg).to(device)
+    if ckpt is not None:
+        load_state(r.raw_model, ckpt["model"], args.resume)
+    r.autocast, r.dtype_why = pick_dtype(args, r.kind)
+    r.compile_why = pick_compile(args, r.kind)
+    if r.kind == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls that remain
+
+    # ---- data and evaluation lengths
+    r.data_dir, val, r.train, r.train_paths = open_shards(args, r.cfg.vocab_size, r.master)
+    args.data_dir = r.data_dir
+    r.lens = eval_lengths(args, r.cfg, r.log)
+    r.val_tokens = val_span(val, r.lens, args.val_tokens, r.cfg.vocab_size, f"{r.data_dir} (val shard)")
+    r.B, r.T = args.micro_batch, r.cfg.block_size
+    r.model = torch.compile(r.raw_model) if args.compile else r.raw_model
+    return r
+
+
+def setup_optimizer(r):
+    """Batch arithmetic, the data loader, DDP and AdamW; on --resume their saved states. Reads only."""
+    args, B, T, world = r.args, r.B, r.T, r.world
+    r.grad_accum_steps = accumulation_steps(args, B, T, world)
+    args.min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
+    args.lr_decay_steps = args.max_steps if args.lr_decay_steps is None else args.lr_decay_steps
+
+    r.loader = TokenLoader(r.train, r.train_paths, B, T, r.rank, world, args.data_order, args.seed, r.cfg.vocab_size)
+    # DDP averages gradients over ranks in backward; the raw model keeps the state_dict names clean
+    r.train_model = DDP(r.model, device_ids=[torch.cuda.current_device()] if r.kind == "cuda" else None) \
+        if world > 1 else r.model
+    r.optimizer = r.raw_model.configure_optimizers(args.weight_decay, args.lr, (args.beta1, args.beta2), r.kind,
+                                                   args.eps)
+    if r.ckpt is not None:
+        load_state(r.optimizer, r.ckpt["optimizer"], args.resume)
+        restore_position(r)
+        r.start_step = r.ckpt["step"]
+        r.last_good = (args.resume, r.start_step)
+
+
+def setup_out_dir(r):
+    """The output folder: config.json, log.jsonl, ckpt.pt. Everything before only read; from here on we write."""
+    args, ckpt = r.args, r.ckpt
+    r.ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+    r.log_path = os.path.join(args.out_dir, "log.jsonl")
+    r.config_path = os.path.join(args.out_dir, "config.json")
+    # on resume, the log so far is the checkpoint's run's (in its folder), cut back to the checkpoint's step
+    r.kept_log = read_log(os.path.join(os.path.dirname(args.resume) or ".", "log.jsonl"), r.start_step, r.master) \
+        if ckpt is not None else []
+    run_info = dict(args=vars(args), model=dataclasses.asdict(r.cfg), world_size=r.world, device=r.device,
+                    grad_accum_steps=r.grad_accum_steps, num_params=r.raw_model.num_params(), torch=torch.__version__)
+    if r.master:
+        with disk_errors(args.out_dir, r.kept):
+            os.makedirs(args.out_dir, exist_ok=True)
+            removed = shards.remove_stale_temps(args.out_dir)
+            if removed:
+                r.log(f"removed {len(removed)} temp file(s) left by a killed save: {', '.join(map(str, removed))}")
+            # a new run (--overwrite) first drops the old run's checkpoint, which must not outlive its log
+            if os.path.exists(r.ckpt_path) and not (ckpt is not None and same_file(r.ckpt_path, args.resume)):
+                os.remove(r.ckpt_path)
+            shards.atomic_write(r.config_path, lambda f: f.write(json.dumps(run_info, indent=2).encode()))
+            shards.atomic_write(r.log_path, lambda f: f.write("".join(r.kept_log).encode()))
+            r.log_file = open(r.log_path, "a")
+
+
+def log_run_header(r):
+    """Four lines: the model, the data, the machine, the batch and schedule."""
+    args, cfg, world = r.args, r.cfg, r.world
+    r.log(f"model: {args.preset}, pe={cfg.pe}, {cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd} wide, "
+          f"{r.raw_model.num_params() / 1e6:.2f}M params")
+    r.log(f"data: {r.data_dir}: {sum(len(s) for s in r.train):,} train tokens in {len(r.train)} shard(s), "
+          f"{args.data_order} windows; validation on the first {len(r.val_tokens) - 1:,} val tokens")
+    r.log(f"device {r.device} x {world} process(es), {args.dtype} ({r.dtype_why}), "
+          f"compile {'on' if args.compile else 'off'}{f' ({r.compile_why})' if r.compile_why else ''}")
+    r.log(f"batch: {r.B} x {r.T} tokens x {world} process(es) x {r.grad_accum_steps} accumulation step(s) = "
+          f"{args.total_batch:,} tokens per step; steps {r.start_step + 1}..{args.max_steps}, "
+          f"lr {args.lr:g} -> {args.min_lr:g}, warmup {args.warmup_steps}")
+
+
+def accumulation_steps(args, B, T, world):
+    """total_batch tokens per update = B * T * world * grad_accum_steps; returns grad_accum_steps."""
+    if args.total_batch is None:
+        args.total_batch = B * T * world
+    if args.total_batch % (B * T * world) != 0:
+        raise SystemExit(f"--total-batch {args.total_batch} must be a multiple of micro-batch x context x "
+                         f"processes = {B} x {T} x {world} = {B * T * world}")
+    return args.total_batch // (B * T * world)
+
+
+def restore_position(r):
+    """The RNG states and the data position of the checkpoint's step."""
+    try:
+        restore_rng_states(r.ckpt["rng"], r.loader)
+    except ValueError as e:  # sequential order, other (shorter, fewer) shards than the run's
+        raise SystemExit(f"{r.args.resume}: {e} in {r.data_dir}: resume on the data it was trained on "
+                         f"({r.ckpt['train_args'].get('data_dir')}) or with --data-order random")
+
+
+# -----------------------------------------------------------------------------
+# After the loop: the final evaluation, a few samples, the summary.
+
+PAPER_HINT = """next: the paper's recipe (GPT-Tiny, context 512, ~19k steps; a GPU, ideally two):
+  python prepare_data.py --source fineweb-edu      # FineWeb-Edu 10BT -> data/fineweb-edu-10BT (~30 GB download)
+  torchrun --nproc_per_node=2 train.py --preset gpt-tiny --pe carope --data data/fineweb-edu-10BT --out-dir out-tiny-carope
+  then --pe rope / learned / sinusoidal for the baselines; eval lengths default to 512,1024,2048"""
+
+
+def report(r, losses, results):
+    """Perplexity at each length, a few samples, what to try next; returns the run's summary."""
+    args = r.args
+    if results is None:  # nothing to train (resumed at max_steps): still report the model
+        r.log(f"the checkpoint is already at step {r.start_step} >= --max-steps {args.max_steps}: nothing to train")
+        results = evaluate(r.model, r.val_tokens, r.lens, r.tokens_per_forward, r.device, r.autocast, r.rank, r.world)
+    samples = []
+    if r.master:
+        r.log_file.close()
+        r.log(f"\nvalidation ({len(r.val_tokens) - 1:,} tokens of {r.data_dir}, model trained at context {r.T}):")
+        print_eval(r.log, results, r.T)
+        samples = generate_samples(r.raw_model, args, r.device, r.autocast)
+        if samples:
+            r.log(f"\nsamples ({args.sample_tokens} tokens, temperature 0.8, top-k 50):")
+            for text in samples:
+                r.log("  " + text.strip().replace("\n", "\n  ") + "\n  ---")
+        if args.preset == "nano":
+            r.log("\n" + PAPER_HINT)
+        files = [f for f in RUN_FILES if os.path.exists(os.path.join(args.out_dir, f))]
+        r.log(f"\ndone in {time.time() - r.t_start:.0f} s; files in {args.out_dir}/: {', '.join(files)}")
+    return dict(out_dir=args.out_dir, log=r.log_path, ckpt=r.ckpt_path, config=r.config_path, preset=args.preset,
+                pe=r.cfg.pe, start_step=r.start_step, steps=args.max_steps if losses else r.start_step,
+                losses=losses, final_train_loss=losses[-1] if losses else None, val=results, eval_lens=r.lens,
+                grad_accum_steps=r.grad_accum_steps, tokens_per_step=args.total_batch, world_size=r.world,
+                samples=samples, wall_s=time.time() - r.t_start)
+
+
+def evaluate_checkpoint(r):
+    """--eval-only: the --resume checkpoint's loss at each length, nothing trained or written."""
+    r.log(f"evaluating {r.args.resume} (step {r.ckpt['step']}, pe={r.cfg.pe}, {r.raw_model.num_params() / 1e6:.2f}M "
+          f"params) on {len(r.val_tokens) - 1:,} tokens of {r.data_dir}")
+    results = evaluate(r.model, r.val_tokens, r.lens, r.tokens_per_forward, r.device, r.autocast, r.rank, r.world)
+    print_eval(r.log, results, r.cfg.block_size)
+    return dict(step=r.ckpt["step"], val=results, eval_lens=r.lens, pe=r.cfg.pe, checkpoint=r.args.resume)
+
+
+def print_eval(log, results, T):
+    for L, r in results.items():
+        log(f"  context {L:6d} ({L / T:g}x): val loss {r['loss']:.4f}  perplexity {r['ppl']:10.2f}")
+
+
+@torch.no_grad()
+def generate_samples(raw_model, args, device, autocast):
+    """A few texts from the start of a document (the end-of-text token starts every document)."""
+    if args.sample_tokens <= 0 or args.num_samples <= 0:
+        return []
+    enc = prepare_data.get_encoding()
+    torch.manual_seed(args.seed)  # after the final checkpoint, so it does not change any saved state
+    idx = torch.full((args.num_samples, 1), enc.eot_token, dtype=torch.long, device=device)
+    raw_model.eval()
+    with autocast:
+        out = raw_model.generate(idx, args.sample_tokens, temperature=0.8, top_k=50)
+    raw_model.train()
+    texts = []
+    for row in out[:, 1:].tolist():
+        row = row[:row.index(enc.eot_token)] if enc.eot_token in row else row  # stop at the document's end
+        texts.append(enc.decode([t for t in row if t < enc.n_vocab]))
+    return texts
+
+
+# -----------------------------------------------------------------------------
+# The command line: flags, their checks, and how flags, checkpoint, recipe and DEFAULTS combine.
+
 # What every numeric setting must be, checked by validate() on the resolved settings (flags, checkpoint,
 # recipe) before anything is built or written. None means "not set": a default derived later.
 RULES = [
@@ -73,10 +505,26 @@ RULES = [
     (("device",), lambda v: re.fullmatch(r"cpu|mps|cuda(:\d+)?", v), "cpu, cuda, cuda:N or mps"),
 ]
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "rope_base")
-PAPER_HINT = """next: the paper's recipe (GPT-Tiny, context 512, ~19k steps; a GPU, ideally two):
-  python prepare_data.py --source fineweb-edu      # FineWeb-Edu 10BT -> data/fineweb-edu-10BT (~30 GB download)
-  torchrun --nproc_per_node=2 train.py --preset gpt-tiny --pe carope --data data/fineweb-edu-10BT --out-dir out-tiny-carope
-  then --pe rope / learned / sinusoidal for the baselines; eval lengths default to 512,1024,2048"""
+
+
+def per_preset(key, show=str):
+    """A setting's default for each preset, for the help text: per_preset("micro_batch") is
+    '4 nano, 64 gpt-tiny, 32 gpt-small'; presets that agree are joined ('19073 gpt-*'), unset ones left out.
+    Looks in RECIPES, then the model's PRESETS, then DEFAULTS, as resolve_args does."""
+    by_value = {}  # value -> presets, in RECIPES' order
+    for name in RECIPES:
+        value = {**DEFAULTS, **PRESETS[name], **RECIPES[name]}[key]
+        if value is not None:
+            by_value.setdefault(show(value), []).append(name)
+    gpt = [name for name in RECIPES if name.startswith("gpt-")]
+    return ", ".join(f"{value} {'gpt-*' if len(gpt) > 1 and names == gpt else '/'.join(names)}"
+                     for value, names in by_value.items())
+
+
+def short_float(v):
+    """6e-4 as '6e-4' (not '0.0006'), as in the paper."""
+    mantissa, exponent = f"{v:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def build_parser():
@@ -99,7 +547,7 @@ def build_parser():
     g.add_argument("--n-head", type=int, metavar="N", help="attention heads (default: the preset's)")
     g.add_argument("--n-embd", type=int, metavar="C", help="model width (default: the preset's)")
     g.add_argument("--block-size", type=int, metavar="T", help="training context T in tokens (default: the preset's; "
-                   "128 for nano, 512 for the paper)")
+                   f"{per_preset('block_size')})")
     g.add_argument("--vocab-size", type=int, metavar="V", help="embedding rows (default: 50304 = GPT-2's 50257 padded)")
     g.add_argument("--dropout", type=float, metavar="P", help="dropout rate (default: 0.0)")
     g.add_argument("--rope-base", type=float, metavar="BASE", help="RoPE base; CARoPE starts as RoPE with it (default: 10000)")
@@ -109,18 +557,20 @@ def build_parser():
                    "the embedded King James corpus in data/kjv, built on first use)")
     g.add_argument("--data-order", choices=("sequential", "random"), help="read training windows in "
                    "order (the paper: one pass over shuffled documents) or at random offsets "
-                   "(default: random for nano, sequential for gpt-*)")
+                   f"(default: {per_preset('data_order')})")
     g.add_argument("--micro-batch", type=int, metavar="B", help="sequences per forward pass per process "
-                   "(default: 4 nano, 64 gpt-tiny, 32 gpt-small)")
+                   f"(default: {per_preset('micro_batch')})")
     g.add_argument("--total-batch", type=int, metavar="TOKENS", help="tokens per optimizer step over "
-                   "all processes; gradient accumulation makes up the rest (default: 524288 for gpt-*; "
-                   "nano: one micro-batch per process)")
+                   "all processes; gradient accumulation makes up the rest (default: "
+                   f"{per_preset('total_batch')}; nano: one micro-batch per process)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (default: 350 nano, 19073 gpt-*)")
-    g.add_argument("--lr", type=float, metavar="LR", help="peak learning rate (default: 1.5e-3 nano, 6e-4 gpt-*)")
+    g.add_argument("--max-steps", type=int, metavar="N", help=f"optimizer steps (default: {per_preset('max_steps')})")
+    g.add_argument("--lr", type=float, metavar="LR", help="peak learning rate "
+                   f"(default: {per_preset('lr', short_float)})")
     g.add_argument("--min-lr", type=float, metavar="LR", help="final learning rate of the cosine (default: lr / 10)")
-    g.add_argument("--warmup-steps", type=int, metavar="N", help="linear warmup steps (default: 30 nano, 750 gpt-*)")
+    g.add_argument("--warmup-steps", type=int, metavar="N", help="linear warmup steps "
+                   f"(default: {per_preset('warmup_steps')})")
     g.add_argument("--lr-decay-steps", type=int, metavar="N", help="step where the cosine reaches min-lr "
                    "(default: max-steps; a resumed run keeps its checkpoint's, so its schedule is unchanged)")
     g.add_argument("--weight-decay", type=float, metavar="WD", help="AdamW weight decay on matrices only (default: 0.1)")
@@ -135,9 +585,10 @@ def build_parser():
     g.add_argument("--eval-lens", type=lengths, metavar="L1,L2,...", help="contexts to evaluate the validation loss at, "
                    "all on the same tokens (default: 1x,2x,4x the training context)")
     g.add_argument("--val-tokens", type=int, metavar="N", help="evaluate on the first N tokens of the val shard, the "
-                   "same for every run (default: 16384 nano, 10485760 gpt-*)")
+                   f"same for every run (default: {per_preset('val_tokens')})")
     g.add_argument("--eval-every", type=int, metavar="N", help="evaluate every N steps at the first --eval-lens "
-                   "length (a loss curve); every length at the end; 0 = only at the end (default: 0 nano, 250 gpt-*)")
+                   "length (a loss curve); every length at the end; 0 = only at the end "
+                   f"(default: {per_preset('eval_every')})")
     g.add_argument("--eval-only", action="store_true", default=None,
                    help="evaluate the --resume checkpoint and exit")
     g.add_argument("--num-samples", type=int, metavar="N", help="texts to generate at the end (default: 2)")
@@ -149,11 +600,11 @@ def build_parser():
     g.add_argument("--overwrite", action="store_true", default=None, help="start a new run in an --out-dir "
                    "that holds another run; its files are replaced once the new run starts")
     g.add_argument("--ckpt-every", type=int, metavar="N", help="also save ckpt.pt every N steps; it is "
-                   "always saved at the end (default: 0 nano, 1000 gpt-*)")
+                   f"always saved at the end (default: {per_preset('ckpt_every')})")
     g.add_argument("--resume", metavar="PATH", help="continue training from this checkpoint, with its "
                    "settings unless flags override them")
     g.add_argument("--log-every", type=int, metavar="N", help="print every N-th step; log.jsonl gets "
-                   "every step (default: 25 nano, 1 gpt-*)")
+                   f"every step (default: {per_preset('log_every')})")
 
     g = p.add_argument_group("system")
     g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
@@ -177,15 +628,27 @@ def lengths(text):
 
 
 def resolve_args(argv):
-    """Flags > checkpoint's settings (on --resume) > preset recipe > DEFAULTS."""
+    """The run's settings as one Namespace; returns (args, the flags given, the --resume checkpoint or None).
+
+    Each setting comes from the first of these four layers that has it:
+      1. the flags given on the command line;
+      2. on --resume, the checkpoint's own settings (so a resumed run continues the same recipe), except
+         the machine and this invocation's mode (NOT_INHERITED);
+      3. the preset's training recipe (RECIPES), with the model's shape left to its PRESETS entry;
+      4. DEFAULTS.
+    """
     given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
     if given.get("eval_only") and not given.get("resume"):
         raise SystemExit("--eval-only needs a checkpoint: --eval-only --resume out/ckpt.pt")
     ckpt = load_checkpoint(given["resume"]) if given.get("resume") else None
-    # the machine (device, dtype, compile) and this invocation's mode are never taken from a checkpoint
     saved = {k: v for k, v in (ckpt["train_args"] if ckpt else {}).items() if k not in NOT_INHERITED}
     preset = given.get("preset") or saved.get("preset") or DEFAULTS["preset"]
-    args = {**DEFAULTS, **RECIPES[preset], **{k: None for k in MODEL_KEYS}, **saved, **given}
+
+    args = dict(DEFAULTS)  # 4. DEFAULTS
+    args.update(RECIPES[preset])  # 3. the preset's recipe ...
+    args.update({k: None for k in MODEL_KEYS})  # ... and its model shape: None = the preset's (model_config)
+    args.update(saved)  # 2. the checkpoint's settings
+    args.update(given)  # 1. the flags
     args["preset"] = preset
     if ckpt is not None and "out_dir" not in given:
         # a resumed run continues in the folder the checkpoint is in, wherever its run was first written
@@ -237,23 +700,28 @@ def model_config(args, given, ckpt):
             cfg = GPTConfig(**ckpt["model_config"])
         except (TypeError, ValueError) as e:  # an edited or foreign model_config
             raise SystemExit(f"{args.resume}: its model_config is not one train.py writes ({e}); use another checkpoint")
-        saved = dataclasses.asdict(cfg)
-        if cfg.pe == "learned" and given.get("block_size", 0) > cfg.block_size:
-            raise SystemExit(f"context {given['block_size']} is longer than the learned position table "
-                             f"({cfg.block_size} positions) of {args.resume}; learned positions cannot go "
-                             f"past their table: use --block-size {cfg.block_size} or a relative --pe")
-        wanted = {k: given[k] for k in ("pe",) + MODEL_KEYS if k in given and given[k] != saved[k]}
-        if given.get("preset", ckpt["train_args"].get("preset")) != ckpt["train_args"].get("preset"):
-            wanted["preset"] = given["preset"]
-            saved["preset"] = ckpt["train_args"].get("preset")
-        if wanted:
-            have = ", ".join(f"{k}={saved[k]}" for k in wanted)
-            ask = ", ".join(f"{k}={v}" for k, v in wanted.items())
-            raise SystemExit(f"{args.resume} is a checkpoint of another config ({have}) than the flags ask "
-                             f"for ({ask}): drop those flags to use it, or start a new run in another --out-dir")
+        check_flags_fit_checkpoint(args, given, ckpt, cfg)
     for k in ("pe",) + MODEL_KEYS:  # record the resolved model in the run's settings
         setattr(args, k, getattr(cfg, k))
     return cfg
+
+
+def check_flags_fit_checkpoint(args, given, ckpt, cfg):
+    """On --resume, model flags (and --preset) may only repeat the checkpoint's: one line naming each that differs."""
+    saved = dataclasses.asdict(cfg)
+    if cfg.pe == "learned" and given.get("block_size", 0) > cfg.block_size:
+        raise SystemExit(f"context {given['block_size']} is longer than the learned position table "
+                         f"({cfg.block_size} positions) of {args.resume}; learned positions cannot go "
+                         f"past their table: use --block-size {cfg.block_size} or a relative --pe")
+    wanted = {k: given[k] for k in ("pe",) + MODEL_KEYS if k in given and given[k] != saved[k]}
+    if given.get("preset", ckpt["train_args"].get("preset")) != ckpt["train_args"].get("preset"):
+        wanted["preset"] = given["preset"]
+        saved["preset"] = ckpt["train_args"].get("preset")
+    if wanted:
+        have = ", ".join(f"{k}={saved[k]}" for k in wanted)
+        ask = ", ".join(f"{k}={v}" for k, v in wanted.items())
+        raise SystemExit(f"{args.resume} is a checkpoint of another config ({have}) than the flags ask "
+                         f"for ({ask}): drop those flags to use it, or start a new run in another --out-dir")
 
 
 # -----------------------------------------------------------------------------
@@ -267,7 +735,7 @@ def open_shards(args, vocab_size, master):
             prepare_data.prepare_embedded()
         if dist.is_initialized():
             dist.barrier()  # the other ranks wait for rank 0 to build it
-        data_dir = prepare_data.DEFAULT_EMBEDDED_DIR
+        data_dir = shards.DEFAULT_EMBEDDED_DIR
     texts = sorted(f for f in os.listdir(data_dir) if f.lower().endswith(prepare_data.SUPPORTED)) \
         if os.path.isdir(data_dir) and not any(f.endswith(".bin") for f in os.listdir(data_dir)) else []
     if texts:  # the corpus itself, not yet tokenised: say how to make shards of it, not how to download one
@@ -276,10 +744,10 @@ def open_shards(args, vocab_size, master):
                          f"python prepare_data.py --input {shlex.quote(str(data_dir))}/*{ext} --out "
                          f"{shlex.quote(str(data_dir).rstrip('/') + '-shards')}, then --data that folder")
     try:
-        val_paths, train_paths = prepare_data.list_shards(data_dir)
-        manifest = prepare_data.load_manifest(data_dir)
-        val = prepare_data.read_shard(val_paths[0])
-        train = [prepare_data.read_shard(p) for p in train_paths]
+        val_paths, train_paths = shards.list_shards(data_dir)
+        manifest = shards.load_manifest(data_dir)
+        val = shards.read_shard(val_paths[0])
+        train = [shards.read_shard(p) for p in train_paths]
     except (FileNotFoundError, ValueError) as e:  # their messages name the file and the command that fixes it
         raise SystemExit(str(e))
     if master and manifest and not manifest.get("complete", True):
@@ -421,7 +889,7 @@ def evaluate(model, tokens, lens, tokens_per_forward, device, autocast, rank, wo
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints, written atomically (prepare_data.atomic_write) so a crash mid-write never
+# Checkpoints, written atomically (shards.atomic_write) so a crash mid-write never
 # leaves a broken ckpt.pt.
 
 def rng_states(loader):
@@ -493,7 +961,7 @@ def save_checkpoint(path, raw_model, optimizer, step, rng, cfg, args):
     state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, rng=rng,
                  model_config=dataclasses.asdict(cfg), train_args=dict(vars(args)))
     state["sha256"] = state_sha256(state)
-    prepare_data.atomic_write(path, lambda f: torch.save(state, f))
+    shards.atomic_write(path, lambda f: torch.save(state, f))
 
 
 def read_log(path, resume_step, master=True):
@@ -518,6 +986,24 @@ def read_log(path, resume_step, master=True):
         if step <= resume_step:
             kept.append(line + "\n")
     return kept
+
+
+def load_state(target, state, path):
+    """model/optimizer.load_state_dict, with a mismatch (an edited checkpoint) as one line."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"{path}: its saved {type(target).__name__} state does not fit its model_config "
+                         f"({first}); the checkpoint was edited or is damaged: use another one")
+
+
+def same_file(a, b):  # also for folders; either may not exist yet
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+# -----------------------------------------------------------------------------
+# Interrupts, disk errors, memory.
 
 
 class Interrupts:
@@ -659,301 +1145,6 @@ def pick_compile(args, kind):
         want, reason = False, "torch.compile does not support MPS well yet; running eagerly"
     args.compile = want
     return reason
-
-
-def get_lr(it, args):
-    """Linear warmup to lr, cosine decay to min_lr at lr_decay_steps, then flat."""
-    if it < args.warmup_steps:
-        return args.lr * (it + 1) / args.warmup_steps
-    if it >= args.lr_decay_steps:
-        return args.min_lr
-    ratio = (it - args.warmup_steps) / max(1, args.lr_decay_steps - args.warmup_steps)
-    return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (args.lr - args.min_lr)
-
-
-# -----------------------------------------------------------------------------
-
-def main(argv=None):
-    keep_freed_memory()
-    try:
-        args, given, ckpt = resolve_args(argv)
-        if not args.eval_only:
-            check_out_dir(args)
-        rank, world, device = setup_device(args)
-        try:
-            summary = run(args, given, ckpt, rank, world, device)
-            if dist.is_initialized():
-                dist.barrier()  # all ranks leave together: tearing gloo down under a busy peer can abort it
-            return summary
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
-    except KeyboardInterrupt:  # outside the training loop (which saves a checkpoint first): nothing to keep
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130)
-
-
-def run(args, given, ckpt, rank, world, device):
-    master = rank == 0  # only rank 0 prints and writes files
-    log = print if master else (lambda *a, **k: None)
-    kind = device.split(":")[0]
-    t_start = time.time()
-
-    # ---- model
-    cfg = model_config(args, given, ckpt)
-    torch.manual_seed(args.seed)  # the same seed on every rank: identical initial weights
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    raw_model = GPT(cfg).to(device)
-    if ckpt is not None:
-        load_state(raw_model, ckpt["model"], args.resume)
-    autocast, dtype_why = pick_dtype(args, kind)
-    compile_why = pick_compile(args, kind)
-    if kind == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls that remain
-
-    # ---- data and evaluation lengths
-    data_dir, val, train, train_paths = open_shards(args, cfg.vocab_size, master)
-    args.data_dir = data_dir
-    lens = eval_lengths(args, cfg, log)
-    val_tokens = val_span(val, lens, args.val_tokens, cfg.vocab_size, f"{data_dir} (val shard)")
-    B, T = args.micro_batch, cfg.block_size
-    tokens_per_forward = B * T  # eval batches as many tokens per forward pass as training does
-    n_params = raw_model.num_params()
-
-    if args.eval_only:
-        log(f"evaluating {args.resume} (step {ckpt['step']}, pe={cfg.pe}, {n_params / 1e6:.2f}M params) on "
-            f"{len(val_tokens) - 1:,} tokens of {data_dir}")
-        model = torch.compile(raw_model) if args.compile else raw_model
-        results = evaluate(model, val_tokens, lens, tokens_per_forward, device, autocast, rank, world)
-        print_eval(log, results, cfg.block_size)
-        return dict(step=ckpt["step"], val=results, eval_lens=lens, pe=cfg.pe, checkpoint=args.resume)
-
-    # ---- batch arithmetic: total_batch tokens per update = B * T * world * grad_accum_steps
-    if args.total_batch is None:
-        args.total_batch = B * T * world
-    if args.total_batch % (B * T * world) != 0:
-        raise SystemExit(f"--total-batch {args.total_batch} must be a multiple of micro-batch x context x "
-                         f"processes = {B} x {T} x {world} = {B * T * world}")
-    grad_accum_steps = args.total_batch // (B * T * world)
-    args.min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
-    args.lr_decay_steps = args.max_steps if args.lr_decay_steps is None else args.lr_decay_steps
-
-    loader = TokenLoader(train, train_paths, B, T, rank, world, args.data_order, args.seed, cfg.vocab_size)
-    model = torch.compile(raw_model) if args.compile else raw_model
-    # DDP averages gradients over ranks in backward; the raw model keeps the state_dict names clean
-    train_model = DDP(model, device_ids=[torch.cuda.current_device()] if kind == "cuda" else None) \
-        if world > 1 else model
-    optimizer = raw_model.configure_optimizers(args.weight_decay, args.lr, (args.beta1, args.beta2), kind, args.eps)
-    start_step = 0
-    if ckpt is not None:
-        load_state(optimizer, ckpt["optimizer"], args.resume)
-        try:
-            restore_rng_states(ckpt["rng"], loader)
-        except ValueError as e:  # sequential order, other (shorter, fewer) shards than the run's
-            raise SystemExit(f"{args.resume}: {e} in {data_dir}: resume on the data it was trained on "
-                             f"({ckpt['train_args'].get('data_dir')}) or with --data-order random")
-        start_step = ckpt["step"]
-
-    # ---- output folder: config.json, log.jsonl, ckpt.pt. Everything above only read; from here on we write.
-    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
-    log_path = os.path.join(args.out_dir, "log.jsonl")
-    config_path = os.path.join(args.out_dir, "config.json")
-    # on resume, the log so far is the checkpoint's run's (in its folder), cut back to the checkpoint's step
-    kept_log = read_log(os.path.join(os.path.dirname(args.resume) or ".", "log.jsonl"), start_step, master) \
-        if ckpt is not None else []
-    last_good = (args.resume, start_step) if ckpt is not None else (None, 0)
-
-    def kept():
-        return f"the last good checkpoint is {last_good[0]} (step {last_good[1]})" if last_good[0] else \
-            "no checkpoint was saved yet (--ckpt-every N keeps one)"
-
-    run_info = dict(args=vars(args), model=dataclasses.asdict(cfg), world_size=world, device=device,
-                    grad_accum_steps=grad_accum_steps, num_params=n_params, torch=torch.__version__)
-    log_file = None
-    if master:
-        with disk_errors(args.out_dir, kept):
-            os.makedirs(args.out_dir, exist_ok=True)
-            removed = prepare_data.remove_stale_temps(args.out_dir)
-            if removed:
-                log(f"removed {len(removed)} temp file(s) left by a killed save: {', '.join(map(str, removed))}")
-            # a new run (--overwrite) first drops the old run's checkpoint, which must not outlive its log
-            if os.path.exists(ckpt_path) and not (ckpt is not None and same_file(ckpt_path, args.resume)):
-                os.remove(ckpt_path)
-            prepare_data.atomic_write(config_path, lambda f: f.write(json.dumps(run_info, indent=2).encode()))
-            prepare_data.atomic_write(log_path, lambda f: f.write("".join(kept_log).encode()))
-            log_file = open(log_path, "a")
-
-    log(f"model: {args.preset}, pe={cfg.pe}, {cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd} wide, "
-        f"{n_params / 1e6:.2f}M params")
-    log(f"data: {data_dir}: {sum(len(s) for s in train):,} train tokens in {len(train)} shard(s), "
-        f"{args.data_order} windows; validation on the first {len(val_tokens) - 1:,} val tokens")
-    log(f"device {device} x {world} process(es), {args.dtype} ({dtype_why}), "
-        f"compile {'on' if args.compile else 'off'}{f' ({compile_why})' if compile_why else ''}")
-    log(f"batch: {B} x {T} tokens x {world} process(es) x {grad_accum_steps} accumulation step(s) = "
-        f"{args.total_batch:,} tokens per step; steps {start_step + 1}..{args.max_steps}, "
-        f"lr {args.lr:g} -> {args.min_lr:g}, warmup {args.warmup_steps}")
-
-    def lens_at(step):  # the curve during training needs one length (the first); the end gets every length
-        return lens if step == args.max_steps else lens[:1]
-
-    # ---- the loop. Ctrl-C saves the last completed step: `done` and the RNG and data position after it.
-    losses, results = [], None
-    evaluated = {r["step"] for r in map(json.loads, kept_log) if r.get("type") == "eval"}
-    if ckpt is not None and start_step > 0 and start_step not in evaluated and (
-            start_step == args.max_steps or (args.eval_every > 0 and start_step % args.eval_every == 0)):
-        # Ctrl-C during this step's evaluation saved the step without its eval lines: evaluate it now, as
-        # the uninterrupted run did (evaluation draws no random numbers, so the run continues the same)
-        results = evaluate(model, val_tokens, lens_at(start_step), tokens_per_forward, device, autocast, rank, world)
-        if master:
-            with disk_errors(args.out_dir, kept):
-                for L, r in results.items():
-                    log_file.write(json.dumps(dict(type="eval", step=start_step, len=L, **r)) + "\n")
-                log_file.flush()
-    done, after_done = start_step, rng_states(loader)
-    interrupts = Interrupts().install()
-    try:
-        for step in range(start_step, args.max_steps):
-            t0 = time.time()
-            lr = get_lr(step, args)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss_accum = torch.zeros((), device=device)
-            for micro_step in range(grad_accum_steps):
-                x, y = loader.next_batch()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                # DDP: all-reduce the gradients only after the last micro-step, not after each one
-                last = micro_step == grad_accum_steps - 1
-                with (nullcontext() if world == 1 or last else train_model.no_sync()):
-                    with autocast:
-                        _, loss = train_model(x, y)
-                    # each micro-batch's loss is a mean; dividing by the count makes the sum of the
-                    # accumulated gradients the gradient of the mean over the whole batch
-                    loss = loss / grad_accum_steps
-                    loss_accum += loss.detach()
-                    loss.backward()
-            if world > 1:
-                dist.all_reduce(loss_accum)  # SUM (gloo has no AVG), then divide
-                loss_accum /= world
-            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
-                                                  args.grad_clip if args.grad_clip > 0 else float("inf"))
-            loss_val, norm_val = loss_accum.item(), norm.item()
-            if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
-                # stop before the update: the weights and the last checkpoint stay good
-                raise SystemExit(f"step {step + 1}: the loss is {loss_val} (grad norm {norm_val}), training "
-                                 f"stopped without applying it; {kept()}. Try a lower --lr or more --warmup-steps.")
-            with interrupts:  # Ctrl-C waits for the update and its log line: a step is done or not begun
-                optimizer.step()
-                if kind == "cuda":
-                    torch.cuda.synchronize()  # so dt measures the GPU's work, not the launch
-                dt = time.time() - t0
-                losses.append(loss_val)
-                tokens_per_s = args.total_batch / dt
-                mfu = raw_model.estimate_mfu(B * T * grad_accum_steps, dt, seq_len=T, device=device)
-                record = dict(type="train", step=step + 1, loss=loss_val, lr=lr, grad_norm=norm_val, ms=dt * 1000,
-                              tokens_per_s=tokens_per_s, mfu=mfu, tokens=(step + 1) * args.total_batch)
-                if master:
-                    with disk_errors(args.out_dir, kept):
-                        log_file.write(json.dumps(record) + "\n")
-                        log_file.flush()
-                done, after_done = step + 1, rng_states(loader)
-            if master and ((step + 1) % args.log_every == 0 or step == start_step or step + 1 == args.max_steps):
-                log(f"step {step + 1:5d}/{args.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | norm {norm_val:.3f} "
-                    f"| {dt * 1000:7.1f} ms | {tokens_per_s:8.0f} tok/s | mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
-
-            last_step = step + 1 == args.max_steps
-            if last_step or (args.eval_every > 0 and (step + 1) % args.eval_every == 0):
-                results = evaluate(model, val_tokens, lens_at(step + 1), tokens_per_forward, device, autocast, rank, world)
-                if master:
-                    with interrupts, disk_errors(args.out_dir, kept):  # all of a step's eval lines, or none
-                        for L, r in results.items():
-                            log_file.write(json.dumps(dict(type="eval", step=step + 1, len=L, **r)) + "\n")
-                        log_file.flush()
-                    if not last_step:
-                        log("val " + " | ".join(f"ctx {L}: loss {r['loss']:.4f} ppl {r['ppl']:.2f}"
-                                                for L, r in results.items()))
-            if last_step or (args.ckpt_every > 0 and (step + 1) % args.ckpt_every == 0):
-                if master:
-                    with disk_errors(args.out_dir, kept):
-                        save_checkpoint(ckpt_path, raw_model, optimizer, done, after_done, cfg, args)
-                last_good = (ckpt_path, done)
-    except KeyboardInterrupt:
-        if interrupts.previous is not None:  # a second Ctrl-C (or torchrun's) must not cut the save short
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if not master:  # rank 0 saves; the weights are the same on every rank after a completed step
-            raise SystemExit(130)
-        with disk_errors(args.out_dir, kept):
-            if last_good != (ckpt_path, done):
-                save_checkpoint(ckpt_path, raw_model, optimizer, done, after_done, cfg, args)
-            log_file.close()
-        print(f"interrupted: step {done} is saved in {ckpt_path}; continue with: "
-              f"{resume_command(ckpt_path, given, world)}", file=sys.stderr)
-        raise SystemExit(130)
-    finally:
-        interrupts.uninstall()
-
-    # ---- the end: perplexity at each length, a few samples, what to try next
-    if results is None:  # nothing to train (resumed at max_steps): still report the model
-        log(f"the checkpoint is already at step {start_step} >= --max-steps {args.max_steps}: nothing to train")
-        results = evaluate(model, val_tokens, lens, tokens_per_forward, device, autocast, rank, world)
-    samples = []
-    if master:
-        log_file.close()
-        log(f"\nvalidation ({len(val_tokens) - 1:,} tokens of {data_dir}, model trained at context {T}):")
-        print_eval(log, results, T)
-        samples = generate_samples(raw_model, args, device, autocast)
-        if samples:
-            log(f"\nsamples ({args.sample_tokens} tokens, temperature 0.8, top-k 50):")
-            for text in samples:
-                log("  " + text.strip().replace("\n", "\n  ") + "\n  ---")
-        if args.preset == "nano":
-            log("\n" + PAPER_HINT)
-        files = [f for f in RUN_FILES if os.path.exists(os.path.join(args.out_dir, f))]
-        log(f"\ndone in {time.time() - t_start:.0f} s; files in {args.out_dir}/: {', '.join(files)}")
-    return dict(out_dir=args.out_dir, log=log_path, ckpt=ckpt_path, config=config_path, preset=args.preset,
-                pe=cfg.pe, start_step=start_step, steps=args.max_steps if losses else start_step,
-                losses=losses, final_train_loss=losses[-1] if losses else None, val=results, eval_lens=lens,
-                grad_accum_steps=grad_accum_steps, tokens_per_step=args.total_batch, world_size=world,
-                samples=samples, wall_s=time.time() - t_start)
-
-
-def load_state(target, state, path):
-    """model/optimizer.load_state_dict, with a mismatch (an edited checkpoint) as one line."""
-    try:
-        target.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SystemExit(f"{path}: its saved {type(target).__name__} state does not fit its model_config "
-                         f"({first}); the checkpoint was edited or is damaged: use another one")
-
-
-def same_file(a, b):  # also for folders; either may not exist yet
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-def print_eval(log, results, T):
-    for L, r in results.items():
-        log(f"  context {L:6d} ({L / T:g}x): val loss {r['loss']:.4f}  perplexity {r['ppl']:10.2f}")
-
-
-@torch.no_grad()
-def generate_samples(raw_model, args, device, autocast):
-    """A few texts from the start of a document (the end-of-text token starts every document)."""
-    if args.sample_tokens <= 0 or args.num_samples <= 0:
-        return []
-    enc = prepare_data.get_encoding()
-    torch.manual_seed(args.seed)  # after the final checkpoint, so it does not change any saved state
-    idx = torch.full((args.num_samples, 1), enc.eot_token, dtype=torch.long, device=device)
-    raw_model.eval()
-    with autocast:
-        out = raw_model.generate(idx, args.sample_tokens, temperature=0.8, top_k=50)
-    raw_model.train()
-    texts = []
-    for row in out[:, 1:].tolist():
-        row = row[:row.index(enc.eot_token)] if enc.eot_token in row else row  # stop at the document's end
-        texts.append(enc.decode([t for t in row if t < enc.n_vocab]))
-    return texts
 
 
 if __name__ == "__main__":

@@ -103,7 +103,9 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert rest["start_step"] == 4 and rest["out_dir"] == str(tmp_path / "half")
     assert half["losses"] + rest["losses"] == full["losses"]
     assert [r["loss"] for r in read_log(tmp_path / "half")] == full["losses"]  # one log, no step twice
-    assert [r["step"] for r in read_log(tmp_path / "half", "eval")] == [3, 3, 3, 4, 4, 4, 6, 6, 6, 8, 8, 8]
+    # between steps the first length only (the curve), every length at each invocation's last step
+    assert [(r["step"], r["len"]) for r in read_log(tmp_path / "half", "eval")] == [
+        (3, T), (4, T), (4, 2 * T), (4, 4 * T), (6, T), (8, T), (8, 2 * T), (8, 4 * T)]
     a, b = weights(tmp_path / "full"), weights(tmp_path / "half")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # --eval-only on the checkpoint reproduces the run's final validation numbers
