@@ -40,7 +40,58 @@ def _jit(fn):
 
 
 # -----------------------------------------------------------------------------
-# The kernels
+# The kernels. Small @triton.jit helpers first: Triton inlines them into the kernels below.
+
+
+@_jit
+def _powers(f_ptr, sf_t, t, mask_t, i, mask):
+    """f_t^i for a tile of tokens t and pairs i: (BLOCK_T, BLOCK_P), 0 in the padding (so it adds
+    nothing to any sum), and log2 f_t: (BLOCK_T, 1). f_t^i = 2^(i log2 f_t): i = 0 gives exactly 1,
+    the 1 rad step per token of pair 0."""
+    log2f = tl.log2(tl.load(f_ptr + t * sf_t, mask=mask_t, other=1.0))[:, None]
+    return tl.where(mask, tl.exp2(i[None, :] * log2f), 0.0), log2f
+
+
+@_jit
+def _add_exact(hi, lo, x):
+    """hi + lo + x as a new unevaluated sum hi + lo (compensated summation): s = hi + x is rounded,
+    and what the rounding lost, (hi - (s - x_seen)) + (x - x_seen), is kept in lo.
+
+    A plain float32 carry of the running phase drifts: measured in the interpreter with f near 1, it
+    ends 1.7e-3 rad from the exact phase after 4,500 tokens and 1.1e-2 after 16,384; this one stays
+    within one float32 step (3.5e-4 and 6.8e-4 rad), as torch.cumsum on the CPU does."""
+    s = hi + x
+    x_seen = s - hi
+    return s, lo + ((hi - (s - x_seen)) + (x - x_seen))
+
+
+@_jit
+def _rotate_tile(x_ptr, s_t, s_d, out_ptr, t, p, P, mask, cos, sin):
+    """One tile of x (strides s_t, s_d) rotated into the contiguous out:
+    [x1', x2'] = [x1 cos(phi) - x2 sin(phi), x1 sin(phi) + x2 cos(phi)]."""
+    src = x_ptr + t[:, None] * s_t + p[None, :] * s_d
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + P * s_d, mask=mask, other=0.0).to(tl.float32)
+    dst = out_ptr + t[:, None] * (2 * P) + p[None, :]
+    tl.store(dst, (x1 * cos - x2 * sin).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst + P, (x1 * sin + x2 * cos).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@_jit
+def _unrotate_tile(x_ptr, s_t, s_d, g_ptr, sg_t, sg_d, dx_ptr, t, p, P, mask, cos, sin):
+    """The backward of _rotate_tile for one tile, g = dL/dy with y = rotate(x, phi):
+    dL/dx = rotate(g, -phi) = [g1 cos + g2 sin, g2 cos - g1 sin], stored into the contiguous dx,
+    and this tensor's share of dL/dphi, returned: G = g2 y1 - g1 y2."""
+    src = x_ptr + t[:, None] * s_t + p[None, :] * s_d
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + P * s_d, mask=mask, other=0.0).to(tl.float32)
+    src = g_ptr + t[:, None] * sg_t + p[None, :] * sg_d
+    g1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    g2 = tl.load(src + P * sg_d, mask=mask, other=0.0).to(tl.float32)
+    dst = dx_ptr + t[:, None] * (2 * P) + p[None, :]
+    tl.store(dst, (g1 * cos + g2 * sin).to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst + P, (g2 * cos - g1 * sin).to(dx_ptr.dtype.element_ty), mask=mask)
+    return g2 * (x1 * cos - x2 * sin) - g1 * (x1 * sin + x2 * cos)
 
 
 @_jit
@@ -52,44 +103,22 @@ def _rotate_fwd(q_ptr, k_ptr, f_ptr, qo_ptr, ko_ptr, T, H, P,
     p = tl.arange(0, BLOCK_P)  # pair index i, padded to a power of two
     mask_p = p < P
     i = p.to(tl.float32)
-    # The phase carried from tile to tile, as an unevaluated sum hi + lo (compensated
-    # summation). A plain float32 carry drifts: measured in the interpreter with f near 1, it
-    # ends 1.7e-3 rad from the exact phase after 4,500 tokens and 1.1e-2 after 16,384; this one
-    # stays within one float32 step (3.5e-4 and 6.8e-4 rad), as torch.cumsum on the CPU does.
-    carry_hi = tl.zeros([BLOCK_P], dtype=tl.float32)
+    carry_hi = tl.zeros([BLOCK_P], dtype=tl.float32)  # the phase before this tile, as hi + lo (_add_exact)
     carry_lo = tl.zeros([BLOCK_P], dtype=tl.float32)
-    out_base = pid * T * 2 * P  # the outputs are contiguous (B, H, T, D)
+    out = pid * T * 2 * P  # this (b, h) in the contiguous (B, H, T, D) outputs
     for t0 in range(0, T, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         mask_t = t < T
         mask = mask_t[:, None] & mask_p[None, :]
-        fv = tl.load(f_ptr + b * sf_b + t * sf_t + h * sf_h, mask=mask_t, other=1.0)  # f_t: (BLOCK_T,)
-        # f_t^i = 2^(i log2 f_t): (BLOCK_T, BLOCK_P); i = 0 gives 2^0 = 1 exactly, a 1 rad step per token
-        powers = tl.exp2(i[None, :] * tl.log2(fv)[:, None])
-        powers = tl.where(mask, powers, 0.0)  # padding adds nothing to the running sums
+        powers, _ = _powers(f_ptr + b * sf_b + h * sf_h, sf_t, t, mask_t, i, mask)  # f_t^i
         local = tl.cumsum(powers, axis=0)  # sum_{t0<=t'<=t} f_t'^i, small numbers, accurate
         phase = carry_hi[None, :] + (carry_lo[None, :] + local)  # phi_i(t) = sum_{t'<=t} f_t'^i
-        # carry += sum of this tile, error-free: s = hi + x rounded, (hi - s) + x exactly recovered
-        tile_sum = tl.sum(powers, axis=0)
-        s = carry_hi + tile_sum
-        x_seen = s - carry_hi
-        carry_lo += (carry_hi - (s - x_seen)) + (tile_sum - x_seen)
-        carry_hi = s
+        carry_hi, carry_lo = _add_exact(carry_hi, carry_lo, tl.sum(powers, axis=0))
         # On CUDA tl.cos / tl.sin are libdevice's cosf / sinf (checked in the PTX of triton 3.9),
         # accurate for phases of thousands of radians, not the hardware approximations.
         cos, sin = tl.cos(phase), tl.sin(phase)
-        tp = t[:, None] * (2 * P) + p[None, :]  # offset of x1 in the contiguous outputs
-        # q and k: [x1', x2'] = [x1 cos(phi) - x2 sin(phi), x1 sin(phi) + x2 cos(phi)]
-        src1 = q_ptr + b * sq_b + h * sq_h + t[:, None] * sq_t + p[None, :] * sq_d
-        x1 = tl.load(src1, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(src1 + P * sq_d, mask=mask, other=0.0).to(tl.float32)
-        tl.store(qo_ptr + out_base + tp, (x1 * cos - x2 * sin).to(qo_ptr.dtype.element_ty), mask=mask)
-        tl.store(qo_ptr + out_base + tp + P, (x1 * sin + x2 * cos).to(qo_ptr.dtype.element_ty), mask=mask)
-        src1 = k_ptr + b * sk_b + h * sk_h + t[:, None] * sk_t + p[None, :] * sk_d
-        x1 = tl.load(src1, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(src1 + P * sk_d, mask=mask, other=0.0).to(tl.float32)
-        tl.store(ko_ptr + out_base + tp, (x1 * cos - x2 * sin).to(ko_ptr.dtype.element_ty), mask=mask)
-        tl.store(ko_ptr + out_base + tp + P, (x1 * sin + x2 * cos).to(ko_ptr.dtype.element_ty), mask=mask)
+        _rotate_tile(q_ptr + b * sq_b + h * sq_h, sq_t, sq_d, qo_ptr + out, t, p, P, mask, cos, sin)
+        _rotate_tile(k_ptr + b * sk_b + h * sk_h, sk_t, sk_d, ko_ptr + out, t, p, P, mask, cos, sin)
 
 
 @_jit
@@ -113,61 +142,32 @@ def _rotate_bwd(q_ptr, k_ptr, f_ptr, gq_ptr, gk_ptr, dq_ptr, dk_ptr, df_ptr, T, 
     p = tl.arange(0, BLOCK_P)
     mask_p = p < P
     i = p.to(tl.float32)
+    f_bh = f_ptr + b * sf_b + h * sf_h
     # Pass 1: the total phase sum_t f_t^i, as hi + lo, exactly as the forward carries it.
     carry_hi = tl.zeros([BLOCK_P], dtype=tl.float32)
     carry_lo = tl.zeros([BLOCK_P], dtype=tl.float32)
     for t0 in range(0, T, BLOCK_T):
         t = t0 + tl.arange(0, BLOCK_T)
         mask_t = t < T
-        fv = tl.load(f_ptr + b * sf_b + t * sf_t + h * sf_h, mask=mask_t, other=1.0)
-        powers = tl.exp2(i[None, :] * tl.log2(fv)[:, None])
-        powers = tl.where(mask_t[:, None] & mask_p[None, :], powers, 0.0)
-        tile_sum = tl.sum(powers, axis=0)
-        s = carry_hi + tile_sum
-        x_seen = s - carry_hi
-        carry_lo += (carry_hi - (s - x_seen)) + (tile_sum - x_seen)
-        carry_hi = s
+        powers, _ = _powers(f_bh, sf_t, t, mask_t, i, mask_t[:, None] & mask_p[None, :])
+        carry_hi, carry_lo = _add_exact(carry_hi, carry_lo, tl.sum(powers, axis=0))
     # Pass 2: tiles from last to first.
     g_after = tl.zeros([BLOCK_P], dtype=tl.float32)  # sum_{m after this tile} G_i(m)
     n_tiles = tl.cdiv(T, BLOCK_T)
-    out_base = pid * T * 2 * P  # dq, dk are contiguous (B, H, T, D)
+    out = pid * T * 2 * P  # this (b, h) in the contiguous (B, H, T, D) dq, dk
     for back in range(0, n_tiles):
         t = (n_tiles - 1 - back) * BLOCK_T + tl.arange(0, BLOCK_T)
         mask_t = t < T
         mask = mask_t[:, None] & mask_p[None, :]
-        fv = tl.load(f_ptr + b * sf_b + t * sf_t + h * sf_h, mask=mask_t, other=1.0)
-        log2f = tl.log2(fv)[:, None]
-        powers = tl.exp2(i[None, :] * log2f)  # f_t^i
-        powers = tl.where(mask, powers, 0.0)
-        # carry -= sum of this tile (error-free, as in the forward): the phase before the tile
-        tile_sum = tl.sum(powers, axis=0)
-        s = carry_hi - tile_sum
-        x_seen = carry_hi - s
-        carry_lo += (carry_hi - (s + x_seen)) + (x_seen - tile_sum)
-        carry_hi = s
+        powers, log2f = _powers(f_bh, sf_t, t, mask_t, i, mask)  # f_t^i
+        # the phase before this tile: carry minus this tile's sum, as exactly as the forward added it
+        carry_hi, carry_lo = _add_exact(carry_hi, carry_lo, -tl.sum(powers, axis=0))
         phase = carry_hi[None, :] + (carry_lo[None, :] + tl.cumsum(powers, axis=0))
         cos, sin = tl.cos(phase), tl.sin(phase)
-        tp = t[:, None] * (2 * P) + p[None, :]
-        # q: dx = rotate(g, -phi) = [g1 cos + g2 sin, -g1 sin + g2 cos]; G = g2 y1 - g1 y2
-        src1 = q_ptr + b * sq_b + h * sq_h + t[:, None] * sq_t + p[None, :] * sq_d
-        x1 = tl.load(src1, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(src1 + P * sq_d, mask=mask, other=0.0).to(tl.float32)
-        src1 = gq_ptr + b * sgq_b + h * sgq_h + t[:, None] * sgq_t + p[None, :] * sgq_d
-        g1 = tl.load(src1, mask=mask, other=0.0).to(tl.float32)
-        g2 = tl.load(src1 + P * sgq_d, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dq_ptr + out_base + tp, (g1 * cos + g2 * sin).to(dq_ptr.dtype.element_ty), mask=mask)
-        tl.store(dq_ptr + out_base + tp + P, (g2 * cos - g1 * sin).to(dq_ptr.dtype.element_ty), mask=mask)
-        G = g2 * (x1 * cos - x2 * sin) - g1 * (x1 * sin + x2 * cos)  # dL/dphi from q: (BLOCK_T, BLOCK_P)
-        # k, the same way
-        src1 = k_ptr + b * sk_b + h * sk_h + t[:, None] * sk_t + p[None, :] * sk_d
-        x1 = tl.load(src1, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(src1 + P * sk_d, mask=mask, other=0.0).to(tl.float32)
-        src1 = gk_ptr + b * sgk_b + h * sgk_h + t[:, None] * sgk_t + p[None, :] * sgk_d
-        g1 = tl.load(src1, mask=mask, other=0.0).to(tl.float32)
-        g2 = tl.load(src1 + P * sgk_d, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dk_ptr + out_base + tp, (g1 * cos + g2 * sin).to(dk_ptr.dtype.element_ty), mask=mask)
-        tl.store(dk_ptr + out_base + tp + P, (g2 * cos - g1 * sin).to(dk_ptr.dtype.element_ty), mask=mask)
-        G += g2 * (x1 * cos - x2 * sin) - g1 * (x1 * sin + x2 * cos)  # + dL/dphi from k
+        G = _unrotate_tile(q_ptr + b * sq_b + h * sq_h, sq_t, sq_d, gq_ptr + b * sgq_b + h * sgq_h, sgq_t, sgq_d,
+                           dq_ptr + out, t, p, P, mask, cos, sin)  # dL/dphi from q: (BLOCK_T, BLOCK_P)
+        G += _unrotate_tile(k_ptr + b * sk_b + h * sk_h, sk_t, sk_d, gk_ptr + b * sgk_b + h * sgk_h, sgk_t, sgk_d,
+                            dk_ptr + out, t, p, P, mask, cos, sin)  # + dL/dphi from k
         # S_i(t) = sum_{m>=t} G_i(m): reverse cumsum within the tile, plus what came after it
         suffix = tl.cumsum(G, axis=0, reverse=True) + g_after[None, :]
         g_after += tl.sum(G, axis=0)
