@@ -21,7 +21,6 @@ at any time and continued later or elsewhere (copy DIR, run again). Afterwards:
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 import prepare_data
+import shards
 import train
 from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
 
@@ -104,7 +104,7 @@ def check_recipe(out, given):
                              f"to continue it, or choose another --out")
         return
     os.makedirs(out, exist_ok=True)
-    prepare_data.atomic_write(path, lambda f: f.write(json.dumps(want, indent=1).encode()))
+    shards.atomic_write(path, lambda f: f.write(json.dumps(want, indent=1).encode()))
 
 
 # -----------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def train_one(out, pe, seed, recipe):
     entry = run_entry(d, pe, seed, summary)
     if pe == "carope":
         analyse_carope(d)  # small JSON of f(x_t): the plots redraw from it without the checkpoint
-    prepare_data.atomic_write(os.path.join(d, "result.json"), lambda f: f.write(json.dumps(entry, indent=1).encode()))
+    shards.atomic_write(os.path.join(d, "result.json"), lambda f: f.write(json.dumps(entry, indent=1).encode()))
     return entry
 
 
@@ -138,7 +138,7 @@ def run_entry(d, pe, seed, summary):
     tokens = steps[-1]["tokens"] if steps else 0
     return dict(pe=pe, seed=seed, preset=info["args"]["preset"], data=info["args"]["data_dir"], tokens=tokens,
                 params=info["num_params"], tokens_per_s=tokens / wall if wall else None, wall_s=round(wall, 1),
-                device=device_name(info["device"]), torch=torch.__version__, commit=git_commit(),
+                device=device_name(info["device"]), torch=torch.__version__, commit=COMMIT,
                 val={str(L): dict(loss=r["loss"], ppl=r["ppl"]) for L, r in summary["val"].items()})
 
 
@@ -158,12 +158,16 @@ def device_name(device):
 
 
 def git_commit():
+    """The checked-out commit (None outside git), read once: the code this process runs."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=os.path.dirname(os.path.abspath(__file__)))
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+COMMIT = git_commit()
 
 
 def sweep(args, recipe):
@@ -179,7 +183,7 @@ def sweep(args, recipe):
             try:
                 train_one(args.out, pe, seed, recipe)
             except KeyboardInterrupt:
-                raise SystemExit(f"\ncompare.py: interrupted; run the same command again to continue the sweep")
+                raise SystemExit("\ncompare.py: interrupted; run the same command again to continue the sweep")
             except SystemExit as e:
                 if e.code == 130:  # train.py saved a checkpoint on Ctrl-C: stop the whole sweep
                     raise SystemExit(f"compare.py: interrupted during {pe} seed {seed}; run the same "
@@ -204,7 +208,7 @@ def analyse_carope(d):
     model.load_state_dict(ckpt["model"])
     model.eval()
     data_dir = ckpt["train_args"]["data_dir"]
-    val = prepare_data.read_shard(prepare_data.list_shards(data_dir)[0][0])
+    val = shards.read_shard(shards.list_shards(data_dir)[0][0])
     enc = prepare_data.get_encoding()
     passage = np.asarray(val[1:1 + PASSAGE_TOKENS], dtype=np.int64)  # the val text after its first EOT
     T = cfg.block_size
@@ -219,7 +223,7 @@ def analyse_carope(d):
     analysis = dict(tokens=[enc.decode([t]) for t in passage.tolist()], theta_1=theta_1, bins=bins.tolist(),
                     f_passage=f_passage[:, 0].tolist(), hist=hist, sample_tokens=n,
                     mean=f_sample.mean(dim=(1, 2)).tolist())  # (L, H)
-    prepare_data.atomic_write(os.path.join(d, "carope_f.json"), lambda fh: fh.write(json.dumps(analysis).encode()))
+    shards.atomic_write(os.path.join(d, "carope_f.json"), lambda fh: fh.write(json.dumps(analysis).encode()))
 
 
 def layer_frequencies(model, idx):
@@ -290,6 +294,7 @@ def write_markdown(out, runs, command, train_len):
                 apart = max(p) < min(ref[L]) or min(p) > max(ref[L])
                 cells.append(f"{change:+.1f}%" + (" **beyond spread**" if apart else ""))
             lines.append(f"| {pe} | | " + " | ".join(cells) + " |")
+        lines += paired_table(groups, lens, head, rule)
     speed = [f"{pe} {np.mean([r['tokens_per_s'] for r in rs]):,.0f}" for pe, rs in groups.items()
              if all(r["tokens_per_s"] for r in rs)]
     first = runs[0]
@@ -297,6 +302,29 @@ def write_markdown(out, runs, command, train_len):
               f"data: {first['data']}.", f"Training tokens/s (mean over seeds, steps only): {'; '.join(speed)}."]
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def paired_table(groups, lens, head, rule):
+    """Each seed against RoPE at the same seed. A seed fixes the data order and the initial weights the
+    encodings share (CARoPE and carope-static even start as that very RoPE model), so the per-seed
+    change removes most of what varies from seed to seed."""
+    rope = {r["seed"]: r["val"] for r in groups["rope"]}
+    lines = ["", "The same change, paired by seed: mean over seeds [min–max] of (pe / RoPE at the same "
+             "seed − 1); **every seed** where all seeds agree in sign. With few seeds that is weak "
+             "evidence: 3 seeds agree by chance one time in four.", "", head, rule]
+    for pe, rs in groups.items():
+        if pe == "rope":
+            continue
+        cells, n = [], 0
+        for L in lens:
+            change = [100 * (r["val"][str(L)]["ppl"] / rope[r["seed"]][str(L)]["ppl"] - 1)
+                      for r in rs if r["seed"] in rope and str(L) in r["val"] and str(L) in rope[r["seed"]]]
+            n = max(n, len(change))
+            agree = len(change) > 1 and (max(change) < 0 or min(change) > 0)
+            cells.append(f"{np.mean(change):+.1f}% [{min(change):+.1f}, {max(change):+.1f}]"
+                         + (" **every seed**" if agree else "") if change else "–")
+        lines.append(f"| {pe} | {n} | " + " | ".join(cells) + " |")
+    return lines
 
 
 # -----------------------------------------------------------------------------
@@ -343,6 +371,7 @@ def plot_loss(plt, out, pes, seeds, colors):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, kind, title in ((axes[0], "train", "training loss (10-step mean)"),
                             (axes[1], "val", "validation loss at the training context")):
+        top = []  # the y axis starts at a quarter of the way in: the first steps would flatten every difference
         for pe in pes:
             curves = seed_curves(out, pe, seeds, kind)
             if not curves:
@@ -354,7 +383,11 @@ def plot_loss(plt, out, pes, seeds, colors):
             ax.plot(x, mean, color=colors[pe], label=f"{pe} ({n} seed{'s' if n > 1 else ''})",
                     marker="o" if kind == "val" else None, ms=3)
             ax.fill_between(x, [v.min() for v in vals], [v.max() for v in vals], color=colors[pe], alpha=0.2)
+            top.append(mean[len(mean) // 4])
+        if top:
+            ax.set_ylim(top=max(top))
         ax.set_xlabel("training tokens")
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k")
         ax.set_ylabel("loss (nats/token)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -382,7 +415,7 @@ def plot_ppl(plt, out, pes, seeds, train_len, colors):
     ax.set_ylabel("validation perplexity")
     ax.set_title("Perplexity against context length (mean over seeds, bars = min–max)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over the lines
     return save(plt, fig, out, "ppl_vs_length.png")
 
 
@@ -442,7 +475,7 @@ def summarise(args, recipe, given):
     if not runs:
         raise SystemExit(f"compare.py: no finished runs in {args.out} for --pe {','.join(args.pe)} "
                          f"--seeds {','.join(map(str, args.seeds))}; run without --plot-only first")
-    prepare_data.atomic_write(os.path.join(args.out, "results.json"),
+    shards.atomic_write(os.path.join(args.out, "results.json"),
                               lambda f: f.write(json.dumps(dict(runs=runs), indent=1).encode()))
     train_len = min(given["eval_lens"])
     command = " ".join(["python compare.py", "--pe", ",".join(args.pe), "--seeds", ",".join(map(str, args.seeds)),
