@@ -179,7 +179,8 @@ def test_error_no_data(tmp_path):
 
 def test_error_no_data_from_the_command_line(tmp_path):
     """What a user sees: one line on stderr, no traceback, exit status 1."""
-    proc = subprocess.run([sys.executable, "train.py", "--data", str(tmp_path / "nowhere"), "--device", "cpu"],
+    proc = subprocess.run([sys.executable, "train.py", "--data", str(tmp_path / "nowhere"), "--device", "cpu",
+                           "--out-dir", str(tmp_path / "o")],  # not ./out: it may hold the user's own run
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -216,8 +217,9 @@ def test_error_resume_from_another_config(tmp_path):
 
 def test_error_impossible_model_shape(tmp_path):
     data = make_data(tmp_path / "data")
-    expect_exit(TINY + ["--data", data, "--n-embd", "30", "--n-head", "4"], "model flags", "not divisible by n_head")
-    expect_exit(TINY + ["--data", data, "--n-embd", "30", "--n-head", "2", "--pe", "rope"], "head size", "odd")
+    out = ["--out-dir", tmp_path / "o"]
+    expect_exit(TINY + ["--data", data, "--n-embd", "30", "--n-head", "4", *out], "model flags", "not divisible by n_head")
+    expect_exit(TINY + ["--data", data, "--n-embd", "30", "--n-head", "2", "--pe", "rope", *out], "head size", "odd")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
