@@ -46,6 +46,7 @@ def parse_args(argv):
                     "results.md and plots. Any other flag goes to train.py unchanged (python train.py --help).",
         epilog="example: python compare.py --pe rope,carope,carope-static --seeds 1,2,3 --out results/nano-kjv",
         allow_abbrev=False)  # else train.py's --seed would be taken for --seeds
+    p.error = lambda message: sys.exit(f"compare.py: {message}")  # one line, not the usage block
     p.add_argument("--pe", default="rope,carope,carope-static", help="comma-separated encodings "
                    f"(default rope,carope,carope-static; any of {','.join(PE_CHOICES)})")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")

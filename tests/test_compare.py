@@ -124,3 +124,4 @@ def test_compare_errors_are_one_line(argv, message, tmp_path):
     run = subprocess.run([sys.executable, os.path.join(REPO, "compare.py"), *argv], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr  # one line, no usage block
