@@ -1,7 +1,7 @@
 """
 Train a GPT with CARoPE (or another position encoding) on llm.c token shards.
 
-    python train.py                                    # nano + carope on the embedded corpus (CPU, ~2 min)
+    python train.py                                    # nano + carope on the embedded corpus (CPU, about 1 min)
     python train.py --pe rope --out-dir out-rope       # the same model with RoPE, to compare
     python train.py --eval-only --resume out/ckpt.pt --eval-lens 128,512,1024
     torchrun --nproc_per_node=2 train.py --preset gpt-tiny --data data/fineweb-edu-10BT  # the paper's recipe
@@ -43,7 +43,7 @@ from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
 # The gpt-* recipes are the CARoPE paper's (= build-nanogpt's): 524,288 tokens per update,
 # lr 6e-4 with 750 warmup steps and cosine decay to 6e-5, 10B tokens / 524,288 = 19,073 steps.
 RECIPES = {
-    # nano is sized for a 2-core CPU (~2 min): at ~2k tokens/s, many small steps learn more than
+    # nano is sized for a 2-core CPU (about 1 min): at ~3k tokens/s, many small steps learn more than
     # few big ones; random windows because the embedded corpus is small and ordered (book by book).
     "nano": dict(micro_batch=4, total_batch=None, lr=1.5e-3, warmup_steps=30, max_steps=350,
                  val_tokens=16384, eval_every=0, ckpt_every=0, data_order="random", log_every=25),
@@ -533,7 +533,7 @@ def build_parser():
                     "shards. Flags left out take the --preset's recipe; with --resume, the checkpoint's.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python train.py                                   # nano + carope, embedded corpus, ~2 min on CPU\n"
+               "  python train.py                                   # nano + carope, embedded corpus, ~1 min on CPU\n"
                "  python train.py --pe rope --out-dir out-rope      # the same with RoPE\n"
                "  python train.py --resume out/ckpt.pt --max-steps 1000   # continue a run\n"
                "  python train.py --eval-only --resume out/ckpt.pt --eval-lens 128,512,2048\n"
