@@ -107,7 +107,7 @@ def train(r):
     last completed step (`done`), with the RNG states and the data position after it, then exits.
     """
     args, raw_model, optimizer, loader = r.args, r.raw_model, r.optimizer, r.loader
-    model, train_model, device, autocast = r.model, r.train_model, r.device, r.autocast
+    train_model, device, autocast = r.train_model, r.device, r.autocast
     B, T, grad_accum_steps, world = r.B, r.T, r.grad_accum_steps, r.world
     losses = []
     results = eval_missed_step(r)  # None unless a Ctrl-C cut the resumed step's evaluation short
@@ -172,16 +172,10 @@ def train(r):
             # evaluation: every --eval-every steps at the first length (a loss curve), at the end at every length
             last_step = step + 1 == args.max_steps
             if last_step or (args.eval_every > 0 and (step + 1) % args.eval_every == 0):
-                results = evaluate(model, r.val_tokens, r.lens_at(step + 1), r.tokens_per_forward, device, autocast,
-                                   r.rank, world)
-                if r.master:
-                    with interrupts, disk_errors(args.out_dir, r.kept):  # all of a step's eval lines, or none
-                        for L, res in results.items():
-                            r.log_file.write(json.dumps(dict(type="eval", step=step + 1, len=L, **res)) + "\n")
-                        r.log_file.flush()
-                    if not last_step:
-                        r.log("val " + " | ".join(f"ctx {L}: loss {res['loss']:.4f} ppl {res['ppl']:.2f}"
-                                                  for L, res in results.items()))
+                results = r.evaluate_and_log(step + 1, interrupts)
+                if not last_step:
+                    r.log("val " + " | ".join(f"ctx {L}: loss {res['loss']:.4f} ppl {res['ppl']:.2f}"
+                                              for L, res in results.items()))
             # checkpoint: every --ckpt-every steps and at the end; only rank 0 writes (the weights are
             # the same on every rank), every rank remembers it as the last good one
             if last_step or (args.ckpt_every > 0 and (step + 1) % args.ckpt_every == 0):
@@ -205,14 +199,7 @@ def eval_missed_step(r):
     due = step == args.max_steps or (args.eval_every > 0 and step % args.eval_every == 0)
     if r.ckpt is None or step == 0 or step in evaluated or not due:
         return None
-    results = evaluate(r.model, r.val_tokens, r.lens_at(step), r.tokens_per_forward, r.device, r.autocast,
-                       r.rank, r.world)
-    if r.master:
-        with disk_errors(args.out_dir, r.kept):
-            for L, res in results.items():
-                r.log_file.write(json.dumps(dict(type="eval", step=step, len=L, **res)) + "\n")
-            r.log_file.flush()
-    return results
+    return r.evaluate_and_log(step)
 
 
 def save_on_interrupt(r, done, after_done, interrupts):
@@ -306,6 +293,17 @@ class Run:
     def lens_at(self, step):
         """The curve during training needs one length (the first); the end gets every length."""
         return self.lens if step == self.args.max_steps else self.lens[:1]
+
+    def evaluate_and_log(self, step, interrupts=nullcontext()):
+        """Validation loss at lens_at(step); rank 0 writes the step's eval lines, all of them or none."""
+        results = evaluate(self.model, self.val_tokens, self.lens_at(step), self.tokens_per_forward, self.device,
+                           self.autocast, self.rank, self.world)
+        if self.master:
+            with interrupts, disk_errors(self.args.out_dir, self.kept):
+                for L, res in results.items():
+                    self.log_file.write(json.dumps(dict(type="eval", step=step, len=L, **res)) + "\n")
+                self.log_file.flush()
+        return results
 
     def kept(self):
         """What a failure now leaves behind, for its message."""
