@@ -223,7 +223,8 @@ def analyse_carope(d):
             for layer in range(cfg.n_layer)]
     analysis = dict(tokens=[enc.decode([t]) for t in passage.tolist()], theta_1=theta_1, bins=bins.tolist(),
                     f_passage=f_passage[:, 0].tolist(), hist=hist, sample_tokens=n,
-                    mean=f_sample.mean(dim=(1, 2)).tolist())  # (L, H)
+                    mean=f_sample.mean(dim=(1, 2)).tolist(),  # (L, H)
+                    device=device_name("cpu"), torch=torch.__version__)  # where f was computed (the model runs on CPU here)
     shards.atomic_write(os.path.join(d, "carope_f.json"), lambda fh: fh.write(json.dumps(analysis).encode()))
 
 
