@@ -1,0 +1,98 @@
+"""
+Devices, precision, compilation and processes (support module): what train.py, sample.py and bench.py
+ask of the machine, each answer a value plus the reason for it, so the log can say why.
+"""
+
+import ctypes
+import os
+import sys
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+
+def pick_device(name=None):
+    """The device to run on: `name` if this machine has it, else one line saying what it has."""
+    device = name or ("cuda" if torch.cuda.is_available() else
+                      "mps" if torch.backends.mps.is_available() else "cpu")
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit(f"--device {device}: MPS is not available here; use --device cpu")
+    return device
+
+
+def setup_device(name=None):
+    """Returns (rank, world, device). Under torchrun (RANK, WORLD_SIZE set), joins the process group."""
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, local_rank, world = (int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
+                               int(os.environ["WORLD_SIZE"])) if ddp else (0, 0, 1)
+    device = pick_device(name)
+    kind = device.split(":")[0]
+    if kind == "cuda" and ddp:
+        device = f"cuda:{local_rank}"  # one GPU per process
+    if kind == "cuda":
+        torch.cuda.set_device(device)
+    if ddp:  # NCCL moves CUDA tensors between GPUs; gloo is the CPU backend
+        dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo",
+                                device_id=torch.device(device) if kind == "cuda" else None)
+    return rank, world, device
+
+
+def pick_dtype(dtype, kind):
+    """Returns (dtype, autocast context, why): bf16 autocast where the GPU has it, float32 elsewhere."""
+    bf16 = kind == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if dtype is None:
+        dtype, why = ("bfloat16", "bf16 autocast") if bf16 else \
+            ("float32", {"cpu": "bf16 is usually slower on CPU; --dtype bfloat16 to try",
+                         "mps": "bf16 autocast on MPS is new; --dtype bfloat16 to try",
+                         "cuda": "this GPU has no bf16"}[kind])
+    else:
+        why = "from --dtype"
+    if dtype == "bfloat16" and kind == "cuda" and not bf16:
+        raise SystemExit("--dtype bfloat16: this GPU does not support bfloat16; use --dtype float32")
+    # autocast keeps the weights and the optimizer in float32 and runs matmuls in bf16
+    ctx = torch.autocast(device_type=kind, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    return dtype, ctx, why
+
+
+def pick_compile(want, kind):
+    """Returns (compile?, why or None). torch.compile pays off on CUDA (Triton kernels); elsewhere it mostly
+    costs compile time."""
+    reason = None if want is not None else ("default on CUDA" if kind == "cuda" else "default: CUDA only")
+    want = want if want is not None else kind == "cuda"
+    if want and sys.platform == "win32":
+        return False, "torch.compile is not supported on Windows; running eagerly"
+    if want and not torch._dynamo.is_dynamo_supported():
+        return False, (f"torch {torch.__version__} cannot compile on Python "
+                       f"{sys.version_info.major}.{sys.version_info.minor}; running eagerly")
+    if want and kind == "cuda":
+        try:
+            import triton  # noqa: F401  (inductor's GPU code generator)
+        except ImportError:
+            return False, "Triton is not installed; running eagerly"
+    if want and kind == "mps":
+        return False, "torch.compile does not support MPS well yet; running eagerly"
+    return want, reason
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed memory instead of returning it to the kernel at once.
+
+    Every CPU step allocates and frees the logits and their gradient (B x T x vocab floats, 100 MB for nano).
+    glibc serves blocks that big with mmap and unmaps them on free, so each step maps, page-faults and zeroes
+    them anew in the kernel. Raising the mmap and trim thresholds makes those blocks come from (and go back
+    to) the heap, which is reused; the price is that the process keeps its peak memory. No-op without glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+        mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        if not mallopt(M_MMAP_THRESHOLD, 1 << 30):  # mallopt(3) documents 32 MiB as the limit: then no mmap
+            mallopt(M_MMAP_MAX, 0)
+    except (OSError, AttributeError):  # no libc by that name, or one without mallopt (musl has a no-op)
+        pass
