@@ -1,7 +1,7 @@
 """
 A GPT-2 style language model with a one-word switch between positional encodings:
 
-    nope, learned, sinusoidal, rope, carope, carope-static, tapa, selective
+    nope, learned, sinusoidal, rope, carope, carope-static, carope-embed, tapa, selective
 
 The point of the file is CARoPE (Context-aware Rotary Position Embedding, arXiv 2507.23083).
 RoPE rotates each (q, k) pair i at position m by the phase phi_i(m) = m * theta_i with
@@ -30,10 +30,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from carope_triton import carope_rotate, fused_available  # the fast path of CARoPE's rotation (CUDA)
+from carope_triton import carope_rotate, use_fused  # the fast path of CARoPE's rotation (CUDA)
 
-PE_CHOICES = ("nope", "learned", "sinusoidal", "rope", "carope", "carope-static", "tapa", "selective")
-ROTARY_PE = ("rope", "carope", "carope-static", "selective")  # the ones that rotate q and k
+PE_CHOICES = ("nope", "learned", "sinusoidal", "rope", "carope", "carope-static", "carope-embed", "tapa", "selective")
+ROTARY_PE = ("rope", "carope", "carope-static", "carope-embed", "selective")  # the ones that rotate q and k
 SINUSOIDAL_SCALE = 0.02  # the fixed table's amplitude relative to Vaswani's (see GPT.forward)
 
 
@@ -118,7 +118,11 @@ class CARoPE(nn.Module):
     Reading (init): W = 0 and b = softplus^-1(base^(2/D) - 1), so f = base^(-2/D) = theta_1 for
                    every token and the model starts as the RoPE model exactly.
     input_dependent=False is the "carope-static" ablation: f_h = 1/(softplus(b_h) + 1), a learned
-    per-head base with no W, initialised the same way.
+    per-head base with no W, initialised the same way. "carope-embed" is the paper's literal words,
+    "the embedding of the token at position t": every layer computes f from the token embedding
+    wte(x_t) itself (GPT.forward passes it in), each with its own W. Its f depends on token t alone,
+    never on the tokens before it; and the embedding is ~0.02 in scale against the normalised
+    input's ~1, so W must grow about 50-fold (against weight decay) for the same effect.
     """
 
     def __init__(self, config, input_dependent=True):
@@ -137,7 +141,14 @@ class CARoPE(nn.Module):
             if self.weight is None:
                 logits = self.bias.float().expand(B, T, -1)  # b_h, the same for every token
             else:
-                logits = F.linear(x.float(), self.weight.float(), self.bias.float())  # x_t W + b: (B, T, H)
+                # Reading (TF32): train.py's set_float32_matmul_precision("high") lets a float32 matmul on
+                # CUDA round its inputs to TF32's 10 mantissa bits. With that rounding emulated on the CPU
+                # (tests/test_model.py::test_f_is_out_of_tf32's setting: C = 512, W ~ N(0, 0.1^2), T = 512)
+                # f is 4.7e-4 off and the phase 6.9e-3 rad (3.1e-2 at T = 4096), against 1.5e-5 rad in
+                # true float32. So this one small matmul (H outputs) runs in float64, which no TF32 setting
+                # touches; MPS has neither float64 nor TF32, and stays in float32.
+                wide = torch.float32 if x.device.type == "mps" else torch.float64
+                logits = F.linear(x.to(wide), self.weight.to(wide), self.bias.to(wide)).float()  # x_t W + b: (B, T, H)
             return 1.0 / (F.softplus(logits) + 1.0)  # f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1)
 
     def forward(self, x, cache=None):
@@ -156,8 +167,8 @@ def make_rotary(config):
     """The module that gives (cos, sin) for the config's encoding, or None if q, k are not rotated."""
     if config.pe == "rope":
         return RoPE(config)
-    if config.pe in ("carope", "carope-static"):
-        return CARoPE(config, input_dependent=(config.pe == "carope"))
+    if config.pe in ("carope", "carope-static", "carope-embed"):
+        return CARoPE(config, input_dependent=(config.pe != "carope-static"))
     if config.pe == "selective":
         return SelectiveRoPE(config)
     return None
@@ -212,27 +223,33 @@ class CausalSelfAttention(nn.Module):
         self.fused = config.fused_carope and isinstance(self.rotary, CARoPE)
         self.tapa = (config.tapa_theta, config.tapa_alpha, config.tapa_chunk) if config.pe == "tapa" else None
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, source=None):
+        """source: what CARoPE computes f from, if not x (carope-embed: the token embeddings, (B, T, C))."""
         B, T, C = x.size()  # batch, sequence length, width (n_embd)
+        source = x if source is None else source
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
-        if self.fused and cache is None and fused_available(q):
+        if self.fused and cache is None and use_fused(q):  # use_fused: the kernel passed its self-check
             # the same rotation as below, fused into one Triton kernel (carope_triton.py): the
             # powers, running sums, cos and sin never leave the GPU's registers
-            q, k = carope_rotate(q, k, self.rotary.frequencies(x))
+            q, k = carope_rotate(q, k, self.rotary.frequencies(source))
         elif self.rotary is not None:
-            cos, sin = self.rotary(x, cache)  # x is this layer's own (normalised) input: CARoPE's x_t
+            cos, sin = self.rotary(source, cache)  # source: this layer's own (normalised) input, CARoPE's x_t
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        # A whole sequence (training, or a generation's prompt) is causal; one new token sees every key.
+        # Decided from the cache, a Python value: a test on sizes would be a symbolic bool once
+        # torch.compile marks T dynamic, and split the compiled graph there.
+        causal = cache is None or cache.pos == 0
         if cache is not None:  # generating: the keys and values of the tokens before join: (B, H, pos, D)
             k, v = cache.append(k, v)
         dropout_p = self.dropout if self.training else 0.0
         if self.tapa is not None:
             theta, alpha, chunk = self.tapa
             y = tapa_attention(q, k, v, theta, alpha, chunk, dropout_p)
-        else:  # causal over a whole sequence; one new token sees every key, no mask needed
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=k.size(2) == T)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -257,8 +274,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)  # pre-norm: attention (and CARoPE) read ln_1(x)
+    def forward(self, x, cache=None, source=None):
+        x = x + self.attn(self.ln_1(x), cache, source)  # pre-norm: attention (and CARoPE) read ln_1(x)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -270,6 +287,8 @@ class Block(nn.Module):
 # gives a non-integer head size at width 768. "nano" trains on a laptop CPU in minutes.
 PRESETS = {
     "nano": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    "bytes": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=320),  # 257 UTF-8 ids, padded
+    "task": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=32),  # tasks.py's (train.py --task)
     "gpt-tiny": dict(n_layer=6, n_head=8, n_embd=512, block_size=512),
     "gpt-small": dict(n_layer=12, n_head=12, n_embd=768, block_size=512),
 }
@@ -292,7 +311,10 @@ class GPTConfig:
     selective_conv: int = 4  # Selective RoPE: causal depthwise convolution kernel
     selective_bias: bool = True  # Selective RoPE: + exp(b) per token (b = 0: RoPE's clock)
     selective_gate: bool = False  # Selective RoPE: sigmoid phase gate per head
-    fused_carope: bool = True  # CARoPE on CUDA: the fused Triton kernel (same maths, less memory)
+    # CARoPE on CUDA: the fused Triton kernel (same maths, less memory), used once it passes its
+    # self-check (carope_triton.use_fused). A machine choice, not part of the model: the parameters
+    # are the same either way, so a checkpoint from a fused run loads and runs on a CPU, and back.
+    fused_carope: bool = True
 
     def __post_init__(self):
         if self.pe not in PE_CHOICES:
@@ -369,6 +391,7 @@ class GPT(nn.Module):
         B, T = idx.size()
         start = 0 if cache is None else cache[0].pos  # the position of idx's first token
         x = self.transformer.wte(idx)  # token embeddings: (B, T, C)
+        source = x if self.config.pe == "carope-embed" else None  # the literal reading's x_t: the embedding
         if self.config.pe == "learned":
             if start + T > self.config.block_size:
                 raise ValueError(f"sequence length {start + T} is longer than the learned position table "
@@ -383,7 +406,7 @@ class GPT(nn.Module):
             x = x + SINUSOIDAL_SCALE * table.to(x.dtype)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if cache is None else cache[i])
+            x = block(x, None if cache is None else cache[i], source)
         x = self.transformer.ln_f(x)
         if cache is not None:
             x = x[:, [-1]]  # generating needs the next token's logits only: (B, 1, C)
@@ -405,7 +428,8 @@ class GPT(nn.Module):
 
     def estimate_mfu(self, tokens_per_iter, dt, seq_len=None, device=None):
         """Model flops utilisation: achieved flops over the device's peak bf16 dense flop/s, or None
-        where no peak is known (CPUs, Apple GPUs): a figure against an invented peak would mislead.
+        where no peak is known (CPUs, Apple GPUs, a GPU not in PEAK_BF16_TFLOPS): a figure against an
+        invented peak would mislead.
 
         Flops per token (PaLM appendix B, as nanoGPT): 6 N + 12 L H D T, with T the sequence
         length. The encodings' own work (CARoPE's powers and sums, TAPA's second product) is
@@ -458,17 +482,36 @@ class GPT(nn.Module):
         return idx
 
 
+# Dense bf16 tensor-core peaks in TFLOP/s, by the exact name torch.cuda.get_device_name reports. Source:
+# NVIDIA's datasheets (H100, H200, A100, L40/L40S, L4, A10; the HGX B200 and GB200 NVL72 spec tables),
+# row "BF16 Tensor Core"; they quote it with 2:4 sparsity, halved here (H100 SXM: 1,979 -> 989).
+# GeForce RTX 4090: the Ada architecture whitepaper, bf16 with float32 accumulation (autocast's).
+PEAK_BF16_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": 989,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756,
+    "NVIDIA H100 NVL": 835,
+    "NVIDIA H200": 989,  # H200 SXM
+    "NVIDIA H200 NVL": 835,
+    "NVIDIA A100-SXM4-40GB": 312, "NVIDIA A100-SXM4-80GB": 312,
+    "NVIDIA A100-PCIE-40GB": 312, "NVIDIA A100 80GB PCIe": 312,
+    "NVIDIA B200": 2250,
+    "NVIDIA GB200": 2500,
+    "NVIDIA L40S": 362,
+    "NVIDIA L40": 181,
+    "NVIDIA L4": 121,
+    "NVIDIA A10": 125,
+    "NVIDIA GeForce RTX 4090": 165,
+}
+
+
 def peak_flops(device):
-    """Peak dense bf16 flop/s of a CUDA device, for MFU; None for other devices."""
+    """Peak dense bf16 flop/s of a CUDA device, for MFU, looked up by its exact name; None for a GPU
+    not in PEAK_BF16_TFLOPS (an MFU against a guessed peak would mislead) and for other devices."""
     device = torch.device(device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in (("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12),
-                          ("A800", 312e12), ("L40", 181e12), ("L4", 121e12), ("A10", 125e12)):
-            if key in name:
-                return peak
-        return 312e12  # an unknown CUDA GPU: measured against an A100, as nanoGPT does
-    return None  # CPUs and Apple GPUs: no single published figure to measure against
+    if device.type != "cuda":
+        return None  # CPUs and Apple GPUs: no single published figure to measure against
+    peak = PEAK_BF16_TFLOPS.get(torch.cuda.get_device_name(device))
+    return None if peak is None else peak * 1e12
 
 
 # -----------------------------------------------------------------------------

@@ -40,11 +40,10 @@ def load_checkpoint(path, flag="--resume"):
     return ckpt
 
 
-def model_config(ckpt, path, given, keys, **machine):
-    """The checkpoint's GPTConfig; flags given on --resume for `keys` may only repeat its values."""
-    from carope import GPTConfig
+def model_config(ckpt, path, given, keys, config_class, **machine):
+    """The checkpoint's model config (a config_class); flags given on --resume for `keys` may only repeat it."""
     try:
-        cfg = GPTConfig(**{**ckpt["model_config"], **machine})
+        cfg = config_class(**{**ckpt["model_config"], **machine})
     except (TypeError, ValueError) as e:  # an edited or foreign model_config
         raise SystemExit(f"{path}: its model_config is not one train.py writes ({e}); use another checkpoint")
     saved = dict(vars(cfg), preset=ckpt["train_args"].get("preset"))

@@ -37,12 +37,13 @@ import cli
 import shards
 import tokenizer
 import train
-from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
+from carope import GPT, GPTConfig, PE_CHOICES
 
 OWN_FLAGS = ("--pe", "--seed", "--resume", "--ckpt", "--overwrite", "--eval-only")  # set per run by compare.py
 PASSAGE_TOKENS = 40  # tokens of the validation text shown along the x axis of the CARoPE plots
 F_SAMPLE_TOKENS = 8192  # validation tokens whose f(x_t) make the per-layer distributions
-DIGITS = dict(ppl=2, bpb=4)  # decimals in results.md; a change in % gets one fewer (ppl 1, bpb 3)
+NAMES = dict(ppl="validation perplexity", bpb="validation bits per byte", acc="test accuracy (whole answers)")
+DIGITS = dict(ppl=2, bpb=4, acc=3)  # decimals in results.md; a change in % gets one fewer (ppl 1, bpb 3)
 POSITION_POINTS = 128  # the loss by position is kept as the means of this many equal spans of the window
 
 
@@ -87,9 +88,9 @@ def resolve_recipe(recipe):
         if e.code in (0, None):  # --help
             raise
         raise SystemExit(f"compare.py: train.py rejects the recipe {' '.join(recipe)!r}: {e}") from None
-    if "eval_lens" not in given:
-        T = targs.block_size or PRESETS[targs.preset]["block_size"]
-        given["eval_lens"] = [T, 2 * T, 4 * T, 8 * T]
+    if "eval_lens" not in given:  # the preset's recipe's, else 1x..8x the training context
+        T = targs.block_size
+        given["eval_lens"] = targs.eval_lens or [T, 2 * T, 4 * T, 8 * T]
         recipe = recipe + ["--eval-lens", ",".join(map(str, given["eval_lens"]))]
     if "eval_every" not in given:  # ten points on the validation curve (train.py evaluates 1x only in between)
         given["eval_every"] = max(1, targs.max_steps // 10)
@@ -132,7 +133,7 @@ def train_one(out, pe, seed, recipe):
     flags += ["--resume", ckpt] if os.path.exists(ckpt) else ["--overwrite"]
     summary = train.main(flags)
     entry = run_entry(d, pe, seed, summary)
-    if pe == "carope":
+    if pe == "carope" and "--task" not in recipe:  # f over text: a task has none
         analyse_carope(d)  # small JSON of f(x_t): the plots redraw from it without the checkpoint
     shards.atomic_write(os.path.join(d, "result.json"), lambda f: f.write(json.dumps(entry, indent=1).encode()))
     return entry
@@ -143,7 +144,9 @@ def run_entry(d, pe, seed, summary):
     steps = train_records(d)
     wall = sum(r["ms"] for r in steps) / 1000  # training steps only, over every resumed segment
     tokens = steps[-1]["tokens"] if steps else 0
-    return dict(pe=pe, seed=seed, preset=info["args"]["preset"], context=info["model"]["block_size"],
+    task = info["args"].get("task")  # a task's lengths are its own (copy: the string), the first one trained on
+    return dict(pe=pe, seed=seed, preset=info["args"]["preset"], task=task,
+                context=min(summary["eval_lens"]) if task else info["model"]["block_size"],
                 data=info["args"]["data_dir"],
                 tokenizer=info["args"].get("tokenizer", "gpt2"), tokens=tokens,
                 params=info["num_params"], tokens_per_s=tokens / wall if wall else None, wall_s=round(wall, 1),
@@ -217,7 +220,7 @@ def sweep(args, recipe):
             except KeyboardInterrupt:
                 raise SystemExit("\ncompare.py: interrupted; run the same command again to continue the sweep")
             except SystemExit as e:
-                if e.code == 130:  # train.py saved a checkpoint on Ctrl-C: stop the whole sweep
+                if e.code in (129, 130, 143):  # a signal: train.py saved a checkpoint; stop the whole sweep
                     raise SystemExit(f"compare.py: interrupted during {pe} seed {seed}; run the same "
                                      f"command again to continue the sweep") from None
                 failed.append(f"{pe} seed {seed}: {e}")
@@ -304,15 +307,15 @@ def by_pe(runs):
 def write_markdown(out, runs, command, train_len):
     groups = by_pe(runs)
     lens = sorted({int(T) for r in runs for T in r["val"]})
-    head = "| pe | seeds | " + " | ".join(f"ctx {T} ({T / train_len:g}x)" for T in lens) + " |"
+    word = "len" if runs[0].get("task") else "ctx"
+    head = "| pe | seeds | " + " | ".join(f"{word} {T} ({T / train_len:g}x)" for T in lens) + " |"
     rule = "|---|---:|" + "---:|" * len(lens)
-    metrics = [m for m in ("ppl", "bpb") if all(m in v for r in runs for v in r["val"].values())]
-    name = dict(ppl="validation perplexity", bpb="validation bits per byte")
-    lines = [f"# {os.path.basename(os.path.normpath(out))}: {' and '.join(name[m] for m in metrics)}, mean over seeds",
+    metrics = [m for m in ("ppl", "bpb", "acc") if all(m in v for r in runs for v in r["val"].values())]
+    lines = [f"# {os.path.basename(os.path.normpath(out))}: {' and '.join(NAMES[m] for m in metrics)}, mean over seeds",
              "", f"Command: `{command}`", "",
              f"Runs: {len(runs)}; trained at context {train_len}. Cells: mean ± std over seeds [min–max]."]
     for m in metrics:
-        lines += ["", f"**{name[m]}** (lower is better)", "", head, rule]
+        lines += ["", f"**{NAMES[m]}** ({'higher' if m == 'acc' else 'lower'} is better)", "", head, rule]
         for pe, rs in groups.items():
             cells = []
             d = DIGITS[m]
@@ -321,10 +324,11 @@ def write_markdown(out, runs, command, train_len):
                 cells.append(f"{np.mean(v):.{d}f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.{d}f} "
                              f"[{min(v):.{d}f}–{max(v):.{d}f}]" if v else "–")
             lines.append(f"| {pe} | {len(rs)} | " + " | ".join(cells) + " |")
-    if "rope" in groups:
+    if "rope" in groups and "ppl" in metrics:
         lines += change_table(groups, lens, head, rule)
+    if "rope" in groups:
         for m in metrics:
-            lines += paired_table(groups, lens, head, rule, m, name[m])
+            lines += paired_table(groups, lens, head, rule, m, NAMES[m])
     speed = [f"{pe} {np.mean([r['tokens_per_s'] for r in rs]):,.0f}" for pe, rs in groups.items()
              if all(r["tokens_per_s"] for r in rs)]
     first = runs[0]
@@ -332,6 +336,11 @@ def write_markdown(out, runs, command, train_len):
               f"data: {first['data']} ({first.get('tokenizer', 'gpt2')} tokens).",
               f"Training tokens/s (mean over seeds, steps only): {'; '.join(speed)}."]
     shards.atomic_write(os.path.join(out, "results.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+
+def difference(value, rope, metric):
+    """pe against RoPE: accuracy in points (pe - RoPE), a loss-like figure in % (pe / RoPE - 1)."""
+    return 100 * (value - rope) if metric == "acc" else 100 * (value / rope - 1)
 
 
 def values(rs, T, metric):
@@ -365,19 +374,21 @@ def paired_table(groups, lens, head, rule, metric="ppl", title="validation perpl
     encodings share (CARoPE and carope-static even start as that very RoPE model), so the per-seed
     change removes most of what varies from seed to seed."""
     rope, d = {r["seed"]: r["val"] for r in groups["rope"]}, DIGITS[metric] - 1
-    lines = ["", f"The change in {title}, paired by seed: mean over seeds [min–max] of (pe / RoPE at the same "
-             "seed − 1); **every seed** where all seeds (two or more) agree in sign. With few seeds that is weak "
-             "evidence: 3 seeds agree by chance one time in four.", "", head, rule]
+    lines = ["", f"The change in {title}, paired by seed: mean over seeds [min–max] of pe against RoPE at the "
+             "same seed (accuracy: the difference in points; otherwise pe / RoPE − 1); **every seed** where all "
+             "seeds (two or more) agree in sign. With few seeds that is weak evidence: 3 seeds agree by chance "
+             "one time in four.", "", head, rule]
     for pe, rs in groups.items():
         if pe == "rope":
             continue
         cells, n = [], 0
         for T in lens:
-            change = [100 * (r["val"][str(T)][metric] / rope[r["seed"]][str(T)][metric] - 1)
+            change = [difference(r["val"][str(T)][metric], rope[r["seed"]][str(T)][metric], metric)
                       for r in rs if r["seed"] in rope and str(T) in r["val"] and str(T) in rope[r["seed"]]]
             n = max(n, len(change))
             agree = len(change) > 1 and (max(change) < 0 or min(change) > 0)
-            cells.append(f"{np.mean(change):+.{d}f}% [{min(change):+.{d}f}, {max(change):+.{d}f}]"
+            unit = " pt" if metric == "acc" else "%"
+            cells.append(f"{np.mean(change):+.{d}f}{unit} [{min(change):+.{d}f}, {max(change):+.{d}f}]"
                          + (" **every seed**" if agree else "") if change else "–")
         lines.append(f"| {pe} | {n} | " + " | ".join(cells) + " |")
     return lines
@@ -452,7 +463,7 @@ def plot_loss(plt, out, runs, colors):
 
 
 def plot_ppl(plt, out, runs, train_len, colors):
-    metrics = [m for m in ("ppl", "bpb") if all(m in v for r in runs for v in r["val"].values())]
+    metrics = [m for m in ("ppl", "bpb", "acc") if all(m in v for r in runs for v in r["val"].values())]
     fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for pe, rs in by_pe(runs).items():
@@ -466,7 +477,7 @@ def plot_ppl(plt, out, runs, train_len, colors):
         ax.text(train_len, ax.get_ylim()[1], " training context", va="top", fontsize=8, color="gray")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("evaluation context (tokens, log scale)")
-        ax.set_ylabel(dict(ppl="validation perplexity", bpb="validation bits per byte")[m])
+        ax.set_ylabel(NAMES[m])
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
     fig.suptitle("Against context length (mean over seeds, bars = min–max)")

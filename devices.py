@@ -5,20 +5,79 @@ ask of the machine, each answer a value plus the reason for it, so the log can s
 
 import ctypes
 import os
+import subprocess
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
 
 
+# CUDA major version -> the oldest NVIDIA driver branch that runs it (NVIDIA's CUDA compatibility
+# tables: 13.x needs R580, 12.x R525 through minor-version compatibility, 11.x R450).
+DRIVER_FOR_CUDA = {13: 580, 12: 525, 11: 450}
+TORCH_INDEX = "https://download.pytorch.org/whl/"  # PyTorch's own index: one folder per CUDA build, e.g. cu126
+
+
+def nvidia_dev_node():
+    """'/dev/nvidia0' if the NVIDIA kernel driver exposes a GPU here, else None (a probe tests replace)."""
+    return "/dev/nvidia0" if os.path.exists("/dev/nvidia0") else None
+
+
+def nvidia_smi():
+    """(first GPU's name, driver version) from `nvidia-smi`, or None without one (a probe tests replace)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [line.split(",") for line in out.stdout.splitlines() if line.count(",") == 1]
+    return (rows[0][0].strip(), rows[0][1].strip()) if out.returncode == 0 and rows else None
+
+
+def cuda_unusable():
+    """Why torch sees no CUDA although an NVIDIA GPU is here: one line naming the cause and both ways out;
+    None when torch sees CUDA, when no NVIDIA GPU is here, or when CUDA_VISIBLE_DEVICES hides them on purpose."""
+    if torch.cuda.is_available() or os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
+        return None
+    smi, node = nvidia_smi(), nvidia_dev_node()
+    if smi is None and node is None:
+        return None
+    found = f"{smi[0]}, driver {smi[1]}" if smi else f"{node} is present"
+    built, driver = torch.version.cuda, int(smi[1].split(".")[0]) if smi and smi[1][:1].isdigit() else None
+    need = DRIVER_FOR_CUDA.get(int(built.split(".")[0])) if built else None
+    if built is None:
+        cause = f"this torch ({torch.__version__}) is a CPU-only build"
+    elif need and driver and driver >= need:  # the driver is new enough: something else hides the GPU
+        cause = (f"this torch ({torch.__version__}, CUDA {built}) sees no GPU although driver R{driver} runs "
+                 f"CUDA {built}; check that nvidia-smi works and what CUDA_VISIBLE_DEVICES says")
+    else:
+        cause = (f"this torch ({torch.__version__}) is built for CUDA {built}"
+                 + (f", which needs NVIDIA driver R{need} or newer" if need else ""))
+    example = f"pip install torch=={torch.__version__.split('+')[0]} --index-url {TORCH_INDEX}cu126"
+    return (f"an NVIDIA GPU is here ({found}) but torch cannot use it: {cause}. Either install the torch "
+            f"build for your driver from PyTorch's index (nvidia-smi shows the newest CUDA it runs; e.g. "
+            f"{example}), or pass --device cpu")
+
+
 def pick_device(name=None):
-    """The device to run on: `name` if this machine has it, else one line saying what it has."""
+    """The device to run on: `name` if this machine has it, else one line saying what it has.
+
+    With no name: CUDA, else MPS, else the CPU; but never the CPU silently on a machine whose NVIDIA GPU
+    torch cannot use (a driver older than this torch's CUDA needs): that stops with the cause and the fix."""
+    kind = name.split(":")[0] if name else None
+    if kind in (None, "cuda") and (why := cuda_unusable()):
+        raise SystemExit(f"--device {name}: {why}" if name else why)
     device = name or ("cuda" if torch.cuda.is_available() else
                       "mps" if torch.backends.mps.is_available() else "cpu")
-    kind = device.split(":")[0]
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise SystemExit(f"--device {device}: not a device name; use cpu, cuda, cuda:N or mps")
     if kind == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise SystemExit(f"--device {device}: only {n} CUDA device(s) here; use cuda:0 .. cuda:{n - 1}")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise SystemExit(f"--device {device}: MPS is not available here; use --device cpu")
     return device
@@ -96,3 +155,17 @@ def keep_freed_memory():
             mallopt(M_MMAP_MAX, 0)
     except (OSError, AttributeError):  # no libc by that name, or one without mallopt (musl has a no-op)
         pass
+
+
+@contextmanager
+def processes(name=None):
+    """setup_device as a `with`: yields (rank, world, device); under torchrun every rank leaves together
+    and the process group is torn down at the end, also after an error."""
+    rank, world, device = setup_device(name)
+    try:
+        yield rank, world, device
+        if dist.is_initialized():
+            dist.barrier()  # all ranks leave together: tearing gloo down under a busy peer can abort it
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -31,11 +31,10 @@ from tqdm import tqdm
 
 import cli
 from hub import FINEWEB_REPO, FINEWEB_SUBSET, download_file, hub_endpoint, list_hub_files
-from readers import SUPPORTED, KJV_SHA256, iter_documents, kjv_documents, kjv_path, resolve_inputs  # noqa: F401
-from shards import (DATA_DIR, _write_json, default_dir, finished_shards, load_manifest, remove_stale_temps,
-                    sha256_file, write_shard)
-# SUPPORTED and get_encoding stay importable from here for train.py, sample.py and compare.py, for now
-from tokenizer import TOKENIZERS, get_encoding, get_tokenizer  # noqa: F401
+from readers import KJV_SHA256, iter_documents, kjv_documents, kjv_path, resolve_inputs
+from shards import (DATA_DIR, FolderLock, _write_json, default_dir, finished_shards, load_manifest,
+                    remove_stale_temps, sha256_file, write_shard)
+from tokenizer import TOKENIZERS, get_tokenizer
 
 # settings
 DEFAULT_SHARD_TOKENS = 100_000_000
@@ -199,27 +198,30 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2"
     out_dir = Path(out_dir or default_dir(SOURCES[source], tok.name))
     settings = dict(source=source, max_files=max_files, max_tokens=max_tokens, val_tokens=val_tokens,
                     shard_tokens=shard_tokens, tokenizer=tok.name)
-    if removed := remove_stale_temps(out_dir):
-        say(f"note: removed {len(removed)} temp file(s) left by killed runs in {out_dir} "
-            f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})", quiet)
-    manifest = _previous_build(out_dir, settings)
-    files, read = _source(source, inputs, max_files, cache_dir, endpoint, manifest, quiet)
-    if manifest and [f["sha256"] for f in manifest["inputs"]] != [f["sha256"] for f in files]:
-        raise ValueError(f"{out_dir} was built from other input files (their sha256 differ); "
-                         "use another --out-dir, or delete that directory to rebuild")
-    if manifest:
-        shards, problem = finished_shards(out_dir, manifest["shards"])
-        if problem:
-            say(f"{problem}\nrebuilding from shard {len(shards)}", quiet)
-        if manifest["complete"] and len(shards) == len(manifest["shards"]):
-            print(f"{out_dir}: complete, {manifest['total_tokens']:,} tokens in {len(shards)} shards; nothing to do")
-            return manifest
-        manifest.update(shards=shards, complete=False)
-    else:
-        manifest = _new_manifest(settings, tok, files, read, quiet)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "manifest.json", manifest)  # records inputs and settings before any work
-    return build_shards(out_dir, manifest, read, tok, workers, quiet)
+    lock = FolderLock(out_dir, "prepare_data.py").acquire()  # one build per folder at a time
+    try:
+        if removed := remove_stale_temps(out_dir):
+            say(f"note: removed {len(removed)} temp file(s) left by killed runs in {out_dir}: {removed[0].name}...", quiet)
+        manifest = _previous_build(out_dir, settings)
+        files, read = _source(source, inputs, max_files, cache_dir, endpoint, manifest, quiet)
+        if manifest and [f["sha256"] for f in manifest["inputs"]] != [f["sha256"] for f in files]:
+            raise ValueError(f"{out_dir} was built from other input files (their sha256 differ); "
+                             "use another --out-dir, or delete that directory to rebuild")
+        if manifest:
+            shards, problem = finished_shards(out_dir, manifest["shards"])
+            if problem:
+                say(f"{problem}\nrebuilding from shard {len(shards)}", quiet)
+            if manifest["complete"] and len(shards) == len(manifest["shards"]):
+                print(f"{out_dir}: complete, {manifest['total_tokens']:,} tokens in {len(shards)} shards; nothing to do")
+                return manifest
+            manifest.update(shards=shards, complete=False)
+        else:
+            manifest = _new_manifest(settings, tok, files, read, quiet)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(out_dir / "manifest.json", manifest)  # records inputs and settings before any work
+        return build_shards(out_dir, manifest, read, tok, workers, quiet)
+    finally:
+        lock.release()
 
 
 def prepare_embedded(out_dir=None, *, tokenizer="gpt2", quiet=False):
@@ -364,8 +366,7 @@ def encode_all(texts, tok, pool):
     return pool.imap(partial(encode_document, tok), texts, chunksize=16)
 
 
-def say(msg, quiet=False):
-    # progress chatter goes to stderr next to tqdm's bars; stdout is kept for the summary line
+def say(msg, quiet=False):  # progress chatter goes to stderr next to tqdm's bars; stdout keeps the summary
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
 

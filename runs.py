@@ -82,6 +82,7 @@ class Run:
         self.done, self.after_done = start_step, position()  # the last completed step, and the state after it
         self.last_good = (resume, start_step) if resume else (None, 0)  # what a failure leaves behind
         self.interrupts, self.log_file, self.kept_log = Interrupts(), None, []
+        self.lock = shards.FolderLock(out_dir, "train.py")  # one writer per run folder
 
     def open(self, info):
         """The first write: config.json, and log.jsonl with the resumed run's lines up to its checkpoint."""
@@ -91,7 +92,12 @@ class Run:
         if not self.master:
             return
         with self.disk_errors():
-            os.makedirs(self.out_dir, exist_ok=True)
+            self.lock.acquire()  # then look again: a run started beside us may have finished in between
+            try:
+                check_out_dir(self.out_dir, self.resume, info["args"].get("overwrite"))
+            except SystemExit:
+                self.lock.release()
+                raise
             if removed := shards.remove_stale_temps(self.out_dir):
                 print(f"removed {len(removed)} temp file(s) left by a killed save: {', '.join(map(str, removed))}")
             # a new run (--overwrite) first drops the old run's checkpoint, which must not outlive its log
@@ -125,6 +131,7 @@ class Run:
     def close(self):
         if self.log_file is not None:
             self.log_file.close()
+        self.lock.release()
 
     def __enter__(self):
         self.interrupts.install()
@@ -133,19 +140,22 @@ class Run:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not KeyboardInterrupt:
             self.interrupts.uninstall()
+            self.lock.release()
             return False
-        # Ctrl-C in the loop: save step `done` (unless that checkpoint exists already) and say how to go on
-        if self.interrupts.previous is not None:  # a second Ctrl-C (or torchrun's) must not cut the save short
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # a signal in the loop: save step `done` (unless that checkpoint exists already) and say how to go on
+        self.interrupts.ignore()
+        signum = self.interrupts.signum or signal.SIGINT
         try:
             if self.master:  # rank 0 saves; the weights are the same on every rank after a completed step
                 self.save()
                 self.close()
-                print(f"interrupted: step {self.done} is saved in {self.ckpt_path}; continue with: "
+                name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+                print(f"interrupted{name}: step {self.done} is saved in {self.ckpt_path}; continue with: "
                       f"{resume_command(self.ckpt_path, self.given, self.world)}", file=sys.stderr)
         finally:
-            self.interrupts.uninstall()  # the handler from before the run
-        raise SystemExit(130)
+            self.interrupts.uninstall()  # the handlers from before the run
+            self.lock.release()
+        raise SystemExit(128 + signum)  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
 
     def kept(self):
         """What a failure now leaves behind, for its message."""
@@ -162,27 +172,42 @@ class Run:
 
 
 class Interrupts:
-    """While installed, Ctrl-C (SIGINT) raises KeyboardInterrupt as usual, except inside `with interrupts:`
-    blocks (which nest), where it is held until the outermost ends: an optimizer step and its log line
-    happen entirely or not at all, so what is saved on Ctrl-C is exactly the last completed step."""
+    """While installed, Ctrl-C (SIGINT), SIGTERM (schedulers, `timeout`, preemption) and SIGHUP (a closed
+    terminal) raise KeyboardInterrupt, except inside `with interrupts:` blocks (which nest), where they are
+    held until the outermost ends: an optimizer step and its log line happen entirely or not at all, so what
+    is saved is exactly the last completed step. `signum` says which signal it was."""
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
-        self.holding, self.pending = 0, False
-        self.previous = None
+        self.holding, self.pending, self.signum = 0, False, None
+        self.previous = {}
 
     def install(self):
-        # only the main thread can set handlers; and a run started with SIGINT ignored (nohup, &) keeps it so
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self.previous = signal.signal(signal.SIGINT, self._handler)
+        # only the main thread can set handlers; a run started with a signal ignored (nohup, &) keeps it so
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in self.SIGNALS:
+            default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            if signal.getsignal(sig) is default:
+                self.previous[sig] = signal.signal(sig, self._handler)
         return self
 
+    @property
+    def installed(self):
+        return bool(self.previous)
+
+    def ignore(self):
+        """While a save after a signal runs: a second signal must not cut it short."""
+        for sig in self.previous:
+            signal.signal(sig, signal.SIG_IGN)
+
     def uninstall(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
     def _handler(self, signum, frame):
+        self.signum = signum
         if self.holding:
             self.pending = True
         else:

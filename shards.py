@@ -11,7 +11,7 @@ then train_000001.bin, train_000002.bin, ... and usually a manifest.json written
 "shards" list names the shards of the build in order (each with "file", "split", "tokens", "sha256" and
 "end", where the next shard starts in the input), and when it is there, only the shards it lists are read.
 
-Every file is written atomically (a temp file NAME.PID.tmp, then a rename), so a killed process leaves
+Every file is written atomically (a temp file NAME.carope-save-PID.tmp, then a rename), so a killed process leaves
 either the old file or the new one, never half of one; remove_stale_temps clears the temp files it leaves.
 Only numpy and the standard library are needed here.
 """
@@ -60,7 +60,7 @@ def atomic_write(path, write):
     either absent/old or complete, never half-written (os.replace is atomic within one filesystem).
     train.py saves its checkpoints through this too."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{TEMP_TAG}-{os.getpid()}.tmp")  # a name only this project writes
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -88,14 +88,17 @@ def _write_json(path, obj):
     _atomic_write(path, [json.dumps(obj, indent=1).encode() + b"\n"])
 
 
+TEMP_TAG = "carope-save"
+
+
 def remove_stale_temps(folder):
     """Delete the temp files that atomic_write left in folder (not its subfolders) when its process was killed
-    mid-save: NAME.PID.tmp whose PID is no running process. Returns the removed paths."""
+    mid-save: NAME.carope-save-PID.tmp whose PID is no running process; nobody else's. Returns the removed paths."""
     if os.name == "nt" or not Path(folder).is_dir():  # on Windows os.kill(pid, 0) would terminate the process
         return []
     removed = []
-    for p in sorted(Path(folder).glob("*.tmp")):
-        m = re.fullmatch(r".+\.(\d+)\.tmp", p.name)
+    for p in sorted(Path(folder).glob(f"*.{TEMP_TAG}-*.tmp")):
+        m = re.fullmatch(rf".+\.{TEMP_TAG}-(\d+)\.tmp", p.name)
         if not m or not p.is_file() or int(m[1]) in (0, os.getpid()):  # pid 0 would signal our own group
             continue
         try:
@@ -108,6 +111,51 @@ def remove_stale_temps(folder):
         p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+class FolderLock:
+    """An exclusive lock on a folder for as long as it is held (fcntl.flock on FOLDER/.lock, which records the
+    holder's pid), so two processes never write one run or one build at once; without fcntl (Windows) nothing
+    is locked. `with FolderLock(folder, "train.py"):` or acquire() ... release()."""
+
+    def __init__(self, folder, tool):
+        self.folder, self.tool, self.file = Path(folder), tool, None
+
+    def acquire(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.created = not self.folder.exists()  # then release() removes it again if nothing was written
+        self.folder.mkdir(parents=True, exist_ok=True)
+        f = open(self.folder / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise SystemExit(f"{self.folder} is in use by another {self.tool} (pid {holder}): wait until it is done, "
+                             "or use another folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self.file = f
+        return self
+
+    def release(self):
+        if self.file is not None:
+            self.file.close()  # closing the file drops the lock
+            self.file = None
+            if self.created and [p.name for p in self.folder.iterdir()] == [".lock"]:
+                (self.folder / ".lock").unlink(missing_ok=True)  # a run or build that stopped before its first write
+                self.folder.rmdir()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 # -----------------------------------------------------------------------------
 # one shard
@@ -236,3 +284,11 @@ def open_data(data_dir):
         print(f"note: {data_dir} is an unfinished build ({len(train)} train shard(s) so far); re-run the "
               f"prepare_data.py command that made it to finish it")
     return val, train, train_paths, manifest
+
+
+def check_ids(tokens, vocab_size, where):
+    """One line if a token id does not fit the model's vocabulary (data made with another tokenizer)."""
+    top = int(tokens.max()) if tokens.size else 0
+    if top >= vocab_size:
+        raise SystemExit(f"{where}: token id {top} >= the model's vocab_size {vocab_size}: this data was made "
+                         f"with another vocabulary; re-make it with prepare_data.py or pass --vocab-size")

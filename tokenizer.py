@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from shards import DATA_DIR, _atomic_write, sha256_file
+from shards import DATA_DIR, _atomic_write, load_manifest, sha256_file
 
 TOKENIZERS = ("gpt2", "bytes")
 EOT = 50256          # GPT-2's <|endoftext|>
@@ -77,6 +77,22 @@ class Bytes:
 
     def token_bytes(self):
         return np.array([1] * self.eot + [0], dtype=np.int64)
+
+
+def data_tokenizer(data_dir, wanted, why):
+    """(tokenizer name, vocab_size or None) of a data folder by its manifest: the one `wanted` asks for (if
+    any) must be the folder's, else one line saying so (`why`: who wants it)."""
+    try:
+        manifest = load_manifest(data_dir) or {}
+    except ValueError as e:
+        raise SystemExit(str(e))
+    found = manifest.get("tokenizer")
+    if found is not None and found not in TOKENIZERS:
+        raise SystemExit(f"{data_dir}/manifest.json: unknown tokenizer {found!r}; re-make it with prepare_data.py")
+    if wanted and found and found != wanted:
+        raise SystemExit(f"{data_dir} holds {found} tokens, but {why} {wanted} tokens: pass --data with {wanted} "
+                         f"shards (python prepare_data.py --tokenizer {wanted} ...)")
+    return wanted or found or "gpt2", manifest.get("vocab_size")
 
 
 def get_tokenizer(name):

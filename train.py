@@ -32,6 +32,7 @@ import cli
 import devices
 import runs
 import shards
+import tasks
 import tokenizer
 from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
 from runs import RUN_FILES  # noqa: F401  (what a run leaves in its --out-dir)
@@ -47,12 +48,20 @@ RECIPES = {
     # few big ones; random windows because the embedded corpus is small and ordered (book by book).
     "nano": dict(micro_batch=4, total_batch=None, lr=1.5e-3, warmup_steps=30, max_steps=350,
                  val_tokens=16384, eval_every=0, ckpt_every=0, data_order="random", log_every=25),
+    # bytes: the nano model on UTF-8 bytes (tokenizer.py), 2,048 tokens a step; a 257-row output layer
+    # leaves the CPU to the transformer, so it learns enough about position for the encodings to differ
+    "bytes": dict(tokenizer="bytes", micro_batch=32, total_batch=None, lr=2e-3, warmup_steps=50, max_steps=1000,
+                  val_tokens=65536, eval_lens=[64, 128, 256, 512, 1024], eval_every=0, ckpt_every=0,
+                  data_order="random", log_every=100),
+    # task: the synthetic tasks of tasks.py on a 2-layer, 64-wide model (--task NAME picks it)
+    "task": dict(micro_batch=64, total_batch=None, lr=3e-3, warmup_steps=50, max_steps=1000, val_tokens=1,
+                 eval_every=0, ckpt_every=0, data_order="random", log_every=100),
     "gpt-tiny": dict(micro_batch=64, total_batch=524288, lr=6e-4, warmup_steps=750, max_steps=19073,
                      val_tokens=20 * 524288, eval_every=250, ckpt_every=1000, data_order="sequential"),
     "gpt-small": dict(micro_batch=32, total_batch=524288, lr=6e-4, warmup_steps=750, max_steps=19073,
                       val_tokens=20 * 524288, eval_every=250, ckpt_every=1000, data_order="sequential"),
 }
-DEFAULTS = dict(preset="nano", pe="carope", data=None, tokenizer=None, out_dir="out", min_lr=None, lr_decay_steps=None,
+DEFAULTS = dict(preset="nano", pe="carope", data=None, task=None, tokenizer=None, out_dir="out", min_lr=None, lr_decay_steps=None,
                 weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, seed=1337,
                 eval_lens=None, eval_only=False, resume=None, device=None, dtype=None, compile=None,
                 fused_carope=None, num_samples=2, sample_tokens=64, log_every=1, overwrite=False)
@@ -73,7 +82,7 @@ parser = cli.Parser(prog="train.py", formatter_class=argparse.RawDescriptionHelp
                     "evaluate) a GPT with CARoPE or another position encoding on llm.c token shards.\nFlags left out "
                     "take the --preset's recipe; with --resume, the checkpoint's.", epilog=__doc__.split("\n\n")[1])
 g = parser.add_argument_group("model")
-g.add_argument("--preset", choices=sorted(PRESETS), help="model size and recipe: nano (CPU demo, the default), "
+g.add_argument("--preset", choices=sorted(PRESETS), help="model size and recipe: nano (CPU demo, the default), bytes (nano on UTF-8 bytes, context 64), "
                "gpt-tiny (6x512, 44M) or gpt-small (12x768, 124M) with the paper's recipe")
 g.add_argument("--pe", choices=PE_CHOICES, help="position encoding (default: carope)")
 g.add_argument("--n-layer", type=cli.positive, metavar="N", help="transformer blocks (default: the preset's)")
@@ -87,6 +96,8 @@ g.add_argument("--rope-base", type=cli.rate, metavar="BASE", help="RoPE's base; 
 g = parser.add_argument_group("data")
 g.add_argument("--data", metavar="DIR", help="folder of shards from prepare_data.py (default: the embedded King "
                "James corpus, data/kjv or data/kjv-bytes, built on first use)")
+g.add_argument("--task", choices=tasks.TASKS, help="train on a synthetic task of tasks.py, drawn on the fly, "
+               "instead of shards; accuracy by length (the preset then defaults to task)")
 g.add_argument("--tokenizer", choices=tokenizer.TOKENIZERS, help="the tokens the model reads; must be the data's "
                "(default: the data's, else gpt2)")
 g.add_argument("--data-order", choices=("sequential", "random"), help="training windows in order (one pass, as "
@@ -148,11 +159,21 @@ def resolve_args(argv=None):
     saved = {k: v for k, v in (ckpt["train_args"] if ckpt else {}).items() if k not in NOT_INHERITED}
     if ckpt is not None:
         saved.setdefault("tokenizer", "gpt2")  # checkpoints from before the byte tokenizer are all GPT-2's
-    preset = given.get("preset") or saved.get("preset") or DEFAULTS["preset"]
+    task = given.get("task") or saved.get("task")
+    preset = given.get("preset") or saved.get("preset") or ("task" if task else DEFAULTS["preset"])
     s = {**DEFAULTS, **RECIPES[preset], **{k: None for k in MODEL_KEYS}, **saved, **given, "preset": preset}
     if ckpt is not None and "out_dir" not in given:  # a resumed run continues in its checkpoint's folder
         s["out_dir"] = os.path.dirname(given["resume"]) or "."
-    pick_tokenizer(s, ckpt)
+    if task:  # the task's vocabulary, its rows and the lengths it is tested at
+        t = tasks.TASKS[task]
+        s.update(vocab_size=s["vocab_size"] or len(t.vocab), block_size=s["block_size"] or t.T, data_dir=None,
+                 eval_lens=s["eval_lens"] or list(t.lengths), tokenizer=None)
+    else:  # the data folder's tokenizer, which must be the model's, and the vocabulary it needs
+        s["data_dir"] = str(s["data"] or shards.default_dir("kjv", s["tokenizer"] or "gpt2"))
+        why = f"the checkpoint {s['resume']} was trained on" if ckpt else "--tokenizer asks for"
+        s["tokenizer"], vocab = tokenizer.data_tokenizer(s["data_dir"], s["tokenizer"], why)
+        if s["vocab_size"] is None and ckpt is None:  # padded to a multiple of 64, as GPT-2's 50257 to 50304
+            s["vocab_size"] = -(-(vocab or tokenizer.get_tokenizer(s["tokenizer"]).vocab_size) // 64) * 64
     cfg = model_config(argparse.Namespace(**s), given, ckpt)
     s.update({k: getattr(cfg, k) for k in ("pe",) + MODEL_KEYS})  # the model as built
     B, T, world = s["micro_batch"], cfg.block_size, int(os.environ.get("WORLD_SIZE", 1))
@@ -165,31 +186,11 @@ def resolve_args(argv=None):
     return argparse.Namespace(**s), given, ckpt
 
 
-def pick_tokenizer(s, ckpt):
-    """The data folder, the tokenizer (the data's, which must be the model's) and the vocabulary it gives."""
-    s["data_dir"] = str(s["data"] or shards.default_dir("kjv", s["tokenizer"] or "gpt2"))
-    try:
-        manifest = shards.load_manifest(s["data_dir"]) or {}
-    except ValueError as e:
-        raise SystemExit(str(e))
-    found = manifest.get("tokenizer")
-    if found is not None and found not in tokenizer.TOKENIZERS:
-        raise SystemExit(f"{s['data_dir']}/manifest.json: unknown tokenizer {found!r}; re-make it with prepare_data.py")
-    if s["tokenizer"] and found and found != s["tokenizer"]:
-        why = f"the checkpoint {s['resume']} was trained on" if ckpt else "--tokenizer asks for"
-        raise SystemExit(f"{s['data_dir']} holds {found} tokens, but {why} {s['tokenizer']} tokens: pass --data "
-                         f"with {s['tokenizer']} shards (python prepare_data.py --tokenizer {s['tokenizer']} ...)")
-    s["tokenizer"] = s["tokenizer"] or found or "gpt2"
-    if s["vocab_size"] is None and ckpt is None:  # padded to a multiple of 64, as GPT-2's 50257 is to 50304
-        s["vocab_size"] = -(-(manifest.get("vocab_size") or tokenizer.get_tokenizer(s["tokenizer"]).vocab_size)
-                            // 64) * 64
-
-
 def model_config(args, given, ckpt):
     """The model's config: from the checkpoint on --resume (model flags may only repeat it), else the preset."""
     fused = {} if args.fused_carope is None else dict(fused_carope=args.fused_carope)
     if ckpt is not None:
-        return checkpoints.model_config(ckpt, args.resume, given, ("pe", "preset") + MODEL_KEYS, **fused)
+        return checkpoints.model_config(ckpt, args.resume, given, ("pe", "preset") + MODEL_KEYS, GPTConfig, **fused)
     try:
         return GPTConfig.from_preset(args.preset, pe=args.pe, **fused, **{k: getattr(args, k) for k in MODEL_KEYS
                                                                           if getattr(args, k) is not None})
@@ -206,15 +207,8 @@ def main(argv=None):
         args, given, ckpt = resolve_args(argv)
         if not args.eval_only:
             runs.check_out_dir(args.out_dir, args.resume, args.overwrite)  # before anything is written
-        rank, world, device = devices.setup_device(args.device)
-        try:
-            summary = run(args, given, ckpt, rank, world, device)
-            if dist.is_initialized():
-                dist.barrier()  # all ranks leave together: tearing gloo down under a busy peer can abort it
-            return summary
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        with devices.processes(args.device) as (rank, world, device):
+            return run(args, given, ckpt, rank, world, device)
     except KeyboardInterrupt:  # outside the training loop (which saves a checkpoint first): nothing to keep
         print("interrupted", file=sys.stderr)
         raise SystemExit(130)
@@ -226,22 +220,15 @@ def run(args, given, ckpt, rank, world, device):
     raw_model, model, autocast, machine = build_model(args, given, ckpt, device, world, log)
     cfg = raw_model.config
 
-    # ---- the data: training shards, and the same validation tokens for every run
-    val, train_shards, train_paths = open_shards(args, cfg.vocab_size, master)
-    lens = eval_lengths(args.eval_lens, cfg, log)
-    val_tokens = val_span(val, lens, args.val_tokens, cfg.vocab_size, f"{args.data_dir} (val shard)")
+    # ---- the data: training batches, and the same validation data for every run
     B, T = args.micro_batch, cfg.block_size
-    token_bytes = tokenizer.get_tokenizer(args.tokenizer).token_bytes()  # UTF-8 bytes per id, for bits per byte
-    token_bytes = np.pad(token_bytes, (0, max(0, cfg.vocab_size - len(token_bytes))))  # padding rows: no text
-    evaluate_at = lambda some: evaluate(model, val_tokens, some, B * T, device, autocast, rank, world,  # noqa: E731
-                                        token_bytes, max(lens))
+    loader, lens, evaluate_at, about = open_data(args, model, rank, world, device, autocast, log)
     if args.eval_only:  # the checkpoint's loss at each length, nothing trained or written
-        log(f"evaluating {args.resume} (step {ckpt['step']}, pe={cfg.pe}) on {len(val_tokens) - 1:,} tokens")
+        log(f"evaluating {args.resume} (step {ckpt['step']}, pe={cfg.pe}) on {about}")
         print_eval(log, results := evaluate_at(lens), T)
         return dict(step=ckpt["step"], val=results, eval_lens=lens, pe=cfg.pe, checkpoint=args.resume)
 
     # ---- the optimizer, and on --resume where the run stopped
-    loader = TokenLoader(train_shards, train_paths, B, T, rank, world, args.data_order, args.seed, cfg.vocab_size)
     # DDP averages gradients over ranks in backward; the raw model keeps the state_dict names clean
     train_model = DDP(model, device_ids=[torch.cuda.current_device()] if kind == "cuda" else None) \
         if world > 1 else model
@@ -254,8 +241,7 @@ def run(args, given, ckpt, rank, world, device):
     # ---- the run's folder: everything before only read; from here on we write
     grad_accum_steps = args.total_batch // (B * T * world)
     run = open_run(args, given, raw_model, optimizer, loader, machine, start_step, world, device, grad_accum_steps)
-    log(f"data: {args.data_dir}: {sum(len(s) for s in train_shards):,} train tokens in {len(train_shards)} shard(s), "
-        f"{args.data_order} windows; validation on the first {len(val_tokens) - 1:,} val tokens")
+    log(f"data: {about}")
     log(f"batch: {B} x {T} tokens x {world} process(es) x {grad_accum_steps} accumulation step(s) = "
         f"{args.total_batch:,} tokens per step; steps {start_step + 1}..{args.max_steps}, "
         f"lr {args.lr:g} -> {args.min_lr:g}, warmup {args.warmup_steps}")
@@ -265,7 +251,7 @@ def run(args, given, ckpt, rank, world, device):
                                 start_step, device, autocast)
     return report(args, run, raw_model, evaluate_at, lens, results, losses, dict(
         preset=args.preset, pe=cfg.pe, start_step=start_step, grad_accum_steps=grad_accum_steps,
-        tokens_per_step=args.total_batch, world_size=world), t_start, len(val_tokens) - 1, device, autocast, log)
+        tokens_per_step=args.total_batch, world_size=world), t_start, about, device, autocast, log)
 
 
 def open_run(args, given, raw_model, optimizer, loader, machine, start_step, world, device, grad_accum_steps):
@@ -377,27 +363,36 @@ def get_lr(it, args):
 # -----------------------------------------------------------------------------
 # Data: llm.c shards (256 int32 header, then uint16 tokens), memory-mapped.
 
-def open_shards(args, vocab_size, master):
-    """Returns (val memmap, train memmaps, train paths); exits with one line on data the model cannot read."""
+def open_data(args, model, rank, world, device, autocast, log):
+    """(training batches, eval lengths, evaluate_at(lengths) -> results, a line about the data): llm.c shards,
+    or with --task a synthetic task drawn on the fly (tasks.py). Exits with one line on data it cannot use."""
+    cfg, B, T = model.config, args.micro_batch, model.config.block_size
+    if args.task:  # the loop is the same; evaluation measures accuracy on the task's test split
+        task = tasks.TASKS[args.task]
+        evaluate_at = lambda some: tasks.evaluate(model, task, some, B, device, autocast)  # noqa: E731
+        return (tasks.Loader(task, B, T, rank, world, args.seed), list(args.eval_lens), evaluate_at,
+                f"task {task.name}: {task.what}; {tasks.TEST_ROWS} test rows at each length")
     if args.data is None:  # the default run trains on the embedded corpus; building it is idempotent
-        if master:
+        if rank == 0:
             import prepare_data  # only here: it brings in the hub client and the tokenizers' packages
             prepare_data.prepare_embedded(tokenizer=args.tokenizer)
         if dist.is_initialized():
             dist.barrier()  # the other ranks wait for rank 0 to build it
-    val, train, train_paths, manifest = shards.open_data(args.data_dir)
-    if manifest and manifest.get("vocab_size", 0) > vocab_size:
+    val, train, paths, manifest = shards.open_data(args.data_dir)
+    if manifest and manifest.get("vocab_size", 0) > cfg.vocab_size:
         raise SystemExit(f"{args.data_dir} was made with a vocabulary of {manifest['vocab_size']} tokens "
-                         f"({manifest.get('tokenizer', '?')}) but the model has {vocab_size} embedding rows: "
+                         f"({manifest.get('tokenizer', '?')}) but the model has {cfg.vocab_size} embedding rows: "
                          f"re-make the data with prepare_data.py or pass --vocab-size")
-    return val, train, train_paths
-
-
-def check_vocab(tokens, vocab_size, where):
-    top = int(tokens.max()) if tokens.size else 0
-    if top >= vocab_size:
-        raise SystemExit(f"{where}: token id {top} >= the model's vocab_size {vocab_size}: this data was made "
-                         f"with another vocabulary; re-make it with prepare_data.py or pass --vocab-size")
+    lens = eval_lengths(args.eval_lens, cfg, log)
+    val_tokens = val_span(val, lens, args.val_tokens, cfg.vocab_size, f"{args.data_dir} (val shard)")
+    token_bytes = tokenizer.get_tokenizer(args.tokenizer).token_bytes()  # UTF-8 bytes per id, for bits per byte
+    token_bytes = np.pad(token_bytes, (0, max(0, cfg.vocab_size - len(token_bytes))))  # padding rows: no text
+    evaluate_at = lambda some: evaluate(model, val_tokens, some, B * T, device, autocast, rank, world,  # noqa: E731
+                                        token_bytes, max(lens))
+    loader = TokenLoader(train, paths, B, T, rank, world, args.data_order, args.seed, cfg.vocab_size)
+    return loader, lens, evaluate_at, (f"{args.data_dir}: {sum(len(s) for s in train):,} train tokens in {len(train)} "
+                                       f"shard(s), {args.data_order} windows; {len(val_tokens) - 1:,} "
+                                       f"{args.tokenizer} val tokens")
 
 
 class TokenLoader:
@@ -423,7 +418,7 @@ class TokenLoader:
         """The next (x, y), int64 tensors of shape (B, T); y is x shifted left by one token."""
         x, y, where = self._sequential() if self.order == "sequential" else self._random()
         for a in (x, y):
-            check_vocab(a, self.vocab_size, where)  # cheap, and catches data of another tokenizer
+            shards.check_ids(a, self.vocab_size, where)  # cheap, and catches data of another tokenizer
         return torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y.astype(np.int64))
 
     def _sequential(self):
@@ -492,7 +487,7 @@ def val_span(val, lens, want, vocab_size, path_hint):
         raise SystemExit(f"the val shard has {len(val)} tokens, too few for eval length {max(lens)}: "
                          f"lower --eval-lens or make more data")
     tokens = np.asarray(val[:span + 1])
-    check_vocab(tokens, vocab_size, path_hint)
+    shards.check_ids(tokens, vocab_size, path_hint)
     return torch.from_numpy(tokens.astype(np.int64))
 
 
@@ -537,7 +532,8 @@ def evaluate_and_log(run, evaluate_at, step, lens, args):
     results = evaluate_at(lens if step == args.max_steps else lens[:1])
     run.log(*(dict(type="eval", step=step, len=T, **res) for T, res in results.items()))
     if step != args.max_steps and run.master:
-        print("val " + " | ".join(f"ctx {T}: loss {r['loss']:.4f} ppl {r['ppl']:.2f}" for T, r in results.items()))
+        print("val " + " | ".join(f"ctx {T}: loss {r['loss']:.4f}" + (f" ppl {r['ppl']:.2f}" if "ppl" in r else
+                                  f" acc {r['acc']:.3f}") for T, r in results.items()))
     return results
 
 
@@ -550,7 +546,7 @@ PAPER_HINT = """next: the paper's recipe (GPT-Tiny, context 512, ~19k steps; a G
   then --pe rope / learned / sinusoidal for the baselines; eval lengths default to 512,1024,2048"""
 
 
-def report(args, run, raw_model, evaluate_at, lens, results, losses, summary, t_start, n_val, device, autocast, log):
+def report(args, run, raw_model, evaluate_at, lens, results, losses, summary, t_start, about, device, autocast, log):
     """Perplexity at each length, a few samples, what to try next; returns the run's summary."""
     if results is None:  # nothing to train (resumed at max_steps): still report the model
         log(f"the checkpoint is already at step {summary['start_step']} >= --max-steps {args.max_steps}: "
@@ -559,7 +555,7 @@ def report(args, run, raw_model, evaluate_at, lens, results, losses, summary, t_
     samples = []
     run.close()
     T = raw_model.config.block_size
-    log(f"\nvalidation ({n_val:,} {args.tokenizer} tokens of {args.data_dir}, model trained at context {T}):")
+    log(f"\nvalidation ({about.split('; ')[-1]}, model trained at context {T}):")
     print_eval(log, results, T)
     if run.master:
         samples = generate_samples(raw_model, args, device, autocast)
@@ -578,9 +574,10 @@ def report(args, run, raw_model, evaluate_at, lens, results, losses, summary, t_
 
 
 def print_eval(log, results, T):
+    names = dict(ppl="perplexity {:10.2f}", bpb="bits/byte {:.4f}", acc="accuracy {:.3f}", token_acc="per token {:.3f}")
     for n, r in results.items():
-        log(f"  context {n:6d} ({n / T:g}x): val loss {r['loss']:.4f}  perplexity {r['ppl']:10.2f}"
-            + (f"  bits/byte {r['bpb']:.4f}" if "bpb" in r else ""))
+        log(f"  {'length' if 'acc' in r else 'context'} {n:6d} ({n / T:g}x): val loss {r['loss']:.4f}  "
+            + "  ".join(f.format(r[k]) for k, f in names.items() if k in r))
 
 
 @torch.no_grad()

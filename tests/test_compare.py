@@ -60,7 +60,7 @@ def test_compare_interrupted_resumed_and_summarised(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert sorted((r["pe"], r["seed"]) for r in results["runs"]) == [("carope", 1), ("carope", 2), ("rope", 1), ("rope", 2)]
     keys = {"pe", "seed", "preset", "data", "tokens", "params", "tokens_per_s", "wall_s", "device", "torch",
-            "commit", "val"}
+            "commit", "val", "tokenizer", "context", "by_position", "task"}
     for r in results["runs"]:
         assert set(r) == keys
         assert sorted(r["val"], key=int) == ["16", "32", "64", "128"]  # 1x, 2x, 4x, 8x by default
@@ -68,13 +68,16 @@ def test_compare_interrupted_resumed_and_summarised(tmp_path):
         log = [json.loads(line) for line in open(out / f"{r['pe']}-s{r['seed']}" / "log.jsonl")]
         final = {e["len"]: e["loss"] for e in log if e["type"] == "eval" and e["step"] == 40}
         assert r["val"]["64"]["loss"] == final[64]  # the table is the runs' own final evaluation
+        at = [e for e in log if e["type"] == "eval" and e["step"] == 40 and e["len"] == 128][0]["by_position"]
+        assert r["by_position"]["len"] == 128 and len(r["by_position"]["loss"]) == 128  # one point per position here
+        assert r["by_position"]["loss"] == pytest.approx(at) and r["context"] == 16
     assert results["runs"][0]["params"] != results["runs"][2]["params"]  # carope has W and b on top of rope
 
     md = (out / "results.md").read_text()
     assert "| rope | 2 |" in md and "| carope | 2 |" in md and "ctx 128 (8x)" in md
     rope = [r["val"]["16"]["ppl"] for r in results["runs"] if r["pe"] == "rope"]
     assert f"{np.mean(rope):.2f} ± {np.std(rope, ddof=1):.2f}" in md  # mean ± std over seeds
-    for png in ("loss.png", "ppl_vs_length.png", "carope_f.png", "carope_clock.png"):
+    for png in ("loss.png", "ppl_vs_length.png", "loss_by_position.png", "carope_f.png", "carope_clock.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     f = json.loads((out / "carope-s1" / "carope_f.json").read_text())
     assert np.array(f["f_passage"]).shape == (1, compare.PASSAGE_TOKENS, 2)  # (layers, tokens, heads)

@@ -294,9 +294,11 @@ def test_remove_stale_temps(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # reaped: its pid names no process now
     dead, me, parent = child.pid, os.getpid(), os.getppid()
-    stale = [tmp_path / f"ckpt.pt.{dead}.tmp", tmp_path / f"train_000001.bin.{dead}.tmp"]
-    kept = [tmp_path / f"ckpt.pt.{me}.tmp", tmp_path / f"val_000000.bin.{parent}.tmp", tmp_path / "notes.tmp",
-            tmp_path / f"ckpt.pt.{dead}.tmp.bak", tmp_path / "log.txt", tmp_path / "sub" / f"x.{dead}.tmp"]
+    tag = shards.TEMP_TAG
+    stale = [tmp_path / f"ckpt.pt.{tag}-{dead}.tmp", tmp_path / f"train_000001.bin.{tag}-{dead}.tmp"]
+    kept = [tmp_path / f"ckpt.pt.{tag}-{me}.tmp", tmp_path / f"val_000000.bin.{tag}-{parent}.tmp",
+            tmp_path / "notes.tmp", tmp_path / f"thesis.{dead}.tmp",  # a user's file: the pattern of old, not ours
+            tmp_path / f"ckpt.pt.{tag}-{dead}.tmp.bak", tmp_path / "log.txt", tmp_path / "sub" / f"x.{tag}-{dead}.tmp"]
     (tmp_path / "sub").mkdir()
     for p in stale + kept:
         p.write_bytes(b"x")
@@ -836,3 +838,12 @@ def test_another_tokenizer_into_the_same_folder_is_refused_in_one_line(tmp_path)
     message = str(e.value.code)  # argparse quotes the choices or not, by Python version
     assert message.startswith("prepare_data.py: --tokenizer invalid choice: 'chars' (choose from ")
     assert "gpt2" in message and "bytes" in message and "\n" not in message
+
+
+def test_one_build_per_folder(tmp_path):
+    """While another process builds in a folder, a second build there is refused in one line naming its pid."""
+    with shards.FolderLock(tmp_path / "kjv", "prepare_data.py"):  # as a running build holds it
+        with pytest.raises(SystemExit) as e:
+            pd.main(["--source", "embedded", "--out-dir", str(tmp_path / "kjv"), "--quiet"])
+    assert f"in use by another prepare_data.py (pid {os.getpid()})" in str(e.value.code)
+    assert not (tmp_path / "kjv").exists()  # the lock's folder goes again when nothing was built in it

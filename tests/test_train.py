@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import carope  # noqa: E402
-import prepare_data  # noqa: E402
+import shards  # noqa: E402
 import tokenizer  # noqa: E402
 import train  # noqa: E402
 
@@ -42,14 +42,14 @@ def make_data(root, n_train=20_000, n_val=2_000, vocab_size=VOCAB, manifest=True
     stream = (np.arange(n_train + n_val) * 7 + rng.integers(0, 3, n_train + n_val)) % min(vocab_size, VOCAB)
     if top_token is not None:
         stream[10] = top_token  # one token the model's vocabulary does not have, early in the val shard
-    prepare_data.write_shard(os.path.join(root, "val_000000.bin"), stream[:n_val])
-    prepare_data.write_shard(os.path.join(root, "train_000001.bin"), stream[n_val:])
+    shards.write_shard(os.path.join(root, "val_000000.bin"), stream[:n_val])
+    shards.write_shard(os.path.join(root, "train_000001.bin"), stream[n_val:])
     if manifest:
         with open(os.path.join(root, "manifest.json"), "w") as f:
-            shards = [dict(file="val_000000.bin", split="val", tokens=n_val),
+            listed = [dict(file="val_000000.bin", split="val", tokens=n_val),
                       dict(file="train_000001.bin", split="train", tokens=n_train)]
             json.dump(dict(source="test", tokenizer="gpt2", vocab_size=vocab_size, eot_token=vocab_size - 1,
-                           shards=shards, total_tokens=n_train + n_val), f)
+                           shards=listed, total_tokens=n_train + n_val), f)
     return str(root)
 
 
@@ -405,7 +405,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
     expect_exit(TINY + ["--data", data, "--max-steps", 6, "--ckpt-every", 2, "--out-dir", out],
                 f"disk full / cannot write {out}", "No space left", "(step 2)")
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
-    assert sorted(os.listdir(out)) == ["ckpt.pt", "config.json", "log.jsonl"]  # no temp file left
+    assert sorted(os.listdir(out)) == [".lock", "ckpt.pt", "config.json", "log.jsonl"]  # no temp file left
 
 
 def test_error_sequential_resume_on_shorter_data(tmp_path):
@@ -429,10 +429,12 @@ def test_stale_temp_files_are_removed_at_start(tmp_path, capsys):
     data = make_data(tmp_path / "data")
     os.makedirs(tmp_path / "o")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / "o" / f"ckpt.pt.{int(dead.stdout)}.tmp"  # the pid of a process that has exited
+    stale = tmp_path / "o" / f"ckpt.pt.{shards.TEMP_TAG}-{int(dead.stdout)}.tmp"  # a pid whose process has exited
+    theirs = tmp_path / "o" / f"thesis.{int(dead.stdout)}.tmp"  # not ours: kept
+    theirs.write_bytes(b"a user's file")
     stale.write_bytes(b"half a checkpoint")
     run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "o")
-    assert not stale.exists() and "removed 1 temp file(s)" in capsys.readouterr().out
+    assert not stale.exists() and "removed 1 temp file(s)" in capsys.readouterr().out and theirs.exists()
 
 
 def test_evaluate_matches_a_hand_computation():
@@ -544,3 +546,47 @@ def test_the_manifests_tokenizer_sizes_the_model_and_a_mismatch_is_one_line(tmp_
                 "holds gpt2 tokens", "--tokenizer asks for bytes")
     expect_exit(["--resume", tmp_path / "o" / "ckpt.pt", "--data", other, "--max-steps", 2],
                 "holds gpt2 tokens", "was trained on bytes tokens")
+
+
+def test_one_writer_per_folder_and_sigterm_saves_like_ctrl_c(tmp_path):
+    """A second train.py into a folder that a running one writes is refused in one line naming that pid;
+    SIGTERM (a scheduler, `timeout`) then saves the running one's last step, exit 143, and it resumes."""
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "o"
+    argv = [sys.executable, "train.py", *map(str, TINY), "--data", data, "--max-steps", "100000", "--out-dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None:
+            if (out / "log.jsonl").exists() and (out / "log.jsonl").read_text().count('"train"') >= 3:
+                break
+            time.sleep(0.01)
+        second = subprocess.run(argv + ["--overwrite"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
+        assert f"{out} is in use by another train.py (pid {first.pid})" in second.stderr
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 143, err
+    saved = torch.load(out / "ckpt.pt", weights_only=True)["step"]
+    assert f"interrupted (SIGTERM): step {saved} is saved" in err and saved >= 3
+    rest = run("--resume", out / "ckpt.pt", "--max-steps", saved + 2, "--device", "cpu")
+    assert rest["start_step"] == saved and [r["step"] for r in read_log(out)] == list(range(1, saved + 3))
+
+
+TASK_TINY = ["--task", "flip-flop", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--micro-batch", "4",
+             "--warmup-steps", "2", "--num-samples", "0", "--device", "cpu"]
+
+
+def test_a_task_trains_through_the_same_loop_and_resumes_exactly(tmp_path):
+    """--task draws its batches on the fly (tasks.Loader) and reports accuracy at the task's lengths;
+    its generator's state is part of the checkpoint, so a resumed run continues the same."""
+    full = run(*TASK_TINY, "--max-steps", 6, "--out-dir", tmp_path / "full")
+    assert sorted(full["val"]) == [64, 128, 256] and all(0 <= r["acc"] <= 1 for r in full["val"].values())
+    config = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert config["model"]["vocab_size"] == 5 and config["model"]["block_size"] == 64  # the task's own
+    run(*TASK_TINY, "--max-steps", 3, "--lr-decay-steps", 6, "--out-dir", tmp_path / "half")
+    rest = run("--resume", tmp_path / "half" / "ckpt.pt", "--max-steps", 6, "--device", "cpu")
+    assert [r["loss"] for r in read_log(tmp_path / "half")] == full["losses"] and rest["val"] == full["val"]

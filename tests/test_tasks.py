@@ -1,0 +1,282 @@
+"""Tests of tasks.py: each generator against an independent computation, the target and answer
+layout, the accuracy metric by hand, determinism, vocabularies and lengths, errors, and one tiny
+task learned by carope.GPT in seconds."""
+
+import math
+import os
+import runpy
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import tasks  # noqa: E402
+from carope import GPT, GPTConfig  # noqa: E402
+
+B = 16
+
+
+def rows(name, T=None, split="train", seed=0, **options):
+    task = tasks.TASKS[name]
+    x, y, answer = tasks.batch(task, B, T or task.T, seed, split, **options)
+    return task, x, y, answer
+
+
+def words(task, row):
+    return tasks.decode(task.vocab, row.tolist()).split()
+
+
+# ----------------------------------------------------------------------------- each task's answers
+
+def test_parity_is_the_xor_of_the_bits_so_far():
+    task, x, y, answer = rows("parity", T=40)
+    for b in range(B):
+        state = 0
+        for t in range(40):
+            state ^= int(x[b, t])  # an independent loop, not the generator's cumsum
+            assert int(y[b, t]) == state
+    assert set(x.unique().tolist()) == {0, 1}
+    assert (answer == torch.arange(B)[:, None]).all(), "each row is one answer (sequence accuracy)"
+
+
+def run_program(program):
+    """A tiny interpreter for the counting language: `v = n ;`, `v ++ ;`, `pass ;`, then `print v`."""
+    env, statements = {}, " ".join(program).split(" ; ")
+    *body, last = statements
+    for s in body:
+        w = s.split()
+        if w == ["pass"]:
+            continue
+        if len(w) == 3 and w[1] == "=":
+            env[w[0]] = int(w[2])
+        elif len(w) == 2 and w[1] == "++":
+            env[w[0]] += 1
+        else:
+            raise AssertionError(f"not a statement: {s!r}")
+    command, variable = last.split()
+    assert command == "print"
+    return env[variable]
+
+
+@pytest.mark.parametrize("variables, T", [(1, 64), (1, 256), (3, 128)])
+def test_counting_answer_is_what_the_program_prints(variables, T):
+    task, x, y, answer = rows("counting", T=T, variables=variables)
+    for b in range(B):
+        w = words(task, x[b])
+        end = w.index("print") + 2  # the position of `print v`'s v: where the value is predicted
+        assert (y[b] >= 0).nonzero().flatten().tolist() == [end - 1], "one target, after `print v`"
+        assert task.vocab[int(y[b, end - 1])] == str(run_program(w[:end]))
+        assert w[end:end + 1] in ([], [task.vocab[int(y[b, end - 1])]]), "the value follows in x"
+        assert set(w[end + 1:]) <= {"*"}
+        if variables == 3:
+            assert w[:12] == "a = 0 ; b = 0 ; c = 0 ;".split()
+
+
+def test_copy_targets_are_the_string_then_a_dot():
+    task, x, y, answer = rows("copy", T=100)
+    seen = 0
+    for b in range(B):
+        w = words(task, x[b])
+        targets = {t: task.vocab[int(y[b, t])] for t in range(100) if y[b, t] >= 0}
+        expected = {}
+        t = 0
+        while t < 100 and w[t] == "$":  # walk the packed examples
+            n = w.index("|", t) - t - 1
+            s = w[t + 1:t + 1 + n]
+            assert 1 <= n <= 16 and all(c in tasks.LETTERS for c in s)
+            for j, c in enumerate(s + ["."]):  # predicted from `|` and from each copied letter
+                expected[t + n + 1 + j] = c
+            ids = answer[b, t + n + 1:t + 2 * n + 2]
+            assert (ids == ids[0]).all() and ids[0] >= 0, "one answer per example: its copy and its dot"
+            t += 2 * n + 3
+            seen += 1
+        assert set(w[t:]) <= {"*"}, "after the examples, only pads"
+        assert targets == expected
+    assert seen > B, "several examples packed into a row"
+
+
+def test_flipflop_targets_are_the_last_written_bit():
+    task, x, y, answer = rows("flip-flop", T=101)
+    for b in range(B):
+        w = words(task, x[b])
+        assert w[0] == "w" and all(w[t] in "wri" for t in range(0, 101, 2))
+        for t in range(0, 101, 2):
+            if w[t] == "r":
+                back = t - 2
+                while w[back] != "w":  # scan back to the last write
+                    back -= 2
+                assert task.vocab[int(y[b, t])] == w[back + 1]
+            else:
+                assert y[b, t] == -1
+        assert (y[b, 1::2] == -1).all(), "nothing is predicted from a bit"
+        assert w[(101 - 1) // 2 * 2] == "r", "the last whole pair is a read"
+
+
+# ----------------------------------------------------------------------------- layout of targets and answers
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_answers_mark_exactly_the_targets_and_group_them(name, split):
+    task, x, y, answer = rows(name, split=split)
+    assert x.shape == y.shape == answer.shape == (B, task.T)
+    assert all(a.dtype == torch.int64 for a in (x, y, answer))
+    assert torch.equal(y == -1, answer == -1), "-1 targets exactly where no answer is"
+    ids = answer[answer >= 0]
+    assert torch.equal(ids.unique(), torch.arange(int(ids.max()) + 1)), "ids 0 .. n-1, none skipped"
+    assert (ids.diff() >= 0).all(), "numbered in reading order, an answer's tokens together"
+    for k in ids.unique().tolist():
+        where = (answer == k).nonzero()
+        assert where[:, 0].unique().numel() == 1, "an answer lies within one row"
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_vocabularies_are_small_and_ids_in_range(name):
+    task = tasks.TASKS[name]
+    assert len(task.vocab) <= 32 and len(set(task.vocab)) == len(task.vocab)
+    for length in task.lengths:
+        T, options = task.at(length)
+        x, y, answer = tasks.batch(task, B, T, 1, "test", **options)
+        assert x.shape == (B, T)
+        assert 0 <= x.min() and x.max() < len(task.vocab)
+        assert y[y >= 0].max() < len(task.vocab)
+
+
+# ----------------------------------------------------------------------------- train and test lengths
+
+def test_lengths_train_at_the_first_test_longer():
+    for task in tasks.TASKS.values():
+        assert list(task.lengths) == sorted(task.lengths) and len(task.lengths) >= 2
+        assert task.lengths[-1] >= 4 * task.lengths[0]
+    assert tasks.TASKS["parity"].lengths[::2] == (64, 256)
+    for name in ("flip-flop", "counting", "parity"):
+        assert tasks.TASKS[name].lengths[0] == tasks.TASKS[name].T
+
+
+def test_copy_trains_up_to_max_len_and_tests_at_the_length_asked():
+    def string_lengths(x):
+        return [n for row in x.tolist() for n in np.diff(np.flatnonzero(np.isin(row, [1, 2])))[::2] - 1]
+    task, x, _, _ = rows("copy")
+    train = string_lengths(x)
+    assert min(train) >= 1 and max(train) <= 16 and len(set(train)) > 5
+    T, options = task.at(64)
+    x, y, answer = tasks.batch(task, B, T, 0, "test", **options)
+    assert T == 130 and set(string_lengths(x)) == {64}
+    assert (answer.max(dim=1).values == torch.arange(B)).all(), "one example a row"
+
+
+def test_flipflop_test_is_sparse():
+    def share_of_ignores(x):
+        return (x[:, 2::2] == tasks.FLIPFLOP_VOCAB.index("i")).float().mean().item()  # after the first write
+    _, train, _, _ = rows("flip-flop", T=2000)
+    _, test, _, _ = rows("flip-flop", T=2000, split="test")
+    assert share_of_ignores(train) == pytest.approx(0.8, abs=0.01)
+    assert share_of_ignores(test) == pytest.approx(0.98, abs=0.005)
+
+
+def test_counting_test_values_stay_in_the_trained_range():
+    task = tasks.TASKS["counting"]
+    values = lambda y: {int(task.vocab[t]) for t in y[y >= 0].tolist()}  # noqa: E731
+    train = values(tasks.batch(task, 512, task.T, 0)[1])
+    test = values(tasks.batch(task, 512, task.lengths[-1], 0, "test")[1])
+    assert train == test == set(range(11)), "the same counts 0 .. 10 at every length"
+
+
+def test_counting_trains_on_programs_of_every_length_and_tests_on_full_rows():
+    task = tasks.TASKS["counting"]
+    ends = lambda y: (y >= 0).int().argmax(dim=1)  # noqa: E731  where `print v` predicts the value
+    _, _, train, _ = rows("counting")
+    assert len(set(ends(train).tolist())) > B // 2, "programs of many lengths"
+    _, x, test, _ = rows("counting", T=256, split="test")
+    assert (ends(test) >= 256 - 2).all(), "the test program fills its row"
+    assert ((x == task.vocab.index("pass")).sum(dim=1) > 100).all(), "the longer row is mostly pass"
+
+
+# ----------------------------------------------------------------------------- accuracy by hand
+
+def test_accuracy_by_hand():
+    y = torch.tensor([[-1, 3, 4, -1, 5], [2, -1, -1, 7, 7]])
+    answer = torch.tensor([[-1, 0, 0, -1, 1], [2, -1, -1, 3, 3]])
+    predicted = torch.tensor([[9, 3, 0, 9, 5], [2, 9, 9, 7, 1]])  # wrong: answer 0's 2nd, answer 3's 2nd
+    # tokens: 6 scored, 4 right; answers: 1 and 2 right, 0 and 3 each have one wrong token
+    expected = dict(token=4 / 6, answer=2 / 4, tokens=6, answers=4)
+    assert tasks.accuracy(predicted, y, answer) == pytest.approx(expected)
+    logits = torch.nn.functional.one_hot(predicted, 10).float()
+    assert tasks.accuracy(logits, y, answer) == pytest.approx(expected), "logits: their argmax"
+    all_right = tasks.accuracy(y.clamp(min=0), y, answer)
+    assert all_right["token"] == all_right["answer"] == 1.0
+    assert math.isnan(tasks.accuracy(predicted, torch.full_like(y, -1), torch.full_like(y, -1))["token"])
+
+
+# ----------------------------------------------------------------------------- determinism
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_the_same_seed_gives_the_same_batch(name):
+    a, b, c = (rows(name, seed=s)[1:] for s in (7, 7, 8))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    rng = np.random.default_rng(7)  # a Generator moves on: two draws differ, and the first is seed 7's
+    first, second = (tasks.batch(name, B, tasks.TASKS[name].T, rng)[0] for _ in range(2))
+    assert torch.equal(first, a[0]) and not torch.equal(first, second)
+
+
+# ----------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: tasks.batch("sort", 2, 8, 0), "unknown task 'sort'; choose one of: copy, flip-flop"),
+    (lambda: tasks.batch("copy", 2, 64, 0, colour=1), "copy has no option colour; its options: min_len"),
+    (lambda: tasks.batch("copy", 2, 64, 0, split="val"), "split='val': choose train or test"),
+    (lambda: tasks.batch("copy", 2, 20, 0), "T=20 is too short for strings of 16"),
+    (lambda: tasks.batch("copy", 2, 64, 0, min_len=5, max_len=3), "need 1 <= min_len <= max_len"),
+    (lambda: tasks.batch("counting", 2, 64, 0, variables=3), "use T >= 104 or a smaller max_value"),
+    (lambda: tasks.batch("counting", 2, 200, 0, max_value=21), "choose 0 to 20"),
+    (lambda: tasks.batch("flip-flop", 2, 64, 0, p_i=1.0), "must be in [0, 1)"),
+    (lambda: tasks.batch("parity", 0, 64, 0), "B=0, T=64: both must be >= 1"),
+])
+def test_bad_input_is_one_line(call, message):
+    with pytest.raises(SystemExit, match=None) as error:
+        call()
+    text = str(error.value)
+    assert message in text and "\n" not in text and text.startswith("tasks: ")
+
+
+def test_counting_shortest_row_the_error_names_fits():
+    tasks.batch("counting", 2, 104, 0, variables=3)  # the T the message above asks for is enough
+
+
+def test_main_prints_every_task(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["tasks.py", "--seed", "3"])
+    runpy.run_path(os.path.join(REPO, "tasks.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert all(f"{name}: " in out for name in tasks.TASKS) and "print a" in out
+
+
+# ----------------------------------------------------------------------------- the targets can be learned
+
+def test_tiny_copy_is_learned():
+    """Copying strings of 4 letters: a 2-layer RoPE model gets nearly every whole copy right in 150
+    steps (a few seconds; it does by step 100 at seeds 0, 1, 2), so the targets say what they mean."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core: quick even while other work shares the machine
+    try:
+        torch.manual_seed(0)
+        T, options = 16, dict(min_len=4, max_len=4, letters=8)
+        task = tasks.TASKS["copy"]
+        model = GPT(GPTConfig(vocab_size=len(task.vocab), block_size=T, n_layer=2, n_head=2, n_embd=32, pe="rope"))
+        optimizer = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), "cpu")
+        for step in range(150):
+            x, y, _ = tasks.batch(task, 64, T, step, **options)
+            _, loss = model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        x, y, answer = tasks.batch(task, 256, T, 10_000, "test", **options)  # a seed no training batch had
+        with torch.no_grad():
+            result = tasks.accuracy(model(x)[0], y, answer)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["answers"] == 256  # one example of 11 tokens a row
+    assert result["answer"] >= 0.95, result

@@ -1,0 +1,75 @@
+"""walkthrough.py: it runs clean as a script, every check in it runs, each cell stands alone, and
+it uses carope.py's own code rather than copies of it."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "walkthrough.py")
+
+
+def source():
+    with open(SCRIPT, encoding="utf-8") as f:
+        return f.read()
+
+
+def cells():
+    """The percent-format cells: [(kind, text)], kind "markdown" or "code", in file order."""
+    out = []
+    for line in source().splitlines(keepends=True):
+        if line.startswith("# %%"):
+            out.append(["markdown" if "[markdown]" in line else "code", ""])
+        else:
+            assert out, "walkthrough.py must start with a '# %%' cell marker"
+            out[-1][1] += line
+    return [tuple(c) for c in out]
+
+
+def check_calls(tree):
+    """Every call of check(...) in the tree."""
+    calls = (n for n in ast.walk(tree) if isinstance(n, ast.Call))
+    return [n for n in calls if isinstance(n.func, ast.Name) and n.func.id == "check"]
+
+
+def test_walkthrough_runs_clean_and_every_check_runs(tmp_path):
+    # from another folder, as a user might run it; 300 s because CI's 2 cores are busy with other tests
+    r = subprocess.run([sys.executable, SCRIPT], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, f"walkthrough.py failed:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    last = r.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"walkthrough: (\d+) checks passed in \d+ s", last)
+    assert m, f"the last line should count the checks, got: {last!r}"
+    n_calls = len(check_calls(ast.parse(source())))
+    # each check() call site runs exactly once (none sits in a loop or a skipped branch)
+    assert int(m.group(1)) == n_calls
+    assert len(re.findall(r"^  checked: ", r.stdout, flags=re.M)) == n_calls
+
+
+def test_cells_parse_alone_and_alternate_text_and_check():
+    kinds = [kind for kind, _ in cells()]
+    # a title, the imports, then ten ideas: each a text cell followed by a code cell
+    assert kinds == ["markdown", "code"] + ["markdown", "code"] * 10
+    for n, (kind, text) in enumerate(cells()):
+        tree = compile(text, f"walkthrough.py cell {n}", "exec", ast.PyCF_ONLY_AST)  # each cell parses on its own
+        if kind == "markdown":  # text only: comment lines and blank lines, nothing that runs
+            assert tree.body == [], f"markdown cell {n} holds code"
+            assert all(not line.strip() or line.startswith("#") for line in text.splitlines())
+    ideas = [text for kind, text in cells()[2:] if kind == "markdown"]
+    assert [re.search(r"^# ## (\d+)\. ", t, flags=re.M).group(1) for t in ideas] == [str(i) for i in range(1, 11)]
+    code = [text for kind, text in cells()[2:] if kind == "code"]
+    for i, text in enumerate(code, start=1):
+        assert check_calls(ast.parse(text)), f"idea {i}'s cell checks nothing"
+
+
+def test_uses_carope_own_code_not_copies():
+    with open(os.path.join(ROOT, "carope.py"), encoding="utf-8") as f:
+        carope_names = {n.name for n in ast.parse(f.read()).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    tree = ast.parse(source())
+    defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert not defined & carope_names, f"walkthrough.py redefines carope.py's {sorted(defined & carope_names)}"
+    imports = (n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "carope")
+    imported = {a.name for n in imports for a in n.names}
+    assert {"rotate", "rope_frequencies", "RoPE", "CARoPE", "GPT", "GPTConfig", "LayerCache"} <= imported

@@ -1,0 +1,412 @@
+# %% [markdown]
+# # From one rotation to CARoPE, in ten small steps
+#
+# The read-and-learn path of this repository: README.md, then this walkthrough, then carope.py.
+# Every step states one idea, prints a few numbers and checks the idea with carope.py's own code
+# (`check` stops the walkthrough if a claim is false), so it cannot drift from the model.
+#
+# - As a script: `python walkthrough.py` (about 25 s on an idle 2-core CPU; no GPU, no network).
+# - As a notebook: `pip install jupytext`, then `jupytext --to notebook walkthrough.py` and open
+#   walkthrough.ipynb in Jupyter; or open this file in VS Code and use "Run Cell" above each `# %%`.
+#
+# Change a number and run a cell again: the checks say whether the idea still holds.
+# Shapes: B batch, T tokens, C width, H heads, D head size, P = D/2 pairs.
+
+# %%
+import math
+import re
+import time
+from pathlib import Path
+
+import torch
+
+import carope
+import readers  # for step 9's text: the embedded corpus
+from carope import CARoPE, GPT, GPTConfig, LayerCache, RoPE, rope_frequencies, rotate
+
+torch.manual_seed(0)
+# The models here are tiny: on an idle 2-core CPU two threads train step 9 somewhat faster than one,
+# but on a busy one they wait on each other, many times slower. One thread is the safe choice.
+torch.set_num_threads(1)
+started = time.time()
+CHECKS = []  # the claims checked so far
+
+
+def check(ok, claim):
+    """The walkthrough's assert: stops with the claim if it is false (also under python -O)."""
+    if not ok:
+        raise AssertionError(f"claim is false: {claim}")
+    CHECKS.append(claim)
+    print(f"  checked: {claim}")
+
+
+# %% [markdown]
+# ## 1. A rotation of one pair keeps its length
+# RoPE, CARoPE and Selective RoPE do one thing to a query or a key: they cut its D numbers into
+# P = D/2 pairs and turn pair i by an angle φᵢ. `rotate` pairs dimension i with i + P. A turn
+# changes a pair's direction, never its length.
+
+# %%
+print("\n1. A rotation of one pair keeps its length")
+x = torch.tensor([3.0, 4.0]).view(1, 1, 1, 2)  # one pair: (B, H, T, D) = (1, 1, 1, 2), P = 1
+quarter = torch.tensor(math.pi / 2)
+y = rotate(x, quarter.cos(), quarter.sin())
+print(f"(3, 4) turned by 90 degrees: ({y[0, 0, 0, 0]:.4f}, {y[0, 0, 0, 1]:.4f}), "
+      f"length {x.norm():.4f} -> {y.norm():.4f}")
+check(torch.allclose(y.flatten(), torch.tensor([-4.0, 3.0]), atol=1e-6), "(3, 4) turned by a quarter turn is (-4, 3)")
+
+x = torch.randn(2, 3, 5, 8)  # (B, H, T, D), P = 4
+phi = 100 * torch.randn(2, 3, 5, 4)  # any angle for every pair: (B, H, T, P)
+y = rotate(x, phi.cos(), phi.sin())
+pair_length = lambda v: (v[..., :4] ** 2 + v[..., 4:] ** 2).sqrt()  # |(v_i, v_{i+P})|: (B, H, T, P)
+print(f"{pair_length(x).numel()} pairs turned by angles up to {phi.abs().max():.0f} rad: "
+      f"largest change of a pair's length {(pair_length(y) - pair_length(x)).abs().max():.1e}")
+check(torch.allclose(pair_length(x), pair_length(y), atol=1e-5), "every pair keeps its length, whatever the angle")
+
+# %% [markdown]
+# ## 2. RoPE: q·k depends only on the distance m − n
+# RoPE turns pair i of the query at position m by m·θᵢ and of the key at n by n·θᵢ. Their dot
+# product then sees only the difference of the angles, (m − n)·θᵢ: the same q and k give the same
+# score at positions (5, 2) and (63, 60). Every diagonal of the score matrix is constant.
+
+# %%
+print("\n2. RoPE: q.k depends only on the distance m - n")
+rope_cfg = GPTConfig(n_layer=1, n_head=1, n_embd=16, block_size=64, pe="rope")  # D = 16, P = 8
+cos, sin = RoPE(rope_cfg)(torch.zeros(1, 64, 16))  # RoPE looks only at how many tokens: (T, P) each
+q, k = torch.randn(16), torch.randn(16)  # one query and one key vector, put at every position
+q_m = rotate(q.expand(1, 1, 64, 16), cos, sin)[0, 0]  # q turned for each position m: (T, D)
+k_n = rotate(k.expand(1, 1, 64, 16), cos, sin)[0, 0]  # (T, D)
+score = q_m @ k_n.T  # score[m, n] = q_m . k_n: (T, T)
+for m, n in ((5, 2), (30, 27), (63, 60), (5, 3)):
+    print(f"  m = {m:2d}, n = {n:2d}, m - n = {m - n}: q.k = {score[m, n]:+.5f}")
+diagonals = [score.diagonal(-d) for d in range(64)]  # the d-th holds every (m, m - d)
+check(all(torch.allclose(s, s[0].expand_as(s), atol=1e-4) for s in diagonals),
+      "RoPE's q.k is the same for every pair of positions at the same distance m - n")
+check((diagonals[3][0] - diagonals[2][0]).abs() > 1e-3, "and it changes with the distance")
+
+# %% [markdown]
+# ## 3. RoPE's phase is a running sum
+# The frequencies are powers of one number: θᵢ = base^(−2i/D) = θ₁ⁱ. So m·θᵢ = Σ_{t=1..m} θ₁ⁱ:
+# RoPE's phase is a clock to which every token adds θ₁ⁱ to pair i. CARoPE keeps this sum and
+# lets each token choose the number it adds.
+
+# %%
+print("\n3. RoPE's phase is a running sum")
+theta = rope_frequencies(16, 10000.0)  # theta_i = base^(-2i/D) for D = 16: (P,)
+i = torch.arange(8, dtype=torch.float32)  # the pair index, i = 0 .. P - 1
+print("theta_i          :", [round(v, 5) for v in theta.tolist()])
+print("theta_1 ** i     :", [round(v, 5) for v in (theta[1] ** i).tolist()])
+check(torch.allclose(theta, theta[1] ** i), "theta_i = theta_1^i: RoPE's frequencies are powers of theta_1")
+running = torch.cumsum((theta[1] ** i).expand(63, 8), dim=0)  # row m - 1: sum_{t=1..m} theta_1^i: (T - 1, P)
+print(f"pair 1 after 10 tokens: sum of ten theta_1 = {running[9, 1]:.5f}, 10 * theta_1 = {10 * theta[1]:.5f}")
+check(torch.allclose(running.cos(), cos[1:], atol=1e-5) and torch.allclose(running.sin(), sin[1:], atol=1e-5),
+      "the running sum of theta_1^i gives RoPE's table of m * theta_i")
+
+# %% [markdown]
+# ## 4. CARoPE's f, its bounds, and why it starts as RoPE
+# CARoPE: f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1), and φᵢʰ(m) = Σ_{t≤m} f(x_t)_hⁱ.
+# softplus is positive, so 0 < f < 1: f → 1 where the logit falls, f → 0 where it rises. Then fⁱ
+# falls with i, as RoPE's θ₁ⁱ does, and f⁰ = 1: pair 0 turns 1 rad per token whatever the token.
+# The project starts from W = 0 and b = softplus⁻¹(base^(2/D) − 1), so f = θ₁ for every token
+# (carope.py, "Reading (init)"). CARoPE then counts a token itself, φ(m) = (m + 1)·θᵢ, one step
+# ahead of RoPE's m·θᵢ; a shift that q and k share cancels in q·k, so the model is RoPE exactly
+# (up to float rounding).
+
+# %%
+print("\n4. CARoPE's f, its bounds, and why it starts as RoPE")
+cfg = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=32, pe="carope")  # D = 16, P = 8
+cr = CARoPE(cfg)
+x = torch.randn(1, 32, 32)  # any hidden states: (B, T, C)
+f = cr.frequencies(x)  # (B, T, H)
+theta_1 = rope_frequencies(cfg.head_dim, cfg.rope_base)[1]
+print(f"at init: b = {[round(v, 4) for v in cr.bias.tolist()]}, |W| = {cr.weight.abs().max():.1f}; "
+      f"f over {f.numel()} tokens x heads in [{f.min():.6f}, {f.max():.6f}], theta_1 = {theta_1:.6f}")
+check(torch.allclose(f, theta_1.expand_as(f)), "at initialisation f(x_t) = theta_1 for every token and head")
+
+with torch.no_grad():
+    cr.weight.normal_(0.0, 0.3)  # a W as training might make one; every token now has its own f
+x = 2 * torch.randn(1, 32, 32)  # (B, T, C)
+f = cr.frequencies(x)  # (B, T, H)
+cos, sin = cr(x)  # (B, H, T, P) each
+powers = f.unsqueeze(-1) ** cr.i  # f^i: (B, T, H, P)
+print(f"with a random W: f in [{f.min():.4f}, {f.max():.4f}]; one token's f^i:",
+      [round(v, 4) for v in powers[0, 0, 0].tolist()])
+check(bool((f > 0).all() and (f < 1).all()), "0 < f(x_t) < 1")
+check(bool((powers[..., 1:] < powers[..., :-1]).all()), "f^i falls with i: pair 0 turns fastest, as in RoPE")
+steps = torch.arange(1, 33, dtype=torch.float32)  # phi_0(m) = m + 1 for positions m = 0 .. T - 1
+check(torch.allclose(cos[..., 0], steps.cos().expand_as(cos[..., 0]), atol=1e-5),
+      "pair 0 turns exactly 1 rad per token, whatever the tokens")
+
+torch.manual_seed(1)
+rope_model = GPT(GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=32, pe="rope"))
+carope_model = GPT(cfg)
+# the same weights; CARoPE's own W and b stay at their init
+missing, _ = carope_model.load_state_dict(rope_model.state_dict(), strict=False)
+idx = torch.randint(64, (2, 32))  # (B, T) token ids
+with torch.no_grad():
+    gap = (rope_model(idx)[0] - carope_model(idx)[0]).abs().max()
+print(f"{len(missing)} tensors of CARoPE's own (W and b of each layer) at init; "
+      f"largest logit difference to RoPE: {gap:.1e}")
+check(gap < 1e-5, "a GPT with CARoPE at its initialisation gives RoPE's logits")
+
+# %% [markdown]
+# ## 5. The angle between m and n depends on the tokens in between
+# A query at m and a key at n differ by φ(m) − φ(n) = Σ_{t=n+1..m} f(x_t)ⁱ: the tokens after n up
+# to m set the angle, not only how many there are. Two sequences with the same first and last
+# token at the same distance, but different middles, give two different angles. RoPE gives both
+# (m − n)·θᵢ.
+
+# %%
+print("\n5. The angle between m and n depends on the tokens in between")
+table = torch.randn(128, 32)  # a made-up embedding for each character (by its code): (vocab, C)
+embed = lambda s: table[[ord(c) for c in s]].unsqueeze(0)  # a string -> hidden states: (1, T, C)
+n, m = 0, 8  # the key is the first "t", the query the last "s"
+
+
+def angles(text):
+    """The angle between the query at m and the key at n: by the equation, and from CARoPE's
+    own rotation as (cos, sin) of phi(m) - phi(n). (H, P) each."""
+    x = embed(text)  # (1, T, C)
+    f = cr.frequencies(x)[0]  # (T, H)
+    angle = (f[n + 1:m + 1].unsqueeze(-1) ** cr.i).sum(0)  # sum_{t=n+1..m} f(x_t)^i: (H, P)
+    cos, sin = cr(x)  # (1, H, T, P)
+    cos_mn = cos[0, :, m] * cos[0, :, n] + sin[0, :, m] * sin[0, :, n]  # cos(a - b) = cos a cos b + sin a sin b
+    sin_mn = sin[0, :, m] * cos[0, :, n] - cos[0, :, m] * sin[0, :, n]  # sin(a - b) = sin a cos b - cos a sin b
+    return angle, cos_mn, sin_mn
+
+
+cat, dog = angles("the cat sat"), angles("the dog sat")
+for text, (angle, _, _) in (("the cat sat", cat), ("the dog sat", dog)):
+    print(f"  {text!r}: pair 1 turns from {text[n]!r} at {n} to {text[m]!r} at {m} by {angle[0, 1]:.4f} rad in head 0, "
+          f"{angle[1, 1]:.4f} in head 1 (RoPE: {(m - n) * theta_1:.4f})")
+check(all(torch.allclose(c, a.cos(), atol=1e-5) and torch.allclose(s, a.sin(), atol=1e-5) for a, c, s in (cat, dog)),
+      f"CARoPE turns the query at {m} against the key at {n} by sum_(t={n + 1}..{m}) f(x_t)^i")
+check((cat[0] - dog[0]).abs().max() > 0.01, "the same distance with different tokens in between gives different angles")
+
+# %% [markdown]
+# ## 6. Causality: a later token leaves earlier phases alone
+# φ(m) sums over t ≤ m only, so a token at position 10 cannot move the phases of positions 0..9,
+# and with causal attention it cannot change the model's output there either. Rotating every
+# token before attention is what lets CARoPE use ordinary causal (flash) attention.
+
+# %%
+print("\n6. Causality: a later token leaves earlier phases alone")
+torch.manual_seed(2)
+model = GPT(cfg)  # CARoPE, 2 layers x 2 heads x 32 wide
+with torch.no_grad():
+    for block in model.transformer.h:
+        block.attn.rotary.weight.normal_(0.0, 0.3)  # input dependence switched on in every layer
+model.eval()
+idx = torch.randint(64, (1, 16))  # (B, T)
+later = idx.clone()
+later[0, 10] = (idx[0, 10] + 1) % 64  # another token at position 10 only
+with torch.no_grad():
+    layer0 = model.transformer.h[0]
+    cos_a, _ = layer0.attn.rotary(layer0.ln_1(model.transformer.wte(idx)))  # layer 0's phases: (B, H, T, P)
+    cos_b, _ = layer0.attn.rotary(layer0.ln_1(model.transformer.wte(later)))
+    logits_a, logits_b = model(idx)[0], model(later)[0]  # (B, T, vocab)
+before, after = (cos_a - cos_b).abs()[:, :, :10].max(), (cos_a - cos_b).abs()[:, :, 10:].max()
+print(f"token 10 changed: layer 0's cos(phase) moves by {before:.1e} at positions 0..9, by {after:.3f} at 10..15")
+check(before < 1e-6 and after > 1e-3, "changing token 10 changes the phases from position 10 on, and none before")
+before, after = (logits_a - logits_b).abs()[:, :10].max(), (logits_a - logits_b).abs()[:, 10:].max()
+print(f"the logits move by {before:.1e} at positions 0..9, by {after:.3f} at 10..15")
+check(before < 1e-6 and after > 1e-3, "the model's outputs before position 10 do not see token 10")
+
+# %% [markdown]
+# ## 7. The KV cache keeps a running phase
+# Generating one token at a time, RoPE can look its next row up in a table. CARoPE has no table:
+# the next phase depends on every token so far. So each layer's `LayerCache` keeps the last
+# token's phase, and the next token's is that phase + f(x_t)ⁱ. It must equal the phase computed
+# over the whole sequence again, and so must the logits.
+
+# %%
+print("\n7. The KV cache keeps a running phase")
+cache = model.new_cache()  # one LayerCache per layer
+with torch.no_grad():
+    model(idx[:, :8], cache=cache)  # the prompt, tokens 0..7, in one call (the prefill)
+    worst_phase = worst_logits = 0.0
+    for t in range(8, 16):  # then one token per call
+        step_logits, _ = model(idx[:, t:t + 1], cache=cache)  # (B, 1, vocab)
+        full_logits, _ = model(idx[:, :t + 1])  # everything again: (B, t + 1, vocab)
+        cos_full, sin_full = layer0.attn.rotary(layer0.ln_1(model.transformer.wte(idx[:, :t + 1])))  # (B, H, t+1, P)
+        phase = cache[0].phase  # layer 0's running phase after token t: (B, H, P)
+        worst_phase = max(worst_phase, (phase.cos() - cos_full[:, :, -1]).abs().max().item(),
+                          (phase.sin() - sin_full[:, :, -1]).abs().max().item())
+        worst_logits = max(worst_logits, (step_logits[:, -1] - full_logits[:, -1]).abs().max().item())
+print(f"{type(cache[0]).__name__} of layer 0 after {cache[0].pos} tokens: k {tuple(cache[0].k.shape)}, "
+      f"phase {tuple(cache[0].phase.shape)} = (B, H, P)")
+print(f"cached against recomputed, tokens 8..15: phase (cos, sin) {worst_phase:.1e}, logits {worst_logits:.1e}")
+check(isinstance(cache[0], LayerCache) and cache[0].pos == 16, "the cache has seen all 16 tokens")
+check(worst_phase < 1e-5, "the cache's running phase equals the phase recomputed over the whole sequence")
+check(worst_logits < 1e-5, "cached generation gives the logits of the full recomputation")
+sampled = []
+for use_cache in (True, False):
+    torch.manual_seed(3)  # the same random draws for both
+    sampled.append(model.generate(idx[:, :8], 12, temperature=1.0, use_cache=use_cache)[0, 8:].tolist())
+print("12 tokens sampled with the cache / without:", sampled[0], sampled[1], sep="\n  ")
+check(sampled[0] == sampled[1], "generate samples the same tokens with and without the cache")
+
+# %% [markdown]
+# ## 8. carope-static against carope: what input dependence adds
+# The ablation the paper lacks: `pe="carope-static"` keeps a learned base per head,
+# f_h = 1/(softplus(b_h) + 1), and drops W. Every token then adds the same f_hⁱ, so the phase is
+# (m + 1)·f_hⁱ: RoPE with base f_h^(−D/2), one base per head, and the angle between m and n
+# depends on m − n again. What carope adds is W (H·C numbers per layer): an f for each token.
+
+# %%
+print("\n8. carope-static against carope: what input dependence adds")
+static = CARoPE(cfg, input_dependent=False)
+with torch.no_grad():
+    static.bias[1] = 0.5  # head 0 keeps its init (RoPE's base 10000), head 1 gets another base
+x_cat, x_dog = embed("the cat sat"), embed("the dog sat")  # (1, T, C)
+cos_cat, sin_cat = static(x_cat)  # (1, H, T, P)
+cos_dog, _ = static(x_dog)
+f_h = static.frequencies(x_cat)[0, 0]  # one f per head: (H,)
+bases = f_h ** (-cfg.head_dim / 2)  # f_h = base^(-2/D)
+print(f"carope-static: f_h = {[round(v, 4) for v in f_h.tolist()]}, "
+      f"i.e. RoPE bases {[round(v) for v in bases.tolist()]}")
+print(f"phases of 'the cat sat' against 'the dog sat': carope-static {(cos_cat - cos_dog).abs().max():.1e}, "
+      f"carope {(cr(x_cat)[0] - cr(x_dog)[0]).abs().max():.3f}")
+check(torch.equal(cos_cat, cos_dog), "carope-static gives every input the same phases")
+check((cr(x_cat)[0] - cr(x_dog)[0]).abs().max() > 1e-3, "carope's phases change with the input")
+T = x_cat.size(1)
+
+
+def rope_phases(base):
+    """RoPE's (cos, sin) with this base for positions 0 .. T: (T + 1, P) each."""
+    rope = RoPE(GPTConfig(n_layer=1, n_head=1, n_embd=cfg.head_dim, block_size=T + 1, rope_base=base, pe="rope"))
+    return rope(torch.zeros(1, T + 1, cfg.head_dim))
+
+
+rope_h = [rope_phases(base) for base in bases.tolist()]  # RoPE's row m + 1 is carope-static's row m (step 4's offset)
+check(all(torch.allclose(cos_cat[0, h], c[1:], atol=1e-4) and torch.allclose(sin_cat[0, h], s[1:], atol=1e-4)
+          for h, (c, s) in enumerate(rope_h)), "each head of carope-static is RoPE with that head's base")
+extra = {pe: sum(p.numel() for p in CARoPE(cfg, input_dependent=(pe == "carope")).parameters())
+         for pe in ("carope-static", "carope")}
+print(f"parameters per layer beyond RoPE at H = {cfg.n_head}, C = {cfg.n_embd}: {extra}")
+check(extra == {"carope-static": cfg.n_head, "carope": cfg.n_head * cfg.n_embd + cfg.n_head},
+      "carope-static adds H numbers per layer (b), carope H*C + H (W and b)")
+
+# %% [markdown]
+# ## 9. Train a little, then look at what f learned
+# A character-level model of Genesis (from the embedded King James corpus): 2 layers x 2 heads x
+# 64 wide, 300 steps of 16 windows of 64 characters, with the model's own AdamW
+# (`configure_optimizers`). Why not `train.py`: it uses GPT-2's 50,304 tokens, whose output layer
+# dominates a small model's step on a CPU; a 100-step run of this size there still ended near
+# loss 6.2. With 71 characters a step is cheap. `python train.py` is the real run (README).
+#
+# Below, under each passage, f(x_t) of each layer and head for every character: digit d means
+# d/10 <= f < (d+1)/10, and training started from 5 (θ₁ = 0.5623 at D = 32). A character with a
+# higher f adds more to the phase of pairs i >= 1, a lower f less. Layer 0's x_t is the
+# character's embedding alone, so there f is one number per character; context enters from
+# layer 1 on. One small run and one seed: read the numbers as what this run did, no more.
+
+# %%
+print("\n9. Train a little, then look at what f learned")
+genesis = readers.kjv_documents(readers.kjv_path())[0]  # book 1 as one string
+chars = sorted(set(genesis))
+stoi = {c: j for j, c in enumerate(chars)}
+data = torch.tensor([stoi[c] for c in genesis])
+split = int(0.9 * len(data))
+train_data, val_data = data[:split], data[split:]  # the last tenth of Genesis is held out
+torch.manual_seed(1337)
+lm = GPT(GPTConfig(vocab_size=len(chars), n_layer=2, n_head=2, n_embd=64, block_size=64, pe="carope"))  # D = 32
+optimizer = lm.configure_optimizers(weight_decay=0.1, learning_rate=3e-3, betas=(0.9, 0.95), device_type="cpu")
+B, T = 16, 64
+
+
+def windows(source, generator=None):
+    """B random windows of T characters and the characters after them: (B, T) each."""
+    start = torch.randint(len(source) - T - 1, (B,), generator=generator)
+    return (torch.stack([source[s:s + T] for s in start]), torch.stack([source[s + 1:s + T + 1] for s in start]))
+
+
+val_x, val_y = windows(val_data, torch.Generator().manual_seed(0))  # the same held-out windows before and after
+with torch.no_grad():
+    val_before = lm(val_x, val_y)[1].item()
+t0 = time.time()
+for step in range(300):
+    x, y = windows(train_data)
+    _, loss = lm(x, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+    optimizer.step()
+lm.eval()
+with torch.no_grad():
+    val_after = lm(val_x, val_y)[1].item()
+print(f"{len(chars)} characters, {len(train_data):,} to train on; 300 steps in {time.time() - t0:.1f} s; "
+      f"held-out loss {val_before:.3f} (ln {len(chars)} = {math.log(len(chars)):.3f}) -> {val_after:.3f}")
+check(val_after < val_before - 1.5, "300 steps bring the held-out loss well below a uniform guess")
+
+
+def frequencies_of(text):
+    """f(x_t) of every layer for each character of text, read in windows of T (the training
+    context) as CARoPE computes it: (n_layer, len(text), H)."""
+    ids = torch.tensor([stoi[c] for c in text]).split(T)  # windows of at most T characters
+    f = []
+    with torch.no_grad():
+        for window in ids:
+            x = lm.transformer.wte(window.unsqueeze(0))  # (1, T, C)
+            f.append([])
+            for block in lm.transformer.h:
+                f[-1].append(block.attn.rotary.frequencies(block.ln_1(x))[0])  # this layer's x_t: (T, H)
+                x = block(x)
+    return torch.stack([torch.cat(layer) for layer in zip(*f)])  # (n_layer, len(text), H)
+
+
+passages = ("And God said, Let there be light: and there was light.",  # Genesis 1:3, trained on
+            genesis[split + 1000:split + 1060].replace("\n", " "))  # 60 held-out characters
+for text in passages:
+    f = frequencies_of(text)  # (n_layer, T, H)
+    print(f"\n  {'':15}{text}")
+    for layer in range(f.size(0)):
+        for h in range(f.size(2)):
+            print(f"  layer {layer} head {h} " + "".join(str(min(int(10 * v), 9)) for v in f[layer, :, h].tolist()))
+
+held_out = genesis[split:]  # the held-out tenth
+f = frequencies_of(held_out)  # (n_layer, characters, H)
+kinds = {"space": [c == " " for c in held_out], "letter": [c.isalpha() for c in held_out],
+         "other": [not (c == " " or c.isalpha()) for c in held_out]}
+print(f"\nmean f (min..max) over {len(held_out):,} held-out characters:")
+for layer in range(f.size(0)):
+    for name, mask in kinds.items():
+        fk = f[layer, torch.tensor(mask)]  # (characters of this kind, H)
+        print(f"  layer {layer} {name:6} ({len(fk):6,}): " + ", ".join(
+            f"head {h} {fk[:, h].mean():.3f} ({fk[:, h].min():.3f}..{fk[:, h].max():.3f})" for h in range(f.size(2))))
+ids = torch.tensor([stoi[c] for c in held_out])  # (T,)
+
+
+def spread_within_characters(f_layer):
+    """The largest range of f over the occurrences of one character (any character, any head)."""
+    return max((f_layer[ids == j].amax(0) - f_layer[ids == j].amin(0)).max().item() for j in ids.unique().tolist())
+
+
+same_char = [spread_within_characters(f[layer]) for layer in range(f.size(0))]
+print("largest spread of f within one character, by layer:", [round(v, 4) for v in same_char])
+check(same_char[0] < 1e-6, "in layer 0, f is a function of the character alone")
+check(same_char[1] > 0.01, "in layer 1, the same character gets different f in different contexts")
+
+# %% [markdown]
+# ## 10. Where to go next
+# - carope.py, top to bottom: the code behind every step above, the paper's equations beside it.
+# - The README's Exercises: which tokens slow the clock (compare.py draws f along a passage), what
+#   x_t should be, the initialisation, carope against carope-static at scale, the pair layout,
+#   the fused kernel's backward, TAPA's exponent, and a parity task for the rotary encodings.
+# - tasks.py: four synthetic tasks on which the encodings part ways (copy, flip-flop, counting,
+#   parity), each trained at one length and tested at longer ones; `python tasks.py` prints an
+#   example of each; `python train.py --task copy` trains on one, with accuracy by length.
+# - `python train.py` (about a minute on a CPU), `python compare.py --pe rope,carope` (a table
+#   with spread), `python sample.py --ckpt out/ckpt.pt` (text, with the KV cache of step 7).
+
+# %%
+print("\n10. Where to go next")
+root = Path(carope.__file__).resolve().parent  # the repository
+readme = (root / "README.md").read_text(encoding="utf-8")
+named = ["carope.py", "tasks.py", "train.py", "compare.py", "sample.py"]
+exercises = readme[readme.index("## Exercises"):].split("\n## ")[0] if "## Exercises" in readme else ""
+n_exercises = len(re.findall(r"^[0-9]+[.] ", exercises, flags=re.M))  # the numbered items
+print(f"README's Exercises: {n_exercises}; files named here:", {name: (root / name).is_file() for name in named})
+check(n_exercises > 0 and all((root / name).is_file() for name in named),
+      "the README has its Exercises and the files named here exist")
+print(f"\nwalkthrough: {len(CHECKS)} checks passed in {time.time() - started:.0f} s")
