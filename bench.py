@@ -15,7 +15,9 @@ min-max of the per-round ratios. Only ratios to RoPE compare across machines.
 
 --mode rotation times only the rotation of q and k (B, n_head, T, head_dim of the preset),
 forward and backward: rope (RoPE's cached cos, sin), carope (the reference CARoPE module: f
-from x, phases, cos, sin, rotate) and carope-fused (carope_triton's kernel, CUDA only).
+from x, phases, cos, sin, rotate) and carope-fused (carope_triton's kernel, CUDA only; skipped,
+with the reason, where it is unavailable or fails its self-check). In train and eval modes, carope
+uses the fused kernel where it runs, as train.py does; --no-fused-carope times the reference path.
 """
 
 import argparse
@@ -30,53 +32,24 @@ import time
 
 import torch
 
+import cli
+import devices
+import shards
 from carope import GPT, GPTConfig, PE_CHOICES, PRESETS, CARoPE, RoPE, rotate
 
 ROTATION_PE = ("rope", "carope", "carope-fused")
-FUSED_UNAVAILABLE = "fused kernel unavailable here"
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.exit(f"bench.py: {message}")  # one line naming the problem, not the usage block
-
-
-def positive(text, least=1):
-    """An argparse type: a whole number >= least."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = least - 1
-    if n < least:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {least}")
-    return n
-
-
-def lengths(text):
-    """'512,2048' -> [512, 2048] (an argparse type)."""
-    try:
-        lens = [positive(s) for s in text.split(",")]
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive lengths, e.g. 512,2048")
-    return lens
+FUSED_UNAVAILABLE = "fused kernel unavailable here"  # no Triton, or neither CUDA nor the interpreter
+FUSED_FAILED = "fused kernel failed its self-check here"
 
 
 def check_device(name):
-    """Fail now, in one line, on a device this machine does not have."""
+    """Fail now, in one line, on a device this machine does not have (devices.pick_device's checks: the
+    driver check, cuda:N in range), or one bench.py cannot time."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        sys.exit(f"bench.py: --device {name!r} is not a device name; use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"bench.py: --device {name}: no CUDA GPU is visible to torch {torch.__version__} here; "
-                 "use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        sys.exit(f"bench.py: --device {name}: only {torch.cuda.device_count()} CUDA device(s) here; "
-                 f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        sys.exit(f"bench.py: --device {name}: MPS is not available here; use --device cpu")
-    if device.type not in ("cpu", "cuda", "mps"):
-        sys.exit(f"bench.py: --device {name}: bench.py runs on cpu, cuda or mps")
+        device = devices.pick_device(name)
+    except SystemExit as e:
+        sys.exit(f"bench.py: {e.code}")
+    return device
 
 
 def check_writable(path):
@@ -116,7 +89,8 @@ class Unavailable(Exception):
 
 def model_case(args, pe, T, device):
     """One step of the whole model (train: forward, backward, AdamW; eval: forward) and its MFU at 1 s."""
-    config = GPTConfig.from_preset(args.preset, pe=pe)
+    fused = {} if args.fused_carope is None else dict(fused_carope=args.fused_carope)  # None: GPTConfig's default
+    config = GPTConfig.from_preset(args.preset, pe=pe, **fused)
     model = GPT(config).to(device)
     model.train(args.mode == "train")
     optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type) if args.mode == "train" else None
@@ -176,6 +150,8 @@ def rotation_case(args, pe, T, device):
                 raise Unavailable(FUSED_UNAVAILABLE)
             if not carope_triton.fused_available(q):
                 raise Unavailable(FUSED_UNAVAILABLE)
+            if not carope_triton.use_fused(q):  # its self-check failed: the warning above says why
+                raise Unavailable(FUSED_FAILED)
 
             def rot():
                 return carope_triton.carope_rotate(q, k, carope.frequencies(x))  # f: (B, T, H)
@@ -192,7 +168,7 @@ def worker(args, pe, T):
     """Build the case, warm it up, answer one JSON line per "run" line on stdin until EOF."""
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything else printed (library warnings) goes to stderr, not into the replies
-    device = torch.device(args.device)
+    device = torch.device(check_device(args.device))  # the parent passes the one it checked
     torch.manual_seed(0)
     try:
         step, mfu = (rotation_case if args.mode == "rotation" else model_case)(args, pe, T, device)
@@ -336,22 +312,25 @@ def describe_device(device):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="nano", choices=PRESETS, help="model size (default nano)")
     parser.add_argument("--mode", choices=("train", "eval", "rotation"), default="train",
                         help="train: forward, backward and AdamW step; eval: forward under no_grad; "
                         "rotation: only the rotation of q and k, forward and backward")
     parser.add_argument("--pe", help="comma-separated encodings (default: all; in rotation mode "
                         f"{','.join(ROTATION_PE)})")
-    parser.add_argument("--seq-lens", type=lengths, default=[128], help="comma-separated lengths (default 128)")
-    parser.add_argument("--batch-size", type=positive, default=8, help="sequences per step (default 8)")
-    parser.add_argument("--rounds", type=positive, default=5, help="timed rounds, each runs every case once (default 5)")
-    parser.add_argument("--steps", type=positive, default=3, help="timed steps per case per round (default 3)")
-    parser.add_argument("--warmup", type=lambda s: positive(s, 0), default=2, help="untimed steps first (default 2)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seq-lens", type=cli.lengths, default=[128], help="comma-separated lengths (default 128)")
+    parser.add_argument("--batch-size", type=cli.positive, default=8, help="sequences per step (default 8)")
+    parser.add_argument("--rounds", type=cli.positive, default=5, help="timed rounds, each runs every case once (default 5)")
+    parser.add_argument("--steps", type=cli.positive, default=3, help="timed steps per case per round (default 3)")
+    parser.add_argument("--warmup", type=cli.natural, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--device", type=cli.device, help="cpu, cuda, cuda:N or mps (default: the best available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16: autocast for the model, bf16 q and k for the rotation (default float32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model or the rotation (CUDA)")
+    parser.add_argument("--fused-carope", action=argparse.BooleanOptionalAction, default=None,
+                        help="train and eval modes: CARoPE's fused kernel where it runs (the default, as in "
+                        "train.py) or never; rotation mode times both as carope and carope-fused")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: PE:T, be that case's worker
     args = parser.parse_args(argv)
@@ -368,7 +347,11 @@ def main(argv=None):
                  f"choose from {', '.join(known)}")
     encodings.sort(key=lambda pe: pe != "rope")  # RoPE first: the reference
     args.pe = ",".join(encodings)  # what ran, for the JSON
-    check_device(args.device)
+    if args.fused_carope is not None and args.mode == "rotation":
+        sys.exit("bench.py: --fused-carope/--no-fused-carope: for --mode train or eval; rotation mode times "
+                 "the kernel as its own case, --pe carope-fused")
+    args.device = check_device(args.device)
+    argv = [*argv, "--device", args.device]  # the workers use the device the parent checked
     if args.json:
         check_writable(args.json)
 
@@ -382,14 +365,10 @@ def main(argv=None):
         print_table(T, res, skip)
         results += res
         skipped += skip
-    if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:  # then a rename: a reader never sees half a file
-            json.dump(dict(device=describe_device(args.device), torch=torch.__version__,
-                           args={k: v for k, v in vars(args).items() if k != "case"},
-                           results=results, skipped=skipped), f, indent=1)
-        os.replace(tmp, args.json)
-
+    if args.json:  # written whole or not at all (a rename): a reader never sees half a file
+        report = dict(device=describe_device(args.device), torch=torch.__version__,
+                      args={k: v for k, v in vars(args).items() if k != "case"}, results=results, skipped=skipped)
+        shards.atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=1).encode()))
 
 if __name__ == "__main__":
     main()

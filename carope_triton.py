@@ -14,12 +14,19 @@ recomputes the phase.
 Notation: B batch, T tokens, H = n_head, D = head_dim, P = D/2 pairs, pair i = dims (i, i + P)
 (the half-split layout of carope.rotate). f has shape (B, T, H), float32, values in (0, 1).
 
-Use: q_rot, k_rot = carope_rotate(q, k, f) when fused_available(q). It is the custom op
-"carope::rotate_qk", so torch.compile sees one opaque op (with its own backward op).
+Use: q_rot, k_rot = carope_rotate(q, k, f) when use_fused(q), which also runs a one-time self-check
+against carope.rotate and, should the kernel fail it, warns once and answers False from then on.
+carope_rotate is the custom op "carope::rotate_qk", so torch.compile sees one opaque op (with its
+own backward op).
 """
 
+import math
 import os
+import shutil
+import sys
+import sysconfig
 import types
+from contextlib import nullcontext
 
 import torch
 
@@ -178,11 +185,35 @@ def _rotate_bwd(q_ptr, k_ptr, f_ptr, gq_ptr, gk_ptr, dq_ptr, dk_ptr, df_ptr, T, 
 
 
 def _tiles(P):
-    """BLOCK_P = P rounded up to a power of two (tl.arange needs one, the rest is masked);
-    BLOCK_T so that one (BLOCK_T, BLOCK_P) float32 tile is at most 2048 numbers, since the
-    backward keeps several such tiles live at once (x, g, cos, sin, G). Not tuned on a GPU."""
+    """(BLOCK_T, BLOCK_P, num_warps). BLOCK_P = P rounded up to a power of two (tl.arange needs one,
+    the rest is masked). The backward keeps several (BLOCK_T, BLOCK_P) float32 tiles live at once
+    (x, g, cos, sin, G), so the tile is sized by registers, as ptxas reports them for sm_90a
+    (python gpu_check.py --registers, no GPU needed): with 8 tile elements a thread (1024 numbers on
+    4 warps) the backward is spill-free for D = 16 .. 256, float32 and bf16, at 128-192 registers a
+    thread with Triton 3.9 and 189-202 with 3.7.1 (D = 32, 64, 128); with 16 (D = 64 with 64 tokens on
+    4 warps, the choice before) it hits the 255 cap and spills. Chosen for registers only: no speed
+    has been measured on a GPU."""
     block_p = triton.next_power_of_2(P)
-    return max(16, min(64, 2048 // block_p)), block_p
+    block_t = max(16, min(64, 1024 // block_p))
+    return block_t, block_p, max(4, min(16, block_t * block_p // 256))
+
+
+def phase_error_bound(phi_max, device):
+    """How far (radians) the kernels' phases may be from the exact ones, phases up to phi_max > 0 (each
+    term f^i <= 1); the long-phase tests hold the kernels to it. Error analysis, with ulp the float32
+    spacing at phi_max and u = 2^-24 float32's unit roundoff (ulp(x) <= 2u x):
+      - 1.25 ulp: the phase is a float32 (0.5 ulp) and the compensated running sum (_add_exact) rounds
+        its last additions; terms rounded to nearest (numpy's exp2 in the interpreter) err by <= u f^i
+        each with random signs, which cancel. Measured in the interpreter on the long-phase test's
+        input (T = 4,500, phases to 4,500 rad): 0.68 ulp forward and backward; 1.8 (forward) and
+        2.5 (backward) ulp without the compensation.
+      - On CUDA, tl.exp2 is the hardware ex2.approx.ftz.f32, good to 2 ulp (CUDA C++ Programming
+        Guide, exp2f) = 4u f^i, with no known sign pattern: in the worst case all T terms err the same
+        way, adding 4u sum_t f_t^i <= 4u phi_max (2.2 ulp at phi_max = 4,500).
+    """
+    ulp = 2.0 ** (math.floor(math.log2(phi_max)) - 23)
+    worst_exp2 = 4 * 2.0 ** -24 * phi_max if torch.device(device).type == "cuda" else 0.0
+    return 1.25 * ulp + worst_exp2
 
 
 def fused_available(t):
@@ -191,6 +222,12 @@ def fused_available(t):
     if triton is None:
         return False
     return t.is_cuda or (t.device.type == "cpu" and INTERPRET)
+
+
+def _on_device(t):
+    """Triton launches on torch.cuda.current_device(), which is GPU 0 unless someone called set_device:
+    make it t's GPU for the launch (cuda:1 in bench.py or sample.py), so the kernel runs where t lives."""
+    return torch.cuda.device(t.device) if t.is_cuda else nullcontext()
 
 
 # -----------------------------------------------------------------------------
@@ -205,9 +242,10 @@ def rotate_qk(q: torch.Tensor, k: torch.Tensor, f: torch.Tensor) -> tuple[torch.
     ko = torch.empty((B, H, T, D), dtype=k.dtype, device=k.device)
     if q.numel() == 0:
         return qo, ko
-    block_t, block_p = _tiles(P)
-    _rotate_fwd[(B * H,)](q, k, f, qo, ko, T, H, P, *q.stride(), *k.stride(), *f.stride(),
-                          BLOCK_T=block_t, BLOCK_P=block_p)
+    block_t, block_p, warps = _tiles(P)
+    with _on_device(q):
+        _rotate_fwd[(B * H,)](q, k, f, qo, ko, T, H, P, *q.stride(), *k.stride(), *f.stride(),
+                              BLOCK_T=block_t, BLOCK_P=block_p, num_warps=warps)
     return qo, ko
 
 
@@ -226,9 +264,11 @@ def rotate_qk_backward(q: torch.Tensor, k: torch.Tensor, f: torch.Tensor, gq: to
     df = torch.empty((B, T, H), dtype=torch.float32, device=f.device)  # every entry is written
     if q.numel() == 0:
         return dq, dk, df.zero_()
-    block_t, block_p = _tiles(P)
-    _rotate_bwd[(B * H,)](q, k, f, gq, gk, dq, dk, df, T, H, P, *q.stride(), *k.stride(), *f.stride(),
-                          *gq.stride(), *gk.stride(), *df.stride(), BLOCK_T=block_t, BLOCK_P=block_p)
+    block_t, block_p, warps = _tiles(P)
+    with _on_device(q):
+        _rotate_bwd[(B * H,)](q, k, f, gq, gk, dq, dk, df, T, H, P, *q.stride(), *k.stride(), *f.stride(),
+                              *gq.stride(), *gk.stride(), *df.stride(), BLOCK_T=block_t, BLOCK_P=block_p,
+                              num_warps=warps)
     return dq, dk, df
 
 
@@ -266,3 +306,79 @@ def carope_rotate(q, k, f):
     B, H, T, D = q.shape
     assert f.shape == (B, T, H), f"f must be (B, T, H) = {(B, T, H)}, got {tuple(f.shape)}"
     return rotate_qk(q, k, f.float())
+
+
+# -----------------------------------------------------------------------------
+# Failing safely: the kernel checks itself once before the model trusts it.
+
+_verdicts = {}  # (device, head size, dtype) -> None if the kernel agreed with the reference, else why not
+
+
+def launcher_tools_missing():
+    """What Triton needs at run time to build its CUDA launcher (a C compiler, Python's headers) and
+    this machine lacks, in words; None if it has both."""
+    lacks = []
+    if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        lacks.append("a C compiler (install gcc, or set CC)")
+    include = sysconfig.get_paths()["include"]
+    if not os.path.isfile(os.path.join(include, "Python.h")):
+        v = sys.version_info
+        lacks.append(f"Python's headers (no Python.h in {include}: install python{v.major}.{v.minor}-dev)")
+    if not lacks:
+        return None
+    return "Triton builds its launcher with a C compiler and Python's headers, and this machine lacks " + " and ".join(lacks)
+
+
+def self_check(device, head_dim, dtype=torch.float32):
+    """Why the fused kernel cannot be trusted on `device` for heads of size head_dim and q, k of dtype;
+    None if it can. Forward and backward on a small input (two tiles, the second partial; q, k strided
+    as the model makes them) against carope.rotate with the same phases, within the tests' tolerances:
+    1e-4 of the values' scale for float32 results, one bf16 step (2^-7) for 16-bit q, k and their
+    gradients. Any exception is a failure too, and is named."""
+    import carope  # here, not at the top: carope.py imports this file
+    device = torch.device(device)
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            B, H, T, P = 2, 2, _tiles(head_dim // 2)[0] + 7, head_dim // 2
+            g = torch.Generator().manual_seed(0)
+            q, k = (torch.randn(B, T, H, head_dim, generator=g).to(device, dtype).transpose(1, 2).requires_grad_()
+                    for _ in range(2))  # (B, H, T, D), strided like the model's q, k
+            f = (0.05 + 0.9 * torch.rand(B, T, H, generator=g)).to(device).requires_grad_()  # (B, T, H)
+            wq, wk = (torch.randn(B, H, T, head_dim, generator=g).to(device, dtype) for _ in range(2))
+            phase = torch.cumsum(f.unsqueeze(-1) ** torch.arange(P, dtype=torch.float32, device=device), dim=1).transpose(1, 2)
+            cos, sin = phase.cos(), phase.sin()  # phi_i(m) = sum_{t<=m} f_t^i: (B, H, T, P)
+            expected = carope.rotate(q, cos, sin), carope.rotate(k, cos, sin)
+            got = carope_rotate(q, k, f)
+            expected += torch.autograd.grad(expected, (q, k, f), (wq, wk))
+            got += torch.autograd.grad(got, (q, k, f), (wq, wk))
+        rel = 1e-4 if dtype == torch.float32 else 2 ** -7
+        for name, a, e in zip(("q_rot", "k_rot", "dq", "dk", "df"), got, expected):
+            scale = e.float().abs().max().item()
+            err = (a.float() - e.float()).abs().max().item()
+            if a.shape != e.shape or not err <= (1e-4 if name == "df" else rel) * scale:  # NaN fails too
+                return f"{name} differs from the reference by {err:.3g} (scale {scale:.3g})"
+    except Exception as e:  # a compiler, a launcher or the kernel itself: all mean "don't use it"
+        lines = str(e).strip().splitlines()
+        why = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+        missing = launcher_tools_missing() if device.type == "cuda" else None
+        return f"{why}; {missing}" if missing else why
+    return None
+
+
+@torch.compiler.assume_constant_result  # torch.compile runs it while tracing and keeps the answer
+def _trusted(device, head_dim, dtype):
+    key = (device, head_dim, dtype)
+    if key not in _verdicts:
+        _verdicts[key] = why = self_check(device, head_dim, getattr(torch, dtype))
+        if why is not None:
+            print(f"warning: the fused CARoPE kernel failed its self-check on {device} (head size {head_dim}, "
+                  f"{dtype}): {why}. Using the reference rotation for the rest of this run.",
+                  file=sys.stderr, flush=True)
+    return _verdicts[key] is None
+
+
+def use_fused(q):
+    """True when carope_rotate can rotate q: fused_available(q), and the kernel passed self_check for q's
+    device, head size and dtype. The first call for a kind of q runs the check; a failure prints one
+    warning line, and the answer stays False for the rest of the process (the reference path is used)."""
+    return fused_available(q) and _trusted(str(q.device), int(q.size(-1)), str(q.dtype).removeprefix("torch."))

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import bench  # noqa: E402
+import devices  # noqa: E402
 
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts what happens without CUDA")
 
@@ -104,7 +105,8 @@ BAD_ARGS = [
     (["--seq-lens", "abc"], "--seq-lens"), (["--seq-lens", "0"], "--seq-lens"), (["--seq-lens", "-5"], "--seq-lens"),
     (["--seq-lens", "128,"], "--seq-lens"), (["--batch-size", "0"], "--batch-size"),
     (["--batch-size", "-3"], "--batch-size"), (["--steps", "0"], "--steps"), (["--warmup", "-1"], "--warmup"),
-    (["--rounds", "0"], "--rounds"), (["--preset", "huge"], "huge"), (["--device", "gpu"], "'gpu'"),
+    (["--rounds", "0"], "--rounds"), (["--preset", "huge"], "huge"), (["--device", "gpu"], "--device gpu"),
+    (["--mode", "rotation", "--no-fused-carope"], "--no-fused-carope: for --mode train or eval"),
     (["--pe", "alibi"], "unknown encoding(s) alibi"),
     (["--mode", "rotation", "--pe", "tapa"], "unknown encoding(s) tapa"),
 ]
@@ -151,3 +153,59 @@ def test_command_line_errors_are_one_line(argv):
     run = bench_cli(*argv, timeout=60)
     assert run.returncode != 0 and run.stdout == ""
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_a_gpu_torch_cannot_use_stops_in_one_line(monkeypatch, capsys):
+    """An NVIDIA GPU with a driver too old for this torch's CUDA: not a quiet CPU run, but the cause
+    and both ways out (devices.pick_device, shared with train.py and sample.py)."""
+    monkeypatch.setattr(bench, "Worker", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(devices, "nvidia_smi", lambda: ("NVIDIA H100 80GB HBM3", "535.104.05"))
+    monkeypatch.setattr(devices, "nvidia_dev_node", lambda: "/dev/nvidia0")
+    for argv in ([], ["--device", "cuda"], ["--device", "cuda:1"]):
+        with pytest.raises(SystemExit) as e:
+            bench.main(argv)
+        msg = str(e.value.code)
+        assert msg.startswith("bench.py: ") and "\n" not in msg
+        assert "NVIDIA H100 80GB HBM3, driver 535.104.05" in msg and "CUDA 13.0" in msg and "R580" in msg
+        assert "--index-url https://download.pytorch.org/whl/cu126" in msg and "--device cpu" in msg
+    assert bench.check_device("cpu") == "cpu"  # the way out works
+    monkeypatch.setattr(devices, "nvidia_smi", lambda: None)  # only the device node: still found
+    with pytest.raises(SystemExit, match="/dev/nvidia0 is present"):
+        bench.main([])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden on purpose: the CPU, no complaint
+    assert bench.check_device(None) == "cpu"
+    assert capsys.readouterr().out == ""
+
+
+@CPU_ONLY
+def test_no_gpu_at_all_runs_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(devices, "nvidia_smi", lambda: None)
+    monkeypatch.setattr(devices, "nvidia_dev_node", lambda: None)
+    assert bench.check_device(None) == "cpu"
+
+
+@pytest.mark.parametrize("flag, fused", [(None, True), (True, True), (False, False)])
+def test_fused_carope_flag_reaches_the_model(monkeypatch, flag, fused):
+    built = []
+    real = bench.GPT
+    monkeypatch.setattr(bench, "GPT", lambda config: built.append(config) or real(config))
+    args = argparse.Namespace(preset="nano", batch_size=1, dtype="float32", compile=False, mode="eval",
+                              fused_carope=flag)
+    bench.model_case(args, "carope", 8, torch.device("cpu"))
+    assert built[0].fused_carope is fused
+
+
+def test_fused_rotation_that_fails_its_self_check_is_skipped(monkeypatch):
+    import carope_triton
+    monkeypatch.setattr(carope_triton, "_verdicts", {})
+    monkeypatch.setattr(carope_triton, "fused_available", lambda t: True)
+
+    def broken(q, k, f):
+        raise RuntimeError("no kernel today")
+    monkeypatch.setattr(carope_triton, "rotate_qk", broken)
+    args = argparse.Namespace(preset="nano", batch_size=1, dtype="float32", compile=False)
+    with pytest.raises(bench.Unavailable, match=bench.FUSED_FAILED):
+        bench.rotation_case(args, "carope-fused", 16, torch.device("cpu"))

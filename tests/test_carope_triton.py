@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -20,8 +21,9 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from carope import CARoPE, GPTConfig, rotate  # noqa: E402
-from carope_triton import carope_rotate, fused_available  # noqa: E402
+import carope_triton  # noqa: E402
+from carope import GPT, CARoPE, GPTConfig, rotate  # noqa: E402
+from carope_triton import carope_rotate, fused_available, phase_error_bound, self_check, use_fused  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
@@ -119,11 +121,15 @@ def test_matches_reference_bfloat16():
 
 @here
 def test_long_phases_as_accurate_as_reference():
-    """T = 4500 with f near 1: phases reach ~4,490 rad, where float32 numbers are 4.9e-4 apart
-    (one ulp), so no float32 phase is closer to the exact one than half of that; torch.cumsum
+    """T = 4500 with f near 1: phases reach 4,500 rad (pair 0 turns 1 rad a token), where float32
+    numbers are 4.9e-4 apart (one ulp), so no float32 phase is closer to the exact one than half of that; torch.cumsum
     on the CPU gets there. The fused running sum, carried from tile to tile with compensation,
-    must stay within 1.25 ulp of the exact (float64) phase in the forward and in the backward
-    (which rebuilds it from the end); without the compensation it is 1.8 (forward) or 2.5 (backward) ulp off and fails.
+    must stay within phase_error_bound of the exact (float64) phase in the forward and in the
+    backward (which rebuilds it from the end). Its error analysis (carope_triton.phase_error_bound):
+    1.25 ulp where each f^i is rounded to nearest (the interpreter, numpy's exp2); on CUDA
+    tl.exp2 is the hardware's ex2.approx (2 ulp), whose errors may all lean one way, so the
+    bound adds their worst case, 4 * 2^-24 * max phase (2.2 ulp here). Without the compensation
+    the interpreter's error is 1.8 (forward) or 2.5 (backward) ulp and fails the 1.25.
     q's pairs are (1, 0), so q_rot = (cos phi, sin phi) and dq = rotate(w, -phi) for w = (1, 0)
     show the kernels' phases directly."""
     B, H, T, D = 1, 1, 4500, 16
@@ -133,23 +139,25 @@ def test_long_phases_as_accurate_as_reference():
     i = torch.arange(P, dtype=torch.float64, device=DEVICE)
     exact = torch.cumsum(f.detach().double().unsqueeze(-1) ** i, dim=1).transpose(1, 2)  # (B, H, T, P)
     ulp = 2.0 ** (math.floor(math.log2(exact.max().item())) - 23)  # float32 spacing at the largest phase
+    bound = phase_error_bound(exact.max().item(), DEVICE)
+    assert bound == (1.25 * ulp if DEVICE == "cpu" else pytest.approx(1.25 * ulp + 2.0 ** -22 * exact.max().item()))
 
     def phase_error(c, s):  # |angle of (c, s) - exact phase|, modulo 2 pi
         d = torch.atan2(s.double(), c.double()) - exact
         return (torch.remainder(d + math.pi, 2 * math.pi) - math.pi).abs().max().item()
 
     q_rot, k_rot = carope_rotate(q, k, f)
-    assert phase_error(q_rot[..., :P], q_rot[..., P:]) <= 1.25 * ulp
+    assert phase_error(q_rot[..., :P], q_rot[..., P:]) <= bound
     w_q, w_k = q.detach(), torch.randn(k.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     dq, dk, df = torch.autograd.grad((q_rot, k_rot), (q, k, f), (w_q, w_k))
-    assert phase_error(dq[..., :P], -dq[..., P:]) <= 1.25 * ulp  # dq = (cos phi, -sin phi)
+    assert phase_error(dq[..., :P], -dq[..., P:]) <= bound  # dq = (cos phi, -sin phi)
     # dk and df against the reference, judged by their distance to a float64 computation
     ref = torch.autograd.grad(reference(q, k, f), (k, f), (w_q, w_k))
     exact_grads = torch.autograd.grad(reference(q, k, f, torch.float64), (k, f), (w_q, w_k))
     for a, r, e in zip((dk, df), ref, exact_grads):
         scale = e.abs().max().item()
         err_fused, err_ref = (a.double() - e).abs().max().item(), (r.double() - e).abs().max().item()
-        assert err_fused <= 2 * err_ref + ulp * scale, (err_fused, err_ref)
+        assert err_fused <= 2 * err_ref + bound * scale, (err_fused, err_ref)
 
 
 @here
@@ -240,3 +248,107 @@ def test_model_with_fused_carope_equals_the_readable_model():
     assert abs(loss_fused.item() - loss_plain.item()) < 1e-5
     for (name, a), b in zip(fused.named_parameters(), plain.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-6), name  # W and b of every layer included
+
+
+# ----------------------------------------------------------------------------- failing safely
+
+
+@here
+@pytest.mark.parametrize("D, dtype", [(16, torch.float32), (24, torch.float32), (16, torch.bfloat16)])
+def test_self_check_passes_on_a_working_kernel(D, dtype):
+    assert self_check(torch.device(DEVICE), D, dtype) is None
+
+
+@here
+def test_self_check_runs_once_per_kind_of_input(monkeypatch):
+    monkeypatch.setattr(carope_triton, "_verdicts", {})
+    runs = []
+    real = carope_triton.self_check
+    monkeypatch.setattr(carope_triton, "self_check", lambda *a: runs.append(a[1:]) or real(*a))
+    q16, q24 = torch.zeros(1, 1, 3, 16, device=DEVICE), torch.zeros(1, 1, 3, 24, device=DEVICE)
+    assert use_fused(q16) and use_fused(q16) and use_fused(q24)
+    assert runs == [(16, torch.float32), (24, torch.float32)]
+
+
+@here
+def test_both_launches_run_on_the_tensors_device(monkeypatch):
+    """Each launch goes through _on_device(q), which makes q's GPU the current one (cuda:1 is not GPU 0)."""
+    seen = []
+    real = carope_triton._on_device
+    monkeypatch.setattr(carope_triton, "_on_device", lambda t: seen.append(t) or real(t))
+    _, q, k, f = qkf(1, 2, 20, 16)
+    q_rot, k_rot = carope_rotate(q, k, f)
+    torch.autograd.grad((q_rot, k_rot), (q, k, f), (torch.ones_like(q_rot), torch.ones_like(k_rot)))
+    assert len(seen) == 2 and all(t.shape == q.shape and t.device == q.device for t in seen)
+
+
+def test_on_device_names_the_tensors_gpu():
+    gpu1 = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1))
+    assert carope_triton._on_device(gpu1).idx == 1  # torch.cuda.device(cuda:1): built without a GPU
+    with carope_triton._on_device(torch.zeros(1)):  # CPU tensors (the interpreter): nothing to switch
+        pass
+
+
+def wrong_kernel(how):
+    """A stand-in for the fused op: raises, or returns q and k unrotated."""
+    def op(q, k, f):
+        if how == "raises":
+            raise RuntimeError("ptxas fatal: something went wrong\nsecond line")
+        zero = 0.0 * f.sum()  # keeps f in the graph, so the backward runs too
+        return q.contiguous() + zero, k.contiguous() + zero
+    return op
+
+
+@pytest.mark.parametrize("how, why", [("raises", "RuntimeError: ptxas fatal: something went wrong"),
+                                      ("disagrees", "q_rot differs from the reference")])
+def test_a_failing_kernel_warns_once_and_the_model_uses_the_reference(monkeypatch, capsys, how, why):
+    monkeypatch.setattr(carope_triton, "_verdicts", {})
+    monkeypatch.setattr(carope_triton, "fused_available", lambda t: True)  # as on a GPU
+    monkeypatch.setattr(carope_triton, "rotate_qk", wrong_kernel(how))
+    cfg = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, pe="carope")
+    torch.manual_seed(0)
+    fused = GPT(GPTConfig(**cfg, fused_carope=True))
+    plain = GPT(GPTConfig(**cfg, fused_carope=False))
+    for block in fused.transformer.h:
+        torch.nn.init.normal_(block.attn.rotary.weight, std=0.5)
+    plain.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, 64, (2, 33), generator=torch.Generator().manual_seed(1))
+    capsys.readouterr()
+    for _ in range(2):  # the second forward asks again: the verdict is kept, no second check or warning
+        _, loss = fused(idx[:, :-1], idx[:, 1:])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: the fused CARoPE kernel failed its self-check on cpu")
+    assert why in err[0] and "second line" not in err[0] and "reference rotation" in err[0]
+    assert torch.equal(loss, plain(idx[:, :-1], idx[:, 1:])[1])  # the reference path, exactly
+    assert not use_fused(torch.zeros(1, 1, 2, 16))
+
+
+def test_missing_launcher_tools_are_named(monkeypatch, tmp_path):
+    """Triton compiles its CUDA launcher with cc and Python.h at the first launch: without them the
+    self-check fails, and its reason says which one is missing and how to get it."""
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(carope_triton.shutil, "which", lambda name: None)
+    monkeypatch.setattr(carope_triton.sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
+    monkeypatch.setattr(carope_triton, "rotate_qk", wrong_kernel("raises"))  # fails on a GPU machine too
+    why = self_check(torch.device("cuda"), 16)
+    assert "a C compiler (install gcc, or set CC)" in why and f"no Python.h in {tmp_path}" in why
+    assert "\n" not in why
+    (tmp_path / "Python.h").write_text("")
+    monkeypatch.setenv("CC", "cc")
+    assert carope_triton.launcher_tools_missing() is None
+
+
+@here
+def test_compiled_model_with_the_fused_kernel_is_one_graph():
+    """torch.compile(fullgraph=True) through the custom op and the self-check (which dynamo runs while
+    tracing, assume_constant_result), at two lengths: the same loss as the eager model."""
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32, pe="carope", fused_carope=True)
+    model = GPT(GPTConfig(**cfg)).to(DEVICE)
+    torch.nn.init.normal_(model.transformer.h[0].attn.rotary.weight, std=0.5)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for T in (12, 20):
+        idx = torch.randint(0, 64, (2, T + 1), device=DEVICE)
+        loss_c = compiled(idx[:, :-1], idx[:, 1:])[1]
+        assert torch.allclose(loss_c, model(idx[:, :-1], idx[:, 1:])[1], rtol=1e-5, atol=1e-6)

@@ -128,3 +128,15 @@ def test_compare_errors_are_one_line(argv, message, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr  # one line, no usage block
+
+
+def test_paired_change_against_a_hand_computation(tmp_path):
+    """The paired table divides each seed's value by RoPE's at the same seed, not at another one."""
+    runs = [dict(pe=pe, seed=seed, val={"16": dict(loss=1.0, ppl=ppl)})
+            for pe, seed, ppl in (("rope", 1, 100.0), ("rope", 2, 200.0), ("carope", 1, 90.0), ("carope", 2, 210.0))]
+    lines = compare.paired_table(compare.by_pe(runs), [16], "head", "rule", "ppl", "perplexity")
+    row = [line for line in lines if line.startswith("| carope |")][0]
+    # seed 1: 90/100 - 1 = -10 %; seed 2: 210/200 - 1 = +5 %; mean -2.5 %; signs disagree: no mark
+    assert "-2.5% [-10.0, +5.0]" in row and "every seed" not in row
+    one = compare.change_table(compare.by_pe([r for r in runs if r["seed"] == 1]), [16], "| pe | seeds |", "rule")
+    assert "beyond spread" not in "\n".join(one)  # one seed: no spread to be beyond

@@ -489,3 +489,85 @@ def test_rotate_pairs_dims_i_and_i_plus_half():
     z = torch.complex(x[..., :4].double(), x[..., 4:].double()) * torch.exp(1j * phi.double())
     expected = torch.cat((z.real, z.imag), dim=-1)
     assert torch.allclose(rotate(x, phi.cos(), phi.sin()).double(), expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- GPU readiness, tested on the CPU
+
+@pytest.mark.parametrize("pe", ["rope", "carope"])
+def test_compiles_as_one_graph_at_two_lengths(pe):
+    """torch.compile(fullgraph=True): the second length makes dynamo mark T dynamic; any Python
+    decision on a size (is_causal=k.size(2) == T was one) then becomes a symbolic bool and breaks
+    the graph, which fullgraph turns into an error. Both lengths give the eager logits."""
+    model = perturb_positional_params(tiny_model(pe))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    for T in (8, 12):
+        idx = torch.randint(0, 64, (2, T), generator=torch.Generator().manual_seed(T))
+        with torch.no_grad():
+            assert torch.allclose(compiled(idx)[0], model(idx)[0], rtol=0, atol=1e-6)
+
+
+def tf32(x):
+    """x rounded to nearest (even) at TF32's 10 mantissa bits, as a TF32 matmul rounds its inputs."""
+    i = x.contiguous().view(torch.int32)
+    return ((i + 0x0FFF + ((i >> 13) & 1)) & ~0x1FFF).view(torch.float32)
+
+
+def test_f_is_out_of_tf32():
+    """CARoPE's x_t W + b runs in float64 (carope.py's Reading (TF32)): TF32, emulated here by rounding
+    the inputs as a TF32 matmul does, would move the phase by milliradians at T = 512."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    cfg = GPTConfig(n_embd=512, n_head=8, pe="carope")  # the Reading's setting: C = 512, D = 64
+    carope = CARoPE(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        carope.weight.normal_(0, 0.1)
+    x = F.layer_norm(torch.randn(4, 512, 512), (512,))
+
+    class MatmulDtypes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in ("mm", "addmm", "bmm", "matmul", "linear"):
+                seen.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    seen = []
+    with MatmulDtypes():
+        f = carope.frequencies(x)
+    assert seen == [torch.float64]  # the one matmul, in a precision TF32 never applies to
+
+    W, b = carope.weight.detach(), carope.bias.detach()
+    i = torch.arange(32, dtype=torch.float64)
+    phase = lambda f: torch.cumsum(f.double().unsqueeze(-1) ** i, dim=1)  # (B, T, H, P)
+    exact = phase(1 / (F.softplus(F.linear(x.double(), W.double(), b.double())) + 1))
+    as_tf32 = phase(1 / (F.softplus(F.linear(tf32(x), tf32(W), b)) + 1))
+    assert (as_tf32 - exact).abs().max() > 1e-3  # what TF32 would cost: 6.9e-3 rad measured
+    assert (phase(f) - exact).abs().max() < 1e-4  # the model's f: float32 rounding of f only
+
+
+def test_a_fused_runs_checkpoint_is_the_same_model_anywhere():
+    """fused_carope is a machine choice: the same parameters, so a state dict moves either way, and on
+    a CPU (no kernel) a fused-config model computes exactly what the reference model does."""
+    fused = perturb_positional_params(tiny_model("carope", fused_carope=True))
+    plain = tiny_model("carope", seed=5, fused_carope=False)
+    assert fused.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(fused(idx)[0], plain(idx)[0])
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835), ("NVIDIA H200", 989),
+    ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA L40S", 362), ("NVIDIA L40", 181), ("NVIDIA L4", 121),
+    ("NVIDIA B200", 2250), ("NVIDIA H100 NVL 2", None), ("NVIDIA GeForce RTX 3060", None), ("Tesla T4", None),
+])
+def test_peak_flops_by_exact_device_name(monkeypatch, name, tflops):
+    """Exact names, no substrings: L40S is not L40, H100 PCIe is not the SXM part, and a GPU the table
+    does not know gets None (MFU "n/a"), not someone else's peak."""
+    import carope
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    peak = carope.peak_flops("cuda:0")
+    assert peak == (None if tflops is None else tflops * 1e12)
+    model = tiny_model("rope")
+    monkeypatch.setattr(carope, "peak_flops", lambda device: peak)
+    assert (model.estimate_mfu(1000, 1.0) is None) == (tflops is None)

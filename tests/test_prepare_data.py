@@ -87,7 +87,8 @@ def shard_files(out_dir):
 
 
 def mtimes(out_dir):
-    return {p.name: p.stat().st_mtime_ns for p in Path(out_dir).iterdir()}
+    """Each file's mtime, but the build's lock (.lock, rewritten with the pid of every build that holds it)."""
+    return {p.name: p.stat().st_mtime_ns for p in Path(out_dir).iterdir() if p.name != ".lock"}
 
 # -----------------------------------------------------------------------------
 # a fake hub

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-import prepare_data
 import sample
+import tokenizer
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,7 @@ def samples(capsys, args):
 
 
 def test_prints_samples_and_speed(ckpt):
-    r = run_sample(["--ckpt", ckpt, "--prompt", "And God said", "--tokens", "8", "--num-samples", "2"])
+    r = run_sample(["--ckpt", ckpt, "--prompt", "And God said", "--sample-tokens", "8", "--num-samples", "2"])
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert sum(line.startswith("---------- sample") for line in lines) == 2
@@ -60,7 +60,7 @@ def test_prints_samples_and_speed(ckpt):
 
 @pytest.mark.parametrize("extra", [["--temperature", "0"], ["--temperature", "0.9", "--top-k", "20", "--seed", "3"]])
 def test_no_cache_gives_the_same_text(ckpt, capsys, extra):
-    args = ["--ckpt", ckpt, "--prompt", "In the beginning", "--tokens", "12", "--num-samples", "2", *extra]
+    args = ["--ckpt", ckpt, "--prompt", "In the beginning", "--sample-tokens", "12", "--num-samples", "2", *extra]
     with_cache = samples(capsys, args)
     assert with_cache == samples(capsys, args + ["--no-cache"])
     if "--seed" in extra:  # and the seed matters: not a constant text
@@ -69,17 +69,17 @@ def test_no_cache_gives_the_same_text(ckpt, capsys, extra):
 
 def test_no_prompt_starts_a_document(ckpt, capsys):
     # The printed text is the model's greedy continuation of the end-of-text token, that token left out.
-    text = samples(capsys, ["--ckpt", ckpt, "--tokens", "10", "--num-samples", "1", "--temperature", "0"])
-    model, _ = sample.load_model(ckpt, "cpu")
-    enc = prepare_data.get_encoding()
-    out = model.generate(torch.tensor([[enc.eot_token]]), 10, temperature=0)[0, 1:].tolist()
-    assert text.splitlines()[1:] == enc.decode([t for t in out if t < enc.n_vocab]).splitlines()
+    text = samples(capsys, ["--ckpt", ckpt, "--tokens", "10", "--num-samples", "1", "--temperature", "0"])  # the old name
+    model, _, _ = sample.load_model(ckpt, "cpu")
+    tok = tokenizer.get_tokenizer("gpt2")
+    out = model.generate(torch.tensor([[tok.eot]]), 10, temperature=0)[0, 1:].tolist()
+    assert text.splitlines()[1:] == tok.decode(out).splitlines()
 
 
 def test_learned_crops_a_long_prompt(learned_ckpt, capsys):
     prompt = "and the evening and the morning were the first day, and God saw the light, that it was good"
-    assert len(prepare_data.get_encoding().encode_ordinary(prompt)) == 21
-    text = samples(capsys, ["--ckpt", learned_ckpt, "--prompt", prompt, "--tokens", "20", "--num-samples", "1"])
+    assert len(tokenizer.get_tokenizer("gpt2").encode(prompt)) == 21
+    text = samples(capsys, ["--ckpt", learned_ckpt, "--prompt", prompt, "--sample-tokens", "20", "--num-samples", "1"])
     assert "note: pe=learned sees 16 positions; the prompt is cropped to its last 16 of 21 tokens" in text
     assert "the light" in text and "and the evening" not in text
 
@@ -94,12 +94,14 @@ def write_foreign_files(tmp_path):
     (["--ckpt", "{tmp}/foreign.pt"], "--ckpt {tmp}/foreign.pt: not a train.py checkpoint"),
     (["--ckpt", "{tmp}/notes.txt"], "--ckpt {tmp}/notes.txt: not a readable checkpoint"),
     (["--prompt", ""], '--prompt "": empty; leave --prompt out'),
-    (["--tokens", "0"], "--tokens 0: must be an integer >= 1"),
-    (["--temperature", "-0.5"], "--temperature -0.5: must be a number >= 0"),
+    (["--sample-tokens", "0"], "--sample-tokens 0: must be an integer >= 1"),
+    (["--tokens", "0"], "--sample-tokens 0: must be an integer >= 1"),  # the old name: the same flag
+    (["--temperature", "-0.5"], "--temperature -0.5: must be a finite number >= 0"),
     (["--top-k", "0"], "--top-k 0: must be an integer >= 1"),
     (["--num-samples", "0"], "--num-samples 0: must be an integer >= 1"),
-    (["--device", "tpu"], "--device tpu: unknown device"),
-    (["--tokens", "many"], "argument --tokens: invalid int value"),
+    (["--device", "tpu"], "--device tpu: must be cpu, cuda, cuda:N or mps"),
+    (["--sample-tokens", "many"], "--sample-tokens many: must be an integer >= 1"),
+    (["--seed", "-1"], "--seed -1: must be an integer in [0, 2**32)"),
 ])
 def test_bad_input_is_one_line(tmp_path, ckpt, args, message):
     write_foreign_files(tmp_path)
@@ -118,3 +120,28 @@ def test_bad_input_exits_1_without_traceback(tmp_path, ckpt):
         r = run_sample(args)
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("sample.py: ")
+
+
+def test_decodes_with_the_checkpoints_tokenizer(ckpt, tmp_path):
+    """The tokenizer is the run's (train_args["tokenizer"]); checkpoints from before it existed are GPT-2's."""
+    import checkpoints
+    state = checkpoints.load_checkpoint(ckpt)
+    assert sample.load_model(ckpt, "cpu")[2].name == state["train_args"].get("tokenizer", "gpt2")
+    for name, want in (("bytes", "bytes"), (None, "gpt2")):
+        state["train_args"]["tokenizer"] = name
+        path = tmp_path / f"{name}.pt"
+        checkpoints.save_checkpoint(path, state)
+        assert sample.load_model(str(path), "cpu")[2].name == want
+
+
+def test_a_gpu_torch_cannot_use_stops_in_one_line(ckpt, monkeypatch):
+    import devices
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(devices, "nvidia_smi", lambda: ("NVIDIA H100 PCIe", "550.54.15"))
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", ckpt])
+    msg = str(e.value.code)
+    assert msg.startswith("sample.py: an NVIDIA GPU is here (NVIDIA H100 PCIe, driver 550.54.15)") and "\n" not in msg
+    assert "R580" in msg and "--device cpu" in msg

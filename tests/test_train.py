@@ -590,3 +590,18 @@ def test_a_task_trains_through_the_same_loop_and_resumes_exactly(tmp_path):
     run(*TASK_TINY, "--max-steps", 3, "--lr-decay-steps", 6, "--out-dir", tmp_path / "half")
     rest = run("--resume", tmp_path / "half" / "ckpt.pt", "--max-steps", 6, "--device", "cpu")
     assert [r["loss"] for r in read_log(tmp_path / "half")] == full["losses"] and rest["val"] == full["val"]
+
+
+def test_ranks_read_disjoint_windows_whose_union_is_the_sequential_stream():
+    """Sequential order under DDP: rank r reads the r-th B*T block of each world*B*T chunk, so the ranks'
+    windows never overlap and together are exactly what one process with world*B rows reads."""
+    stream = np.arange(10_000, dtype=np.uint16)
+    B, T, world = 2, 8, 3
+    one = train.TokenLoader([stream], ["s"], world * B, T, 0, 1, "sequential", 0, 2**16)
+    ranks = [train.TokenLoader([stream], ["s"], B, T, r, world, "sequential", 0, 2**16) for r in range(world)]
+    for _ in range(5):
+        x_one, y_one = one.next_batch()
+        xs, ys = zip(*(loader.next_batch() for loader in ranks))
+        assert torch.equal(torch.cat(xs), x_one) and torch.equal(torch.cat(ys), y_one)
+        starts = [int(x[0, 0]) for x in xs]
+        assert len(set(starts)) == world and torch.equal(ys[0], xs[0] + 1)
