@@ -129,7 +129,9 @@ class CARoPE(nn.Module):
         super().__init__()
         n_head, head_dim = config.n_head, config.head_dim
         softplus_b = config.rope_base ** (2.0 / head_dim) - 1.0  # softplus(b) = 1/f - 1 with f = theta_1
-        b0 = math.log(math.expm1(softplus_b))  # softplus^-1(y) = log(e^y - 1); -0.9267 for D=64, base 1e4
+        # softplus^-1(y) = log(e^y - 1) = y + log(1 - e^-y), the second form without overflow for a huge base;
+        # -0.9267 for D=64, base 1e4
+        b0 = softplus_b + math.log(-math.expm1(-softplus_b))
         self.bias = nn.Parameter(torch.full((n_head,), b0))
         self.weight = nn.Parameter(torch.zeros(n_head, config.n_embd)) if input_dependent else None
         self.register_buffer("i", torch.arange(head_dim // 2, dtype=torch.float32), persistent=False)

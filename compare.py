@@ -111,9 +111,15 @@ def check_recipe(out, given):
                              for k in diff)
             raise SystemExit(f"compare.py: {out} holds runs of another recipe ({what}): pass the same flags "
                              f"to continue it, or choose another --out")
-        return
-    os.makedirs(out, exist_ok=True)
-    shards.atomic_write(path, lambda f: f.write(json.dumps(want, indent=1).encode()))
+    return want
+
+
+def record_recipe(out, want, d):
+    """recipe.json, once a run has begun (its config.json is written): a sweep whose first run failed on a
+    typo in a flag records nothing, so the corrected command is not taken for another recipe."""
+    path = os.path.join(out, "recipe.json")
+    if not os.path.exists(path) and os.path.exists(os.path.join(d, "config.json")):
+        shards.atomic_write(path, lambda f: f.write(json.dumps(want, indent=1).encode()))
 
 
 # -----------------------------------------------------------------------------
@@ -205,7 +211,7 @@ def git_commit():
 COMMIT = git_commit()
 
 
-def sweep(args, recipe):
+def sweep(args, recipe, want):
     """Every (pe, seed) in turn; finished runs are skipped, a failed run is reported and the rest go on."""
     failed = []
     for seed in args.seeds:  # all encodings of seed 1 first: an early stop still compares like with like
@@ -228,6 +234,8 @@ def sweep(args, recipe):
             except Exception as e:  # a crash in one run must not cost the others
                 failed.append(f"{pe} seed {seed}: {type(e).__name__}: {e}")
                 print(f"compare.py: {pe} seed {seed} crashed: {type(e).__name__}: {e}", file=sys.stderr)
+            finally:
+                record_recipe(args.out, want, d)
     return failed
 
 
@@ -592,9 +600,9 @@ def main(argv=None):
         summarise(args.out, recipe, given)
         return 0
     recipe, given = resolve_recipe(recipe)
-    check_recipe(args.out, given)
+    want = check_recipe(args.out, given)
     t0 = time.time()
-    failed = sweep(args, recipe)
+    failed = sweep(args, recipe, want)
     summarise(args.out, recipe, given)
     print(f"compare.py: done in {time.time() - t0:.0f} s")
     if failed:

@@ -115,6 +115,22 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, c
     assert "rope seed 1: simulated: the disk is full" in capsys.readouterr().err
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert [(r["pe"], r["seed"]) for r in runs] == [("nope", 1)]
+    # --plot-only summarises every run in the folder, whatever --pe and --seeds default to
+    assert compare.main(["--out", str(out), "--plot-only"]) == 0
+    assert [(r["pe"], r["seed"]) for r in json.loads((out / "results.json").read_text())["runs"]] == [("nope", 1)]
+
+
+def test_a_sweep_that_failed_before_any_run_records_no_recipe(tmp_path):
+    """A typo in --data fails every run before it begins: no recipe.json, so the corrected command (another
+    --data) is a new sweep, not 'another recipe'."""
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit, match="no finished runs"):
+        compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), "--data", str(tmp_path / "typo"), *RECIPE])
+    assert not (out / "recipe.json").exists()
+    data = make_data(tmp_path / "data")
+    assert compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), "--data", data, *RECIPE,
+                         "--max-steps", "2"]) == 0
+    assert (out / "recipe.json").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

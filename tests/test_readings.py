@@ -70,3 +70,12 @@ def test_the_literal_readings_cache_equals_the_full_forward():
         steps = [m(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 12)]
     assert torch.allclose(first[:, -1], full[:, 4], atol=1e-4)
     assert all(torch.allclose(s[:, -1], full[:, t], atol=1e-4) for s, t in zip(steps, range(5, 12)))
+
+
+@pytest.mark.parametrize("base", [1e4, 5e5, 1e30])
+def test_the_initial_f_is_theta_1_for_any_base(base):
+    """b = softplus^-1(base^(2/D) - 1) gives f = base^(-2/D) = theta_1, also where e^y overflows a float."""
+    from carope import CARoPE
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=16, pe="carope", rope_base=base)
+    f = CARoPE(cfg).frequencies(torch.randn(1, 3, 32))
+    assert torch.allclose(f, torch.full_like(f, base ** (-2 / 16)), rtol=1e-5)

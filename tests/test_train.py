@@ -605,3 +605,19 @@ def test_ranks_read_disjoint_windows_whose_union_is_the_sequential_stream():
         assert torch.equal(torch.cat(xs), x_one) and torch.equal(torch.cat(ys), y_one)
         starts = [int(x[0, 0]) for x in xs]
         assert len(set(starts)) == world and torch.equal(ys[0], xs[0] + 1)
+
+
+def test_resume_on_fewer_gpus_restores_the_cuda_states_that_fit(monkeypatch, capsys):
+    """A checkpoint saved with 2 GPUs visible, resumed where 1 is: the first state is restored, with a note
+    (torch.cuda.set_rng_state_all would raise IndexError)."""
+    import checkpoints
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, i: restored.append((i, state)))
+    loader = train.TokenLoader([np.arange(1000, dtype=np.uint16)], ["s"], 2, 8, 0, 1, "random", 0, 2**16)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([1]), torch.tensor([2])])
+    states = checkpoints.rng_states(loader)
+    checkpoints.restore_rng_states(states, loader)
+    assert [(i, int(s)) for i, s in restored] == [(0, 1)]
+    assert "holds 2 CUDA RNG states, 1 GPU(s) are visible" in capsys.readouterr().out
