@@ -29,6 +29,8 @@ def same_file(a, b):  # also for folders; either may not exist yet
 
 def check_out_dir(d, resume, overwrite):
     """Before the run touches anything: --out-dir must be a folder we can write, and hold no other run."""
+    if not str(d).strip():
+        raise SystemExit("--out-dir '': an empty name; pass a folder, e.g. --out-dir out")
     if os.path.exists(d) and not os.path.isdir(d):
         raise SystemExit(f"--out-dir {d} is a file, not a folder: pass another --out-dir")
     parent = os.path.abspath(d)
@@ -167,8 +169,15 @@ class Run:
         """A failed write of the log or a checkpoint (ENOSPC, EROFS, EIO...) as one line saying what was kept."""
         try:
             yield
+        except FileNotFoundError as e:  # not the disk: the folder went away under the run
+            raise SystemExit(f"{self.out_dir}: {e.filename or 'a file'} vanished during the run (was the folder "
+                             f"deleted or moved?); {self.kept()}")
         except OSError as e:
             raise SystemExit(f"disk full / cannot write {self.out_dir}: {e.strerror or e}; {self.kept()}")
+        except RuntimeError as e:  # torch.save's own writer (inline_container.cc) raises this when the disk fills
+            if "write" not in str(e).lower():
+                raise
+            raise SystemExit(f"disk full / cannot write {self.out_dir}: {str(e).splitlines()[0]}; {self.kept()}")
 
 
 class Interrupts:

@@ -231,7 +231,8 @@ def _make_command(data_dir):
     for tokenizer in ("gpt2", "bytes"):
         if Path(data_dir).resolve() == default_dir("kjv", tokenizer):
             return "python prepare_data.py --source embedded" + ("" if tokenizer == "gpt2" else " --tokenizer bytes")
-    return f"python prepare_data.py --out-dir {data_dir}"
+    return (f"python prepare_data.py --out-dir {shlex.quote(str(data_dir))} (that is FineWeb-Edu, a ~30 GB download; "
+            "add --input FILES for your own text or --source embedded for the King James Bible)")
 
 
 def list_shards(data_dir):

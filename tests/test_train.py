@@ -621,3 +621,17 @@ def test_resume_on_fewer_gpus_restores_the_cuda_states_that_fit(monkeypatch, cap
     checkpoints.restore_rng_states(states, loader)
     assert [(i, int(s)) for i, s in restored] == [(0, 1)]
     assert "holds 2 CUDA RNG states, 1 GPU(s) are visible" in capsys.readouterr().out
+
+
+def test_what_a_failure_is_called(tmp_path, monkeypatch):
+    """An empty --out-dir is named as such; a mistyped --data says that its suggested command downloads
+    FineWeb-Edu; torch.save's own RuntimeError on a full disk is a disk error, in one line."""
+    data = make_data(tmp_path / "data")
+    expect_exit(TINY + ["--data", data, "--out-dir", ""], "--out-dir '': an empty name")
+    expect_exit(TINY + ["--data", tmp_path / "dta", "--out-dir", tmp_path / "o"], "~30 GB download", "--input FILES")
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: file write failed")
+    monkeypatch.setattr(torch, "save", full)
+    expect_exit(TINY + ["--data", data, "--max-steps", 2, "--out-dir", tmp_path / "p"], "disk full / cannot write",
+                "file write failed", "no checkpoint was saved yet")
