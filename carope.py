@@ -475,7 +475,9 @@ class GPT(nn.Module):
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
-                logits = logits / temperature
+                # softmax(l / tau) = softmax((l - max l) / tau): shifted first, a tiny tau cannot make inf - inf
+                tau = max(temperature, torch.finfo(logits.dtype).tiny)  # a float32 that is not 0
+                logits = (logits - logits.amax(dim=-1, keepdim=True)) / tau
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")

@@ -30,7 +30,8 @@ def parse_args(argv):
                    help="new tokens per sample, as train.py's flag (default: 200; --tokens is the old name)")
     p.add_argument("--temperature", type=cli.amount, default=0.8, help="0 = greedy (default: 0.8)")
     p.add_argument("--top-k", type=cli.positive, default=50, help="sample among the k likeliest tokens (default: 50)")
-    p.add_argument("--num-samples", type=cli.positive, default=3, help="samples, generated as one batch (default: 3)")
+    p.add_argument("--num-samples", type=cli.checked(int, lambda v: 1 <= v <= 4096, "an integer in [1, 4096]"),
+                   default=3, help="samples, generated as one batch (default: 3)")
     p.add_argument("--seed", type=cli.seed, default=1337, help="random seed (default: 1337)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every step")
     p.add_argument("--device", type=cli.device, help="cpu, cuda, cuda:N or mps (default: the best available)")

@@ -98,7 +98,8 @@ def write_foreign_files(tmp_path):
     (["--tokens", "0"], "--sample-tokens 0: must be an integer >= 1"),  # the old name: the same flag
     (["--temperature", "-0.5"], "--temperature -0.5: must be a finite number >= 0"),
     (["--top-k", "0"], "--top-k 0: must be an integer >= 1"),
-    (["--num-samples", "0"], "--num-samples 0: must be an integer >= 1"),
+    (["--num-samples", "0"], "--num-samples 0: must be an integer in [1, 4096]"),
+    (["--num-samples", "99999999999999999999"], "--num-samples 99999999999999999999: must be an integer in [1, 4096]"),
     (["--device", "tpu"], "--device tpu: must be cpu, cuda, cuda:N or mps"),
     (["--sample-tokens", "many"], "--sample-tokens many: must be an integer >= 1"),
     (["--seed", "-1"], "--seed -1: must be an integer in [0, 2**32)"),
