@@ -22,7 +22,7 @@ REQUIRED = {"model", "model_config", "train_args", "step"}
 def load_checkpoint(path, flag="--resume"):
     """The checkpoint at path, verified; one line naming `flag` and the fix if it cannot be used."""
     if not os.path.isfile(path):
-        raise SystemExit(f"{flag} {path}: no such checkpoint file")
+        raise SystemExit(f"{flag} {path or repr(path)}: no such checkpoint file")
     try:  # weights_only: a checkpoint is data, never code
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -157,7 +157,8 @@ def run_entry(d, pe, seed, summary):
                 tokenizer=info["args"].get("tokenizer", "gpt2"), tokens=tokens,
                 params=info["num_params"], tokens_per_s=tokens / wall if wall else None, wall_s=round(wall, 1),
                 device=device_name(info["device"]), torch=torch.__version__, commit=COMMIT,
-                val={str(T): {k: r[k] for k in ("loss", "ppl", "bpb") if k in r} for T, r in summary["val"].items()},
+                val={str(T): {k: r[k] for k in ("loss", "ppl", "bpb", "acc", "token_acc") if k in r}
+                     for T, r in summary["val"].items()},
                 by_position=by_position(summary["val"]))
 
 
@@ -341,7 +342,8 @@ def write_markdown(out, runs, command, train_len):
              if all(r["tokens_per_s"] for r in rs)]
     first = runs[0]
     lines += ["", f"Training tokens per run: {first['tokens']:,}; device: {first['device']}; torch {first['torch']}; "
-              f"data: {first['data']} ({first.get('tokenizer', 'gpt2')} tokens).",
+              + (f"task: {first['task']}." if first.get("task") else
+               f"data: {first['data']} ({first.get('tokenizer', 'gpt2')} tokens)."),
               f"Training tokens/s (mean over seeds, steps only): {'; '.join(speed)}."]
     shards.atomic_write(os.path.join(out, "results.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
 

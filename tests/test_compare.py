@@ -156,3 +156,15 @@ def test_paired_change_against_a_hand_computation(tmp_path):
     assert "-2.5% [-10.0, +5.0]" in row and "every seed" not in row
     one = compare.change_table(compare.by_pe([r for r in runs if r["seed"] == 1]), [16], "| pe | seeds |", "rule")
     assert "beyond spread" not in "\n".join(one)  # one seed: no spread to be beyond
+
+
+def test_a_task_sweep_tabulates_accuracy_by_length(tmp_path):
+    out = tmp_path / "sweep"
+    assert compare.main(["--task", "parity", "--pe", "rope,nope", "--seeds", "1", "--out", str(out), "--max-steps", "3",
+                         "--n-layer", "1", "--n-embd", "16", "--micro-batch", "4", "--num-samples", "0",
+                         "--device", "cpu"]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["task"] for r in runs] == ["parity", "parity"] and all(sorted(r["val"], key=int) == ["64", "128", "256"]
+                                                                     and 0 <= r["val"]["256"]["acc"] <= 1 for r in runs)
+    md = (out / "results.md").read_text()
+    assert "test accuracy (whole answers)" in md and "len 256 (4x)" in md and "task: parity." in md

@@ -628,6 +628,7 @@ def test_what_a_failure_is_called(tmp_path, monkeypatch):
     FineWeb-Edu; torch.save's own RuntimeError on a full disk is a disk error, in one line."""
     data = make_data(tmp_path / "data")
     expect_exit(TINY + ["--data", data, "--out-dir", ""], "--out-dir '': an empty name")
+    expect_exit(["--resume", ""], "--resume '': no such checkpoint file")  # not a fresh run in silence
     expect_exit(TINY + ["--data", tmp_path / "dta", "--out-dir", tmp_path / "o"], "~30 GB download", "--input FILES")
 
     def full(*a, **k):
