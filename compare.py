@@ -43,7 +43,7 @@ OWN_FLAGS = ("--pe", "--seed", "--resume", "--ckpt", "--overwrite", "--eval-only
 PASSAGE_TOKENS = 40  # tokens of the validation text shown along the x axis of the CARoPE plots
 F_SAMPLE_TOKENS = 8192  # validation tokens whose f(x_t) make the per-layer distributions
 NAMES = dict(ppl="validation perplexity", bpb="validation bits per byte", acc="test accuracy (whole answers)")
-DIGITS = dict(ppl=2, bpb=4, acc=3)  # decimals in results.md; a change in % gets one fewer (ppl 1, bpb 3)
+DIGITS = dict(ppl=2, bpb=4, acc=3)  # decimals of a value in results.md
 POSITION_POINTS = 128  # the loss by position is kept as the means of this many equal spans of the window
 
 
@@ -383,11 +383,11 @@ def paired_table(groups, lens, head, rule, metric="ppl", title="validation perpl
     """Each seed against RoPE at the same seed. A seed fixes the data order and the initial weights the
     encodings share (CARoPE and carope-static even start as that very RoPE model), so the per-seed
     change removes most of what varies from seed to seed."""
-    rope, d = {r["seed"]: r["val"] for r in groups["rope"]}, DIGITS[metric] - 1
+    rope, d = {r["seed"]: r["val"] for r in groups["rope"]}, 1  # a change to one decimal: % or points
     lines = ["", f"The change in {title}, paired by seed: mean over seeds [min–max] of pe against RoPE at the "
              "same seed (accuracy: the difference in points; otherwise pe / RoPE − 1); **every seed** where all "
-             "seeds (two or more) agree in sign. With few seeds that is weak evidence: 3 seeds agree by chance "
-             "one time in four.", "", head, rule]
+             "seeds (two or more) agree in sign. With few seeds that is weak evidence: n seeds agree in sign by "
+             "chance one time in 2^(n-1) (2 seeds: one in two; 3: one in four).", "", head, rule]
     for pe, rs in groups.items():
         if pe == "rope":
             continue
