@@ -554,8 +554,8 @@ def report(args, run, raw_model, evaluate_at, lens, results, losses, summary, t_
         results = evaluate_at(lens)
     samples = []
     run.close()
-    T = raw_model.config.block_size
-    log(f"\nvalidation ({about.split('; ')[-1]}, model trained at context {T}):")
+    T = min(lens) if args.task else raw_model.config.block_size  # a task's lengths are its own (copy: the string's)
+    log(f"\nvalidation ({about.split('; ')[-1]}, model trained at {'length' if args.task else 'context'} {T}):")
     print_eval(log, results, T)
     if run.master:
         samples = generate_samples(raw_model, args, device, autocast)
@@ -583,7 +583,7 @@ def print_eval(log, results, T):
 @torch.no_grad()
 def generate_samples(raw_model, args, device, autocast):
     """A few texts from the start of a document (the delimiter starts every document)."""
-    if args.sample_tokens <= 0 or args.num_samples <= 0:
+    if args.sample_tokens <= 0 or args.num_samples <= 0 or args.task:  # a task's rows are not text
         return []
     tok = tokenizer.get_tokenizer(args.tokenizer)
     torch.manual_seed(args.seed)  # after the final checkpoint, so it does not change any saved state

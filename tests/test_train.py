@@ -577,7 +577,7 @@ def test_one_writer_per_folder_and_sigterm_saves_like_ctrl_c(tmp_path):
 
 
 TASK_TINY = ["--task", "flip-flop", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--micro-batch", "4",
-             "--warmup-steps", "2", "--num-samples", "0", "--device", "cpu"]
+             "--warmup-steps", "2", "--device", "cpu"]  # the default samples: none for a task
 
 
 def test_a_task_trains_through_the_same_loop_and_resumes_exactly(tmp_path):
