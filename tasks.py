@@ -27,7 +27,7 @@ an answer of several tokens (a copied string) counts as right only when every to
 `python tasks.py` prints an example of each task.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -218,9 +218,9 @@ class Task:
 
 
 TASKS = {t.name: t for t in (
-    Task("copy", copy_rows, COPY_VOCAB, T=64, lengths=(16, 32, 64),
-         train=dict(min_len=1, max_len=16, letters=26), at=copy_length,
-         what="copy a string: strings of 1-16 letters, tested at 16, 32 and 64"),
+    Task("copy", copy_rows, COPY_VOCAB, T=64, lengths=(8, 16, 32),
+         train=dict(min_len=1, max_len=8, letters=26), at=copy_length,
+         what="copy a string: strings of 1-8 letters, tested at 8, 16 and 32"),
     Task("flip-flop", flipflop_rows, FLIPFLOP_VOCAB, T=64, lengths=(64, 128, 256),
          train=dict(p_i=0.8), test=dict(p_i=0.98),
          what="recall the last written bit: train at p_i = 0.8, test at sparse p_i = 0.98"),
@@ -243,6 +243,29 @@ def get_task(task):
     if task not in TASKS:
         refuse(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[task]
+
+
+def with_options(task, options=(), T=None, lengths=None):
+    """The task with NAME=VALUE options (train.py --task-option) in both splits: with_options("counting",
+    ["variables=3"]); the test split still changes what it changes (p_i, full). One row is drawn at the
+    training length T and at each test length, so what cannot be made is refused now, in one line."""
+    task, chosen = get_task(task), {}
+    for text in options or ():
+        name, _, value = text.partition("=")
+        kind = type(task.train.get(name))
+        if name not in task.train or not value:
+            refuse(f"--task-option {text!r}: {task.name}'s options are "
+                   f"{', '.join(f'{k}={v}' for k, v in task.train.items()) or 'none'} (NAME=VALUE)")
+        try:  # the type of the task's own value: int, float, or a bool as true/false
+            chosen[name] = {"true": True, "false": False}[value.lower()] if kind is bool else kind(value)
+        except (KeyError, ValueError):
+            refuse(f"--task-option {text!r}: {name} takes {'true or false' if kind is bool else kind.__name__ + 's'}")
+    if chosen:
+        task = replace(task, train={**task.train, **chosen}, what=f"{task.what} ({', '.join(options)})")
+    batch(task, 1, T or task.T, 0)
+    for length in lengths or task.lengths:
+        batch(task, 1, task.at(length)[0], 0, "test", **task.at(length)[1])
+    return task
 
 
 def batch(task, B, T, rng, split="train", **options):

@@ -61,9 +61,9 @@ RECIPES = {
     "gpt-small": dict(micro_batch=32, total_batch=524288, lr=6e-4, warmup_steps=750, max_steps=19073,
                       val_tokens=20 * 524288, eval_every=250, ckpt_every=1000, data_order="sequential"),
 }
-DEFAULTS = dict(preset="nano", pe="carope", data=None, task=None, tokenizer=None, out_dir="out", min_lr=None, lr_decay_steps=None,
-                weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0, seed=1337,
-                eval_lens=None, eval_only=False, resume=None, device=None, dtype=None, compile=None,
+DEFAULTS = dict(preset="nano", pe="carope", data=None, task=None, task_option=None, tokenizer=None, out_dir="out",
+                min_lr=None, lr_decay_steps=None, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0,
+                seed=1337, eval_lens=None, eval_only=False, resume=None, device=None, dtype=None, compile=None,
                 fused_carope=None, num_samples=2, sample_tokens=64, log_every=1, overwrite=False)
 # the machine and this invocation's mode are never taken from a checkpoint
 NOT_INHERITED = ("device", "dtype", "compile", "fused_carope", "eval_only", "resume", "data_dir", "out_dir",
@@ -98,8 +98,9 @@ g.add_argument("--data", metavar="DIR", help="folder of shards from prepare_data
                "James corpus, data/kjv or data/kjv-bytes, built on first use)")
 g.add_argument("--task", choices=tasks.TASKS, help="train on a synthetic task of tasks.py, drawn on the fly, "
                "instead of shards; accuracy by length (the preset then defaults to task)")
-g.add_argument("--tokenizer", choices=tokenizer.TOKENIZERS, help="the tokens the model reads; must be the data's "
-               "(default: the data's, else gpt2)")
+g.add_argument("--task-option", action="append", metavar="NAME=VALUE", help="a task's option, repeatable: "
+               "--task-option variables=3 (the options: python tasks.py)")
+g.add_argument("--tokenizer", choices=tokenizer.TOKENIZERS, help="the tokens the model reads (default: the data's)")
 g.add_argument("--data-order", choices=("sequential", "random"), help="training windows in order (one pass, as "
                f"the paper) or at random offsets ({per_preset('data_order')})")
 g.add_argument("--micro-batch", type=cli.positive, metavar="B", help=f"sequences per forward pass per process "
@@ -111,8 +112,7 @@ g.add_argument("--max-steps", type=cli.positive, metavar="N", help=f"optimizer s
 g.add_argument("--lr", type=cli.rate, metavar="LR", help=f"peak learning rate ({per_preset('lr')})")
 g.add_argument("--min-lr", type=cli.amount, metavar="LR", help="the cosine's final learning rate (default: lr / 10)")
 g.add_argument("--warmup-steps", type=cli.natural, metavar="N", help=f"linear warmup ({per_preset('warmup_steps')})")
-g.add_argument("--lr-decay-steps", type=cli.natural, metavar="N", help="where the cosine reaches --min-lr (default: "
-               "--max-steps; a resumed run keeps its own)")
+g.add_argument("--lr-decay-steps", type=cli.natural, metavar="N", help="where the cosine reaches --min-lr (--max-steps)")
 g.add_argument("--weight-decay", type=cli.amount, metavar="WD", help="AdamW weight decay, matrices only (default: 0.1)")
 g.add_argument("--beta1", type=cli.fraction, metavar="B1", help="AdamW beta1 (default: 0.9)")
 g.add_argument("--beta2", type=cli.fraction, metavar="B2", help="AdamW beta2 (default: 0.95)")
@@ -368,7 +368,7 @@ def open_data(args, model, rank, world, device, autocast, log):
     or with --task a synthetic task drawn on the fly (tasks.py). Exits with one line on data it cannot use."""
     cfg, B, T = model.config, args.micro_batch, model.config.block_size
     if args.task:  # the loop is the same; evaluation measures accuracy on the task's test split
-        task = tasks.TASKS[args.task]
+        task = tasks.with_options(args.task, args.task_option, T, args.eval_lens)
         evaluate_at = lambda some: tasks.evaluate(model, task, some, B, device, autocast)  # noqa: E731
         return (tasks.Loader(task, B, T, rank, world, args.seed), list(args.eval_lens), evaluate_at,
                 f"task {task.name}: {task.what}; {tasks.TEST_ROWS} test rows at each length")

@@ -161,7 +161,7 @@ def test_copy_trains_up_to_max_len_and_tests_at_the_length_asked():
         return [n for row in x.tolist() for n in np.diff(np.flatnonzero(np.isin(row, [1, 2])))[::2] - 1]
     task, x, _, _ = rows("copy")
     train = string_lengths(x)
-    assert min(train) >= 1 and max(train) <= 16 and len(set(train)) > 5
+    assert min(train) >= 1 and max(train) <= 8 and len(set(train)) > 5
     T, options = task.at(64)
     x, y, answer = tasks.batch(task, B, T, 0, "test", **options)
     assert T == 130 and set(string_lengths(x)) == {64}
@@ -229,7 +229,7 @@ def test_the_same_seed_gives_the_same_batch(name):
     (lambda: tasks.batch("sort", 2, 8, 0), "unknown task 'sort'; choose one of: copy, flip-flop"),
     (lambda: tasks.batch("copy", 2, 64, 0, colour=1), "copy has no option colour; its options: min_len"),
     (lambda: tasks.batch("copy", 2, 64, 0, split="val"), "split='val': choose train or test"),
-    (lambda: tasks.batch("copy", 2, 20, 0), "T=20 is too short for strings of 16"),
+    (lambda: tasks.batch("copy", 2, 16, 0), "T=16 is too short for strings of 8"),
     (lambda: tasks.batch("copy", 2, 64, 0, min_len=5, max_len=3), "need 1 <= min_len <= max_len"),
     (lambda: tasks.batch("counting", 2, 64, 0, variables=3), "use T >= 104 or a smaller max_value"),
     (lambda: tasks.batch("counting", 2, 200, 0, max_value=21), "choose 0 to 20"),
@@ -241,6 +241,36 @@ def test_bad_input_is_one_line(call, message):
         call()
     text = str(error.value)
     assert message in text and "\n" not in text and text.startswith("tasks: ")
+
+
+def test_task_options_reach_both_splits_with_their_types():
+    """--task-option NAME=VALUE: the task's own option, typed as its default, in training and test rows
+    (the test split still makes its rows full); a value that cannot be made is refused before training."""
+    task = tasks.with_options("counting", ["variables=3", "max_value=4"], T=128)
+    assert task.train == dict(variables=3, max_value=4, full=False) and "variables=3" in task.what
+    for split in ("train", "test"):
+        _, y, _ = tasks.batch(task, 64, 128, 0, split)
+        x, _, _ = tasks.batch(task, 64, 128, 0, split)
+        names = {w for row in x.tolist() for w in words(task, torch.tensor(row)) if w in tasks.VARIABLES}
+        values = {task.vocab[v] for v in y[y >= 0].tolist()}
+        assert names == {"a", "b", "c"} and values <= {"0", "1", "2", "3", "4"}
+    assert tasks.with_options("copy", ["letters=2"]).train["letters"] == 2
+    assert tasks.with_options("flip-flop", ["p_i=0.5"]).train["p_i"] == 0.5
+    assert tasks.with_options("counting", ["full=true"]).train["full"] is True
+    assert tasks.with_options("parity") is tasks.TASKS["parity"]
+
+
+@pytest.mark.parametrize("options, T, message", [
+    (["variables=x"], 64, "'variables=x': variables takes ints"),
+    (["full=maybe"], 64, "full takes true or false"),
+    (["colour=1"], 64, "counting's options are variables=1, max_value=10, full=False (NAME=VALUE)"),
+    (["variables"], 64, "(NAME=VALUE)"),
+    (["variables=3"], 64, "use T >= 104"),  # drawn now at the training length, not at the first step
+])
+def test_bad_task_options_are_one_line(options, T, message):
+    with pytest.raises(SystemExit) as error:
+        tasks.with_options("counting", options, T=T)
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_counting_shortest_row_the_error_names_fits():

@@ -592,6 +592,20 @@ def test_a_task_trains_through_the_same_loop_and_resumes_exactly(tmp_path):
     assert [r["loss"] for r in read_log(tmp_path / "half")] == full["losses"] and rest["val"] == full["val"]
 
 
+def test_a_task_option_is_part_of_the_run_and_a_bad_one_writes_nothing(tmp_path):
+    """--task-option reaches the generator (a share of ignores of 0 leaves a read or a write at every pair,
+    so there are more answers to score), is kept by the checkpoint, and a bad value exits in one line
+    before the run's folder exists."""
+    dense = run(*TASK_TINY, "--task-option", "p_i=0", "--max-steps", 2, "--out-dir", tmp_path / "dense")
+    config = json.loads((tmp_path / "dense" / "config.json").read_text())
+    assert config["args"]["task_option"] == ["p_i=0"]
+    rest = run("--resume", tmp_path / "dense" / "ckpt.pt", "--max-steps", 3, "--device", "cpu")
+    assert rest["val"] != run(*TASK_TINY, "--max-steps", 3, "--out-dir", tmp_path / "sparse")["val"]
+    assert json.loads((tmp_path / "dense" / "config.json").read_text())["args"]["task_option"] == ["p_i=0"]
+    expect_exit(TASK_TINY + ["--task-option", "p_i=2", "--out-dir", tmp_path / "bad"], "p_i=2.0", "[0, 1)")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_ranks_read_disjoint_windows_whose_union_is_the_sequential_stream():
     """Sequential order under DDP: rank r reads the r-th B*T block of each world*B*T chunk, so the ranks'
     windows never overlap and together are exactly what one process with world*B rows reads."""
