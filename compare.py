@@ -322,7 +322,8 @@ def write_markdown(out, runs, command, train_len):
     metrics = [m for m in ("ppl", "bpb", "acc") if all(m in v for r in runs for v in r["val"].values())]
     lines = [f"# {os.path.basename(os.path.normpath(out))}: {' and '.join(NAMES[m] for m in metrics)}, mean over seeds",
              "", f"Command: `{command}`", "",
-             f"Runs: {len(runs)}; trained at context {train_len}. Cells: mean ± std over seeds [min–max]."]
+             f"Runs: {len(runs)}; trained at {'length' if word == 'len' else 'context'} {train_len}. Cells: mean ± std "
+             "over seeds [min–max]."]
     for m in metrics:
         lines += ["", f"**{NAMES[m]}** ({'higher' if m == 'acc' else 'lower'} is better)", "", head, rule]
         for pe, rs in groups.items():
@@ -483,14 +484,16 @@ def plot_ppl(plt, out, runs, train_len, colors):
             err = [mean - [min(x) for x in v], [max(x) for x in v] - mean]
             ax.errorbar(lens, mean, yerr=err, color=colors[pe], marker="o", ms=4, capsize=3,
                         label=f"{pe} ({len(rs)} seed{'s' if len(rs) > 1 else ''})")
+        task = runs[0].get("task")  # a task's length is its own: copy's is the string's
         ax.axvline(train_len, color="gray", ls="--", lw=1)
-        ax.text(train_len, ax.get_ylim()[1], " training context", va="top", fontsize=8, color="gray")
+        ax.text(train_len, ax.get_ylim()[1], f" training {'length' if task else 'context'}", va="top", fontsize=8,
+                color="gray")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("evaluation context (tokens, log scale)")
+        ax.set_xlabel(f"test length ({task}, log scale)" if task else "evaluation context (tokens, log scale)")
         ax.set_ylabel(NAMES[m])
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
-    fig.suptitle("Against context length (mean over seeds, bars = min–max)")
+    fig.suptitle(f"Against {'test' if runs[0].get('task') else 'context'} length (mean over seeds, bars = min–max)")
     return save(plt, fig, out, "ppl_vs_length.png")
 
 
