@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -166,6 +167,7 @@ def rotation_case(args, pe, T, device):
 
 def worker(args, pe, T):
     """Build the case, warm it up, answer one JSON line per "run" line on stdin until EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it keeps what was measured, then stops us
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything else printed (library warnings) goes to stderr, not into the replies
     device = torch.device(check_device(args.device))  # the parent passes the one it checked
@@ -232,13 +234,14 @@ class Worker:
             pass  # it died while idle: answer() finds no reply and says why
         return self.answer()
 
-    def close(self):
+    def close(self, wait=30):
         if self.proc.poll() is None:
             self.proc.stdin.close()  # EOF: the worker's loop ends
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
         self.stderr.close()
 
 
@@ -247,8 +250,9 @@ class Worker:
 
 
 def run_length(args, argv, encodings, T):
-    """Time every encoding at length T in interleaved rounds; return (results, skipped)."""
-    workers, skipped = [], []
+    """Time every encoding at length T in interleaved rounds; return (results, skipped, rounds done). Ctrl-C ends
+    the rounds: the results are those of the rounds every case finished."""
+    workers, skipped, tps, peak, done = [], [], {}, {}, 0
     try:
         for pe in encodings:
             if pe == "learned" and T > GPTConfig.from_preset(args.preset).block_size:
@@ -261,7 +265,6 @@ def run_length(args, argv, encodings, T):
             else:
                 workers.append(w)
         tps = {w.pe: [] for w in workers}
-        peak = {}
         for r in range(args.rounds):
             # every other round in reverse: no case always follows the same neighbour
             for w in (workers if r % 2 == 0 else workers[::-1]):
@@ -270,12 +273,20 @@ def run_length(args, argv, encodings, T):
                 peak[w.pe] = out["peak_mib"]  # the process's peak so far: the last round has the max
             print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{pe} {v[-1]:,.0f}" for pe, v in tps.items()),
                   flush=True)
+            done = r + 1
+    except KeyboardInterrupt:
+        pass  # main says so, after the table of the rounds done
     finally:
         for w in workers:
-            w.close()
+            w.close(wait=30 if done == args.rounds else 0)
+    return summarise_length(args, T, [w for w in workers if done], tps, peak, done), skipped, done
+
+
+def summarise_length(args, T, workers, tps, peak, done):
+    """Each case's median tokens/s over its first `done` rounds, their range, and the ratios to RoPE."""
     results = []
     for w in workers:
-        rounds = tps[w.pe]
+        rounds = tps[w.pe][:done]
         median = statistics.median(rounds)
         mfu = w.ready["mfu_at_1s"]
         results.append(dict(pe=w.pe, T=T, tokens_per_s=median, tokens_per_s_min=min(rounds),
@@ -287,7 +298,7 @@ def run_length(args, argv, encodings, T):
         per_round = [a / b for a, b in zip(r["rounds"], ref["rounds"])] if ref else []
         r.update(vs_rope=r["tokens_per_s"] / ref["tokens_per_s"] if ref else None,
                  vs_rope_min=min(per_round, default=None), vs_rope_max=max(per_round, default=None))
-    return results, skipped
+    return results
 
 
 def print_table(T, results, skipped):
@@ -310,8 +321,7 @@ def describe_device(device):
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv):
     parser = cli.Parser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="nano", choices=PRESETS, help="model size (default nano)")
     parser.add_argument("--mode", choices=("train", "eval", "rotation"), default="train",
@@ -333,13 +343,20 @@ def main(argv=None):
                         "train.py) or never; rotation mode times both as carope and carope-fused")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: PE:T, be that case's worker
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    known = ROTATION_PE if args.mode == "rotation" else PE_CHOICES
     if args.case:
-        pe, T = args.case.rsplit(":", 1)
+        pe, _, T = args.case.rpartition(":")
+        if pe not in known or not T.isdigit() or int(T) < 1:
+            sys.exit(f"bench.py: --case {args.case}: must be PE:T with PE one of {', '.join(known)} and T >= 1 "
+                     "(an internal flag: bench.py gives it to the worker of each case)")
         return worker(args, pe, int(T))
 
-    known = ROTATION_PE if args.mode == "rotation" else PE_CHOICES
     encodings = list(dict.fromkeys((args.pe or ",".join(known)).split(",")))
     unknown = [pe for pe in encodings if pe not in known]
     if unknown:
@@ -358,17 +375,48 @@ def main(argv=None):
     print(f"device: {describe_device(args.device)} | torch {torch.__version__} | preset {args.preset} | "
           f"batch {args.batch_size} | mode {args.mode} | dtype {args.dtype} | compile {args.compile} | "
           f"{args.rounds} rounds of {args.steps} timed steps after {args.warmup} warm-up", flush=True)
-    results, skipped = [], []
+    results, skipped, stopped = [], [], None
     for T in args.seq_lens:
         print(f"\nT = {T}: warming up {len(encodings)} worker(s)", flush=True)
-        res, skip = run_length(args, argv, encodings, T)
-        print_table(T, res, skip)
+        res, skip, done = run_length(args, argv, encodings, T)
+        if done:
+            print_table(T, res, skip)
         results += res
         skipped += skip
-    if args.json:  # written whole or not at all (a rename): a reader never sees half a file
-        report = dict(device=describe_device(args.device), torch=torch.__version__,
-                      args={k: v for k, v in vars(args).items() if k != "case"}, results=results, skipped=skipped)
-        shards.atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=1).encode()))
+        if done < args.rounds:  # Ctrl-C: keep what was measured, stop
+            stopped = f"interrupted at T={T} after {done} of {args.rounds} round(s)"
+            break
+    report = dict(device=describe_device(args.device), torch=torch.__version__,
+                  args={k: v for k, v in vars(args).items() if k != "case"}, results=results, skipped=skipped)
+    if stopped:
+        report["interrupted"] = stopped
+    saved = write_report(args.json, report) if args.json else None
+    if stopped:
+        print(f"\nbench.py: {stopped}: kept {len(results)} result(s), of the rounds every case finished (the tables "
+              f"above{f', and {args.json}' if saved else ''})", file=sys.stderr)
+        sys.exit(130)
+    if saved is False:
+        sys.exit(1)
+
+
+def write_report(path, report):
+    """The --json file, whole or not at all (a rename): a reader never sees half a file. A folder removed while
+    the benchmark ran is made again; if the file still cannot be written, the report goes to stdout instead of
+    being lost. Returns whether the file was written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    text = json.dumps(report, indent=1)
+    try:
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
+            print(f"bench.py: note: {folder} was removed while the benchmark ran; made it again for --json",
+                  file=sys.stderr)
+        shards.atomic_write(path, lambda f: f.write(text.encode()))
+        return True
+    except OSError as e:
+        print(text)
+        print(f"bench.py: --json {path}: cannot write it ({e.strerror or e}); the report is printed above instead",
+              file=sys.stderr)
+        return False
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,8 @@ import torch
 import shards
 
 REQUIRED = {"model", "model_config", "train_args", "step"}
+# what train.py saves under each key: a checkpoint without a checksum (an older or an edited one) is checked by these
+TYPES = dict(model=dict, model_config=dict, train_args=dict, step=int, optimizer=dict, rng=dict)
 
 
 def load_checkpoint(path, flag="--resume"):
@@ -37,7 +39,28 @@ def load_checkpoint(path, flag="--resume"):
     elif state_sha256(ckpt) != saved:
         raise SystemExit(f"{flag} {path}: checksum mismatch, the file is corrupt: resume from another "
                          f"checkpoint or start again")
+    if wrong := _wrong_field(ckpt):
+        raise SystemExit(f"{flag} {path}: its {wrong}, not what train.py writes: the checkpoint was edited or is "
+                         "damaged; use another one")
     return ckpt
+
+
+def _wrong_field(ckpt):
+    """The first field of a checkpoint that train.py would not have written so, or None."""
+    for key, kind in TYPES.items():
+        v = ckpt.get(key, {})  # optimizer and rng: only a resumed run needs them
+        if not isinstance(v, kind) or isinstance(v, bool) or (kind is int and v < 0):
+            return f"{key!r} is {v!r:.40}, not {'a step >= 0' if kind is int else 'a dict'}"
+    if not all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in ckpt["model"].items()):
+        return "'model' holds entries that are not named tensors"
+    return None
+
+
+def _fits(value, default):
+    """value is of the kind of a config field's default: a bool for a bool, an int for an int, a number for a float."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    return default is None or isinstance(value, (int, float) if isinstance(default, float) else type(default))
 
 
 def model_config(ckpt, path, given, keys, config_class, **machine):
@@ -46,6 +69,10 @@ def model_config(ckpt, path, given, keys, config_class, **machine):
         cfg = config_class(**{**ckpt["model_config"], **machine})
     except (TypeError, ValueError) as e:  # an edited or foreign model_config
         raise SystemExit(f"{path}: its model_config is not one train.py writes ({e}); use another checkpoint")
+    wrong = [k for k, v in vars(cfg).items() if not _fits(v, getattr(config_class, k, None))]
+    if wrong:
+        raise SystemExit(f"{path}: its model_config is not one train.py writes ({wrong[0]}="
+                         f"{getattr(cfg, wrong[0])!r:.40}); use another checkpoint")
     saved = dict(vars(cfg), preset=ckpt["train_args"].get("preset"))
     if cfg.pe == "learned" and given.get("block_size", 0) > cfg.block_size:
         raise SystemExit(f"context {given['block_size']} is longer than the learned position table "
@@ -116,6 +143,9 @@ def restore_position(ckpt, loader, path, data_dir):
     except ValueError as e:  # sequential order, other (shorter, fewer) shards than the run's
         raise SystemExit(f"{path}: {e} in {data_dir}: resume on the data it was trained on "
                          f"({ckpt['train_args'].get('data_dir')}) or with --data-order random")
+    except (KeyError, TypeError, IndexError, RuntimeError) as e:  # an edited checkpoint without a checksum
+        raise SystemExit(f"{path}: its saved RNG states and data position are not what train.py writes "
+                         f"({type(e).__name__}); the checkpoint was edited or is damaged: use another one")
 
 
 def restore_rng_states(states, loader):

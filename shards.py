@@ -9,7 +9,8 @@ A shard is one file of token ids (GPT-2's or bytes', see tokenizer.py):
 so its size is exactly 1024 + 2 * n bytes. A data folder holds val_000000.bin (the validation split),
 then train_000001.bin, train_000002.bin, ... and usually a manifest.json written by prepare_data.py: its
 "shards" list names the shards of the build in order (each with "file", "split", "tokens", "sha256" and
-"end", where the next shard starts in the input), and when it is there, only the shards it lists are read.
+"end", where the next shard starts in the input; manifests.py checks it), and when it is there, only the shards
+it lists are read.
 
 Every file is written atomically (a temp file NAME.carope-save-PID.tmp, then a rename), so a killed process leaves
 either the old file or the new one, never half of one; remove_stale_temps clears the temp files it leaves.
@@ -25,6 +26,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from manifests import load_manifest  # the folder's manifest.json, checked
 
 HEADER_MAGIC = 20240520
 HEADER_VERSION = 1
@@ -52,7 +55,6 @@ TEXT_FORMATS = (".parquet", ".jsonl", ".jsonl.gz", ".jsonl.xz", ".txt")
 def sha256_file(path):
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
 
 
 def atomic_write(path, write):
@@ -201,24 +203,16 @@ def read_shard(path):
 # a data folder: its shards and manifest
 
 
-def load_manifest(data_dir):
-    """The directory's manifest.json as a dict, or None if there is none."""
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); delete the directory and re-run prepare_data.py")
-
-
 def finished_shards(data_dir, listed):
-    """The manifest's shards up to the first one that is missing or damaged, and what is wrong with that one
-    (None if every one is fine): a build keeps the first ones and rebuilds from there."""
+    """The manifest's shards up to the first one that is missing or damaged (its size, token count or sha256 not
+    the manifest's), and what is wrong with that one (None if every one is fine): a build keeps the first ones and
+    rebuilds from there. Hashing reads each shard once: little next to tokenising it."""
     for k, s in enumerate(listed):
         path = Path(data_dir) / s["file"]
         try:
             problem = None if len(read_shard(path)) == s["tokens"] else f"{path}: token count differs from manifest"
+            if not problem and s.get("sha256") not in (None, sha256_file(path)):
+                problem = f"{path}: damaged, its sha256 differs from the manifest's"
         except (OSError, ValueError) as e:
             problem = str(e)
         if problem:
@@ -246,11 +240,7 @@ def list_shards(data_dir):
     if manifest is None:
         val, train = [p for p in found if p.name.startswith("val_")], [p for p in found if p.name.startswith("train_")]
     else:
-        try:
-            listed = [(s["file"], s["split"]) for s in manifest["shards"]]
-        except (KeyError, TypeError):
-            raise ValueError(f"{d / 'manifest.json'}: not a prepare_data.py manifest (no shard list); delete it "
-                             "to use the shard files as they are, or re-make the directory") from None
+        listed = [(s["file"], s["split"]) for s in manifest["shards"]]  # load_manifest checked them
         val = [d / f for f, split in listed if split == "val"]
         train = [d / f for f, split in listed if split == "train"]
         strays = [p.name for p in found if p.name not in {f for f, _ in listed}]

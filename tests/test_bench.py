@@ -109,6 +109,9 @@ BAD_ARGS = [
     (["--mode", "rotation", "--no-fused-carope"], "--no-fused-carope: for --mode train or eval"),
     (["--pe", "alibi"], "unknown encoding(s) alibi"),
     (["--mode", "rotation", "--pe", "tapa"], "unknown encoding(s) tapa"),
+    (["--case", "rope"], "--case rope: must be PE:T"), (["--case", "rope:x"], "--case rope:x: must be PE:T"),
+    (["--case", "alibi:16"], "--case alibi:16"), (["--case", "rope:0"], "--case rope:0"),
+    (["--case", "carope-fused:16"], "PE one of nope, learned"),  # a rotation case, not a model one
 ]
 
 
@@ -209,3 +212,75 @@ def test_fused_rotation_that_fails_its_self_check_is_skipped(monkeypatch):
     args = argparse.Namespace(preset="nano", batch_size=1, dtype="float32", compile=False)
     with pytest.raises(bench.Unavailable, match=bench.FUSED_FAILED):
         bench.rotation_case(args, "carope-fused", 16, torch.device("cpu"))
+
+
+class FakeWorker:
+    """A case that answers at once: each timing is 1 ms, and `on_time(case, call)` may act first (press Ctrl-C,
+    remove a folder) on a given call."""
+    on_time = staticmethod(lambda worker, call: None)
+    calls = []
+
+    def __init__(self, argv, pe, T):
+        self.pe, self.T, self.ready = pe, T, dict(mfu_at_1s=None)
+
+    def time(self):
+        FakeWorker.calls.append((self.pe, self.T))
+        FakeWorker.on_time(self, len(FakeWorker.calls))
+        return dict(dt=1e-3, peak_mib=1.0)
+
+    def close(self, wait=30):
+        pass
+
+
+@pytest.fixture
+def fake_workers(monkeypatch):
+    monkeypatch.setattr(bench, "Worker", FakeWorker)
+    monkeypatch.setattr(FakeWorker, "calls", [])
+    return FakeWorker
+
+
+def test_ctrl_c_keeps_the_rounds_every_case_finished(tmp_path, fake_workers, monkeypatch, capsys):
+    """Ctrl-C in round 3 at the second length: the first length's table and round 1-2 of the second are kept,
+    printed and in --json; one line on stderr, exit 130."""
+    def ctrl_c(worker, call):
+        if call == 2 * 3 + 2 * 2 + 1:  # T=16: 3 rounds of 2 cases; T=32: 2 rounds, then the first case of round 3
+            raise KeyboardInterrupt
+    monkeypatch.setattr(FakeWorker, "on_time", staticmethod(ctrl_c))
+    out = tmp_path / "b.json"
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--pe", "rope,nope", "--seq-lens", "16,32", "--rounds", "3", "--json", str(out)])
+    assert e.value.code == 130
+    stdout, err = capsys.readouterr()
+    assert err.strip() == (f"bench.py: interrupted at T=32 after 2 of 3 round(s): kept 4 result(s), of the rounds "
+                           f"every case finished (the tables above, and {out})")
+    assert "T = 16\n| pe |" in stdout and "T = 32\n| pe |" in stdout
+    report = json.loads(out.read_text())
+    assert [(r["pe"], r["T"], len(r["rounds"])) for r in report["results"]] == [
+        ("rope", 16, 3), ("nope", 16, 3), ("rope", 32, 2), ("nope", 32, 2)]
+    assert report["interrupted"] == "interrupted at T=32 after 2 of 3 round(s)"
+
+
+def test_the_json_folder_removed_mid_run_loses_nothing(tmp_path, fake_workers, monkeypatch, capsys):
+    """The --json folder deleted while the benchmark runs: made again, the report written, and said so; where it
+    cannot be made again (a file took its place), the report is printed rather than lost."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    monkeypatch.setattr(FakeWorker, "on_time", staticmethod(lambda w, call: call == 1 and folder.rmdir()))
+    bench.main(["--pe", "rope", "--rounds", "1", "--json", str(folder / "b.json")])
+    assert json.loads((folder / "b.json").read_text())["results"][0]["pe"] == "rope"
+    assert capsys.readouterr().err.strip() == (f"bench.py: note: {folder} was removed while the benchmark ran; "
+                                               "made it again for --json")
+
+    def replaced_by_a_file(w, call):
+        if call == 2:
+            (folder / "b.json").unlink()
+            folder.rmdir()
+            folder.write_text("not a folder")
+    monkeypatch.setattr(FakeWorker, "on_time", staticmethod(replaced_by_a_file))
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--pe", "rope", "--rounds", "1", "--json", str(folder / "b.json")])
+    stdout, err = capsys.readouterr()
+    assert e.value.code == 1 and len(err.strip().splitlines()) == 1
+    assert f"bench.py: --json {folder / 'b.json'}: cannot write it" in err and "printed above instead" in err
+    report = json.loads(stdout[stdout.index("\n{") + 1:])
+    assert report["results"][0]["tokens_per_s"] == pytest.approx(8 * 128 / 1e-3)

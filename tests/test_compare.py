@@ -1,5 +1,6 @@
 """compare.py on a tiny recipe: two encodings x two seeds, interrupted and resumed, then every output."""
 
+import errno
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import compare  # noqa: E402
+import shards  # noqa: E402
 from test_train import make_data  # noqa: E402
 
 # a model big enough that a step takes a few milliseconds, so a run can be interrupted mid-way
@@ -168,3 +170,85 @@ def test_a_task_sweep_tabulates_accuracy_by_length(tmp_path):
                                                                      and 0 <= r["val"]["256"]["acc"] <= 1 for r in runs)
     md = (out / "results.md").read_text()
     assert "test accuracy (whole answers)" in md and "len 256 (4x)" in md and "task: parity." in md
+
+
+def unwritable_outs(tmp_path):
+    (tmp_path / "somefile").write_text("notes")
+    yield str(tmp_path / "somefile"), "is a file, not a folder"
+    yield str(tmp_path / "somefile" / "sub"), f"{tmp_path / 'somefile'} is a file, so no folder can be made under it"
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    yield str(ro / "sweep"), f"cannot write in {ro} (Permission denied)"
+
+
+def test_an_unusable_out_is_one_line_before_any_training(tmp_path, monkeypatch, capsys):
+    def no_training(argv):
+        raise AssertionError("trained before --out was checked")
+    monkeypatch.setattr(compare.train, "main", no_training)
+    real = compare.tempfile.TemporaryFile
+
+    def as_a_user(dir):
+        if not os.stat(dir).st_mode & 0o200:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(dir=dir)
+    if os.geteuid() == 0:  # root writes into read-only folders: refuse as the kernel refuses a user
+        monkeypatch.setattr(compare.tempfile, "TemporaryFile", as_a_user)
+    for out, words in unwritable_outs(tmp_path):
+        for plot_only in ([], ["--plot-only"]):
+            with pytest.raises(SystemExit) as e:
+                compare.main(["--pe", "rope", "--seeds", "1", "--out", out, *RECIPE, *plot_only])
+            msg = str(e.value.code)
+            assert msg.startswith(f"compare.py: --out {out}") and words in msg and "\n" not in msg, msg
+    assert capsys.readouterr().out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["ro", "somefile"]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finished")
+    out = root / "sweep"
+    assert compare.main(["--pe", "rope,carope", "--seeds", "1", "--out", str(out), "--data",
+                         make_data(root / "data"), *RECIPE, "--max-steps", "2"]) == 0
+    return out
+
+
+SUMMARY = ("results.json", "results.md", "loss.png", "ppl_vs_length.png", "loss_by_position.png", "carope_f.png",
+           "carope_clock.png")
+
+
+@pytest.mark.parametrize("stop, at", [(OSError(errno.ENOSPC, "No space left on device"), "results.md"),
+                                      (OSError(errno.ENOSPC, "No space left on device"), "loss.png"),
+                                      (KeyboardInterrupt(), "results.json"), (KeyboardInterrupt(), "loss.png")])
+def test_a_full_disk_or_ctrl_c_during_the_summary_keeps_the_previous_one(finished_sweep, monkeypatch, capfd,
+                                                                          stop, at):
+    """The write of `at` stops half-way: one line (Ctrl-C: exit 130) saying how to write the summary again; every
+    summary file is whole, the previous one or the new one, and no temp file is left."""
+    out = finished_sweep
+    before = {name: (out / name).read_bytes() for name in SUMMARY}
+    real = shards.atomic_write
+
+    def stops_half_way(path, write):
+        if os.path.basename(path) != at:
+            return real(path, write)
+
+        def half(f):
+            f.write(b"\x89PNG half a file")
+            raise stop
+        return real(path, half)
+    monkeypatch.setattr(shards, "atomic_write", stops_half_way)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--out", str(out), "--plot-only"])
+    redo = f"python compare.py --out {out} --plot-only"
+    if isinstance(stop, KeyboardInterrupt):
+        err = capfd.readouterr().err
+        assert e.value.code == 130 and len(err.strip().splitlines()) == 1, err
+        assert "interrupted while writing the summary; the runs are kept" in err and redo in err
+    else:
+        msg = str(e.value.code)
+        assert msg.startswith(f"compare.py: cannot write the summary in {out} (No space left on device)"), msg
+        assert "\n" not in msg and redo in msg
+    assert (out / at).read_bytes() == before[at]  # the one cut short is the previous one; those before it are new
+    for name in SUMMARY:  # and all of them whole
+        data = (out / name).read_bytes()
+        assert data.endswith(b"IEND\xaeB`\x82") if name.endswith(".png") else data.endswith(b"\n") or json.loads(data)
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

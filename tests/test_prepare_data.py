@@ -558,6 +558,125 @@ def test_rerun_is_idempotent_and_repairs_damaged_shards(tmp_path, capsys):
         pd.prepare(tmp_path / "out", "local", [str(p) for p in paths[1:]], **args)
 
 
+def test_rerun_checks_each_shards_sha256_before_nothing_to_do(tmp_path, capsys):
+    """A flipped byte keeps a shard's size and header: only its sha256 shows it. The re-run names that shard in
+    one line and rebuilds it, identical, instead of saying "nothing to do"."""
+    (tmp_path / "a.txt").write_text(" ".join(make_texts(30, 0)))
+    args = dict(val_tokens=100, shard_tokens=300, workers=1)
+    first = pd.prepare(tmp_path / "out", "local", [str(tmp_path / "a.txt")], quiet=True, **args)
+    victim = tmp_path / "out" / first["shards"][2]["file"]
+    raw = bytearray(victim.read_bytes())
+    raw[shards.HEADER_BYTES + 10] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    capsys.readouterr()
+    again = pd.prepare(tmp_path / "out", "local", [str(tmp_path / "a.txt")], quiet=False, **args)
+    out, err = capsys.readouterr()
+    said = [line for line in err.splitlines() if victim.name in line]
+    assert said == [f"{victim}: damaged, its sha256 differs from the manifest's; rebuilding from shard 2 on"]
+    assert "nothing to do" not in out and again["shards"] == first["shards"]
+    assert sha256(victim.read_bytes()) == first["shards"][2]["sha256"]
+
+
+def test_an_input_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    """Another program still writing an input: its size or mtime differ after reading from when it was hashed,
+    and the build stops in one line rather than record shards that are not of the recorded sha256."""
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(30, 0)))
+    argv = ["--input", str(path), "--out", str(tmp_path / "out"), "--val-tokens", "100", "--shard-tokens", "300",
+            "--quiet"]
+    real, calls = readers.iter_documents, []
+
+    def written_meanwhile(p, start=0):  # call 1 checks the file (resolve_inputs), call 2 is the build's
+        calls.append(p)
+        for i, doc in enumerate(real(p, start)):
+            yield doc
+            if len(calls) == 2 and i == 3:
+                with open(p, "a") as f:
+                    f.write(json.dumps({"text": "a late document"}) + "\n")
+    monkeypatch.setattr(readers, "iter_documents", written_meanwhile)
+    with pytest.raises(SystemExit) as e:
+        pd.main(argv)
+    assert e.value.code == (f"prepare_data.py: error: {path}: changed while it was being read (its size or "
+                            "modification time differ from when it was hashed); run again once nothing writes to it")
+    assert not shards.load_manifest(tmp_path / "out")["complete"]
+    # changed between its hash and its build: refused before a token of it is read
+    real_sha = readers.sha256_file
+
+    def touched_after_hashing(p):
+        digest = real_sha(p)
+        os.utime(p, ns=(time.time_ns(), time.time_ns() + 10**9))
+        return digest
+    monkeypatch.setattr(readers, "iter_documents", real)
+    monkeypatch.setattr(readers, "sha256_file", touched_after_hashing)
+    with pytest.raises(SystemExit, match="changed while it was being read"):
+        pd.main(argv[:3] + [str(tmp_path / "out2")] + argv[4:])
+    assert not (tmp_path / "out2").exists()
+
+
+def _edited(m):
+    """Hand edits of a built manifest, and what the one line must say about each."""
+    yield dict(m, shards=[dict(m["shards"][0], tokens="abc")] + m["shards"][1:]), \
+        """"tokens" of shards[0] is 'abc', not a whole number >= 0"""
+    yield dict(m, shards=5), '"shards" is 5, not a list'
+    yield dict(m, shards=[m["shards"][0], "train_000001.bin"]), "shards[1] is 'train_000001.bin', not an object"
+    yield dict(m, notes="mine"), "unknown key 'notes'"
+    yield dict(m, vocab_size=True), '"vocab_size" is True, not a whole number >= 0'
+    yield dict(m, total_tokens=-5), '"total_tokens" is -5, not a whole number >= 0'
+    yield [m], "the file holds [{"
+    yield {k: v for k, v in m.items() if k != "shards"}, "no shard list"
+    yield dict(m, shards=[dict(s, end=[0, 1]) for s in m["shards"]]), '"end" of shards[0] is [0, 1], not'
+    yield dict(m, shards=[m["shards"][0], m["shards"][0]] + m["shards"][1:]), "'val_000000.bin' is listed 2 times"
+    yield dict(m, shards=[dict(m["shards"][0], file="../val_000000.bin")] + m["shards"][1:]), "in this folder"
+    # the split contradicts the file name: validation tokens would be trained on, or training tokens evaluated
+    yield dict(m, shards=[dict(m["shards"][0], split="train")] + m["shards"][1:]), \
+        "shards[0] is 'val_000000.bin' with split 'train': a shard's split must be the one its file name says"
+    yield dict(m, shards=m["shards"][:1] + [dict(m["shards"][1], split="val")] + m["shards"][2:]), \
+        "shards[1] is 'train_000001.bin' with split 'val'"
+
+
+def test_a_hand_edited_or_torn_manifest_is_one_line_naming_it(tmp_path):
+    """Wrong types, foreign keys, bytes that are not UTF-8 or not JSON: one line naming manifest.json and what
+    is wrong, from prepare_data.py's re-run and from every reader of the folder (train.py's open_data, the
+    tokenizer lookup), never a traceback; nothing in the folder is touched."""
+    (tmp_path / "a.txt").write_text(" ".join(make_texts(30, 0)))
+    argv = ["--input", str(tmp_path / "a.txt"), "--out", str(tmp_path / "out"), "--val-tokens", "100",
+            "--shard-tokens", "300", "--quiet"]
+    pd.main(argv)
+    path = tmp_path / "out" / "manifest.json"
+    good = path.read_bytes()
+    cases = [(json.dumps(m).encode(), words) for m, words in _edited(json.loads(good))]
+    cases += [(good[:len(good) // 2], "not valid JSON"), (b"\xff\xfe" + good, "not UTF-8 text (byte 0xff at offset 0)"),
+              ('{"shards": [], "source": "caf\u00e9"}'.encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 29)")]
+    for data, words in cases:
+        path.write_bytes(data)
+        before = mtimes(tmp_path / "out")
+        for call in (lambda: pd.main(argv), lambda: shards.open_data(tmp_path / "out"),
+                     lambda: tk.data_tokenizer(tmp_path / "out", None, "--tokenizer asks for")):
+            with pytest.raises(SystemExit) as e:
+                call()
+            msg = str(e.value.code)
+            assert "\n" not in msg and f"{path}: " in msg and words in msg, (words, msg)
+        assert mtimes(tmp_path / "out") == before
+    path.write_bytes(good)
+    assert pd.prepare(tmp_path / "out", "local", [str(tmp_path / "a.txt")], val_tokens=100, shard_tokens=300,
+                      quiet=True)["complete"]
+
+
+def test_a_hand_made_manifest_is_not_a_build_to_go_on_with(tmp_path):
+    """A folder with a manifest of only a shard list (hand-made, as the tests' tiny ones) trains, but
+    prepare_data.py cannot resume it: one line, not a KeyError."""
+    (tmp_path / "out").mkdir()
+    shards.write_shard(tmp_path / "out" / "val_000000.bin", [1, 2, 3])
+    shards.write_shard(tmp_path / "out" / "train_000001.bin", [4, 5, 6])
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(dict(tokenizer="gpt2", shards=[
+        dict(file="val_000000.bin", split="val", tokens=3), dict(file="train_000001.bin", split="train", tokens=3)])))
+    assert len(shards.open_data(tmp_path / "out")[1]) == 1
+    (tmp_path / "a.txt").write_text(" ".join(make_texts(30, 0)))
+    with pytest.raises(SystemExit) as e:
+        pd.main(["--input", str(tmp_path / "a.txt"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert "manifest.json: not a prepare_data.py manifest (no 'settings': not a build" in str(e.value.code)
+
+
 def test_interrupted_build_resumes_to_identical_shards(tmp_path, monkeypatch):
     """Ctrl-C during a shard loses only that shard; the re-run resumes mid-file and mid-document."""
     paths, texts = write_local_inputs(tmp_path / "in")

@@ -389,6 +389,39 @@ def test_corrupt_edited_and_old_checkpoints(tmp_path, capsys):
     expect_exit(["--resume", path, "--max-steps", 4], str(path), "does not fit its model_config")
 
 
+TORN = [  # a checkpoint without a checksum whose fields have types train.py never writes
+    (dict(step="x"), "its 'step' is 'x', not a step >= 0"), (dict(step=-1), "'step' is -1"),
+    (dict(step=True), "'step' is True"), (dict(model_config=[1, 2]), "'model_config' is [1, 2], not a dict"),
+    (dict(train_args="lr=1"), "'train_args' is 'lr=1'"), (dict(optimizer=5), "'optimizer' is 5, not a dict"),
+    (dict(rng=None), "'rng' is None"), (dict(model={"w": "abc"}), "'model' holds entries that are not named tensors"),
+]
+
+
+@pytest.mark.parametrize("edit, words", TORN, ids=[w for _, w in TORN])
+def test_an_unverified_checkpoint_of_wrong_types_is_one_line_naming_it(tmp_path, edit, words):
+    path = tmp_path / "ckpt.pt"
+    torch.save({**dict(model={"w": torch.zeros(2)}, model_config={}, train_args={}, step=3, optimizer={}, rng={}),
+                **edit}, path)
+    for flag in ("--resume", "--ckpt"):
+        with pytest.raises(SystemExit) as e:
+            train.checkpoints.load_checkpoint(str(path), flag=flag)
+        assert e.value.code.startswith(f"{flag} {path}: its ") and words in e.value.code and "\n" not in e.value.code
+
+
+def test_an_unverified_checkpoint_of_a_wrong_config_or_rng_is_one_line(tmp_path):
+    """Fields of the right type holding wrong ones: the model config's values, the RNG states (a resume)."""
+    data = make_data(tmp_path / "data")
+    run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "o")
+    path = tmp_path / "o" / "ckpt.pt"
+    good = torch.load(path, weights_only=True)
+    del good["sha256"]
+    torch.save({**good, "model_config": {**good["model_config"], "n_layer": "x"}}, path)
+    expect_exit(["--resume", path, "--max-steps", 2], str(path), "its model_config is not one train.py writes",
+                "n_layer='x'")
+    torch.save({**good, "rng": {**good["rng"], "torch": "seed 1"}}, path)
+    expect_exit(["--resume", path, "--max-steps", 2], str(path), "RNG states", "edited or is damaged")
+
+
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     data = make_data(tmp_path / "data")
     out = tmp_path / "o"
