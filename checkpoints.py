@@ -119,6 +119,9 @@ def state_sha256(state):
 
 def load_state(target, state, path):
     """model/optimizer.load_state_dict, with a mismatch (an edited checkpoint) as one line."""
+    if state is None:  # a checkpoint without it (edited): it can be evaluated, not continued
+        raise SystemExit(f"{path}: holds no saved {type(target).__name__} state, so it cannot be continued; "
+                         f"--eval-only --resume {path} evaluates it")
     try:
         target.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as e:

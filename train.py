@@ -235,7 +235,7 @@ def run(args, given, ckpt, rank, world, device):
     optimizer = raw_model.configure_optimizers(args.weight_decay, args.lr, (args.beta1, args.beta2), kind, args.eps)
     start_step = 0 if ckpt is None else ckpt["step"]
     if ckpt is not None:
-        checkpoints.load_state(optimizer, ckpt["optimizer"], args.resume)
+        checkpoints.load_state(optimizer, ckpt.get("optimizer"), args.resume)
         checkpoints.restore_position(ckpt, loader, args.resume, args.data_dir)
 
     # ---- the run's folder: everything before only read; from here on we write

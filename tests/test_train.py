@@ -420,6 +420,9 @@ def test_an_unverified_checkpoint_of_a_wrong_config_or_rng_is_one_line(tmp_path)
                 "n_layer='x'")
     torch.save({**good, "rng": {**good["rng"], "torch": "seed 1"}}, path)
     expect_exit(["--resume", path, "--max-steps", 2], str(path), "RNG states", "edited or is damaged")
+    torch.save({k: v for k, v in good.items() if k != "optimizer"}, path)  # no optimizer: evaluated, not continued
+    expect_exit(["--resume", path, "--max-steps", 2], str(path), "holds no saved AdamW state", "--eval-only")
+    assert run("--eval-only", "--resume", path, "--device", "cpu")["step"] == 1
 
 
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
