@@ -263,8 +263,8 @@ def with_options(task, options=(), T=None, lengths=None):
     if chosen:
         task = replace(task, train={**task.train, **chosen}, what=f"{task.what} ({', '.join(options)})")
     batch(task, 1, T or task.T, 0)
-    for length in lengths or task.lengths:
-        batch(task, 1, task.at(length)[0], 0, "test", **task.at(length)[1])
+    for T_test, test_options in map(task.at, lengths or task.lengths):
+        batch(task, 1, T_test, 0, "test", **test_options)
     return task
 
 
