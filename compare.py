@@ -16,6 +16,7 @@ at any time and continued later or elsewhere (copy DIR, run again). Afterwards:
     DIR/results.md        per encoding and length: mean over seeds, spread, change against RoPE
     DIR/loss.png          validation loss against training tokens (seed mean, min-max band)
     DIR/ppl_vs_length.png perplexity and bits per byte against evaluation length (log x), training length marked
+                          (a --task sweep: acc_vs_length.png, accuracy against test length)
     DIR/loss_by_position.png  loss at each position of the longest windows: where an encoding breaks
     DIR/carope_f.png      what CARoPE learned: f(x_t)_h over a passage, per head, and f per layer
     DIR/carope_clock.png  the "context-aware clock": phase of pair 1 along the passage vs RoPE's line
@@ -512,7 +513,7 @@ def plot_ppl(plt, out, runs, train_len, colors):
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
     fig.suptitle(f"Against {'test' if runs[0].get('task') else 'context'} length (mean over seeds, bars = min–max)")
-    return save(plt, fig, out, "ppl_vs_length.png")
+    return save(plt, fig, out, "acc_vs_length.png" if runs[0].get("task") else "ppl_vs_length.png")
 
 
 def plot_by_position(plt, out, runs, train_len, colors):
@@ -598,13 +599,14 @@ def save(plt, fig, out, name):
 
 # -----------------------------------------------------------------------------
 
-def summarise(out, recipe, given):
+def summarise(out, given):
     runs = collect(out)
     if not runs:
         raise SystemExit(f"compare.py: no finished runs in {out}; run without --plot-only first")
     shards.atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(dict(runs=runs), indent=1).encode()))
     train_len = runs[0].get("context") or min(given["eval_lens"])  # older sweeps did not record it
     pes, seeds = ",".join(by_pe(runs)), ",".join(map(str, sorted({r["seed"] for r in runs})))
+    recipe = [a for k, v in given.items() for a in recipe_flag(k, v)]  # the same words after a sweep or --plot-only
     command = shlex.join(["python", "compare.py", "--pe", pes, "--seeds", seeds, *recipe, "--out", out])
     write_markdown(out, runs, command, train_len)
     written = plots(out, runs, train_len)
@@ -614,12 +616,12 @@ def summarise(out, recipe, given):
         print(f.read())
 
 
-def summarise_safely(out, recipe, given):
+def summarise_safely(out, given):
     """summarise; a full disk or Ctrl-C is one line: the runs are kept, each summary file is the previous one or
     the new one whole (atomic writes), and --plot-only writes the summary again."""
     redo = cli.command("python", "compare.py", "--out", out, "--plot-only")
     try:
-        summarise(out, recipe, given)
+        summarise(out, given)
     except KeyboardInterrupt:
         print(f"\ncompare.py: interrupted while writing the summary; the runs are kept: {redo} writes it",
               file=sys.stderr)
@@ -638,14 +640,13 @@ def main(argv=None):
         if not os.path.exists(path):
             raise SystemExit(f"compare.py: {args.out} holds no sweep (no recipe.json); run without --plot-only first")
         given = read_json(path)
-        recipe = [a for k, v in given.items() for a in recipe_flag(k, v)]
-        summarise_safely(args.out, recipe, given)
+        summarise_safely(args.out, given)
         return 0
     recipe, given = resolve_recipe(recipe)
     want = check_recipe(args.out, given)
     t0 = time.time()
     failed = sweep(args, recipe, want)
-    summarise_safely(args.out, recipe, given)
+    summarise_safely(args.out, given)
     print(f"compare.py: done in {time.time() - t0:.0f} s")
     if failed:
         print(f"compare.py: {len(failed)} run(s) failed:\n  " + "\n  ".join(failed), file=sys.stderr)
@@ -660,6 +661,8 @@ def recipe_flag(key, value):
         return [flag]
     if value is False:
         return [f"--no-{key.replace('_', '-')}"] if key == "compile" else []
+    if key == "task_option":  # repeatable: --task-option a=1 --task-option b=2
+        return [w for v in value for w in (flag, v)]
     return [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
 
 

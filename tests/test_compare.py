@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -170,6 +171,24 @@ def test_a_task_sweep_tabulates_accuracy_by_length(tmp_path):
                                                                      and 0 <= r["val"]["256"]["acc"] <= 1 for r in runs)
     md = (out / "results.md").read_text()
     assert "test accuracy (whole answers)" in md and "len 256 (4x)" in md and "task: parity." in md
+    assert (out / "acc_vs_length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # named for what it shows
+    assert not (out / "ppl_vs_length.png").exists()
+
+
+def test_the_recorded_command_is_the_same_after_a_sweep_and_after_plot_only(tmp_path):
+    """results.md's command gives each --task-option its own flag (a comma-joined one would be one bad option),
+    and the sweep's summary and --plot-only's write the same words."""
+    out = tmp_path / "sweep"
+    flags = ["--task", "counting", "--task-option", "variables=2", "--task-option", "max_value=5", "--pe", "rope",
+             "--seeds", "1", "--out", str(out), "--max-steps", "2", "--n-layer", "1", "--n-embd", "16",
+             "--micro-batch", "4", "--device", "cpu"]
+    assert compare.main(flags) == 0
+    command = lambda: next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("Command"))
+    after_sweep = command()
+    assert "--task-option variables=2 --task-option max_value=5" in after_sweep
+    assert compare.main(["--out", str(out), "--plot-only"]) == 0
+    assert command() == after_sweep
+    assert compare.main(shlex.split(after_sweep.split("`")[1])[2:]) == 0  # it replays: the runs are skipped
 
 
 def unwritable_outs(tmp_path):
