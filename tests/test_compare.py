@@ -191,6 +191,17 @@ def test_the_recorded_command_is_the_same_after_a_sweep_and_after_plot_only(tmp_
     assert compare.main(shlex.split(after_sweep.split("`")[1])[2:]) == 0  # it replays: the runs are skipped
 
 
+def test_a_sweep_whose_every_run_failed_says_why_not_plot_only(tmp_path, monkeypatch, capfd):
+    def busy(out, pe, seed, recipe):
+        raise SystemExit("data/kjv-bytes is in use by another prepare_data.py (pid 1): wait until it is done")
+    monkeypatch.setattr(compare, "train_one", busy)
+    out = tmp_path / "sweep"
+    assert compare.main(["--pe", "rope,carope", "--seeds", "1", "--out", str(out), "--max-steps", "2"]) == 1
+    err = capfd.readouterr().err
+    assert "no run has finished; 2 failed" in err and "carope seed 1: data/kjv-bytes is in use" in err
+    assert "--plot-only" not in err and not (out / "results.md").exists()
+
+
 def unwritable_outs(tmp_path):
     (tmp_path / "somefile").write_text("notes")
     yield str(tmp_path / "somefile"), "is a file, not a folder"
