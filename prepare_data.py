@@ -188,17 +188,18 @@ def _tokenised(files, read, start, encode, reading):
 
 def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2", max_files=None, max_tokens=None,
             val_tokens=None, shard_tokens=DEFAULT_SHARD_TOKENS, cache_dir=None, workers=None, endpoint=None,
-            quiet=False):
+            quiet=False, wait=False):
     """Build (or finish, or confirm) the token shards of a source in out_dir; returns the manifest.
     source: "fineweb-edu" (hub), "embedded" (King James Bible) or "local" (files/globs/dirs in `inputs`);
-    tokenizer: "gpt2" or "bytes". out_dir defaults to data/NAME, data/NAME-bytes for bytes (see SOURCES)."""
+    tokenizer: "gpt2" or "bytes". out_dir defaults to data/NAME, data/NAME-bytes for bytes (see SOURCES).
+    wait: if another process is building in out_dir, wait for it instead of stopping."""
     _check_settings(source, inputs, max_files=max_files, max_tokens=max_tokens, val_tokens=val_tokens,
                     shard_tokens=shard_tokens, workers=workers)
     tok = get_tokenizer(tokenizer)
     out_dir = Path(out_dir or default_dir(SOURCES[source], tok.name))
     settings = dict(source=source, max_files=max_files, max_tokens=max_tokens, val_tokens=val_tokens,
                     shard_tokens=shard_tokens, tokenizer=tok.name)
-    lock = FolderLock(out_dir, "prepare_data.py").acquire()  # one build per folder at a time
+    lock = FolderLock(out_dir, "prepare_data.py").acquire(wait)  # one build per folder at a time
     try:
         if removed := remove_stale_temps(out_dir):
             say(f"note: removed {len(removed)} temp file(s) left by killed runs in {out_dir}: {removed[0].name}...", quiet)
@@ -224,11 +225,11 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2"
         lock.release()
 
 
-def prepare_embedded(out_dir=None, *, tokenizer="gpt2", quiet=False):
+def prepare_embedded(out_dir=None, *, tokenizer="gpt2", quiet=False, wait=False):
     """Shards of the embedded King James Bible in out_dir, by default data/kjv (gpt2) or data/kjv-bytes;
     returns the folder (a Path), at once if it is already built."""
     out_dir = Path(out_dir or default_dir(SOURCES["embedded"], tokenizer))
-    prepare(out_dir, source="embedded", tokenizer=tokenizer, quiet=quiet)
+    prepare(out_dir, source="embedded", tokenizer=tokenizer, quiet=quiet, wait=wait)
     return out_dir
 
 

@@ -122,7 +122,8 @@ class FolderLock:
     def __init__(self, folder, tool):
         self.folder, self.tool, self.file = Path(folder), tool, None
 
-    def acquire(self):
+    def acquire(self, wait=False):
+        """wait=True: if another process holds the folder, say so once and wait for it (a build of seconds)."""
         try:
             import fcntl
         except ImportError:
@@ -135,9 +136,12 @@ class FolderLock:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "?"
-            f.close()
-            raise SystemExit(f"{self.folder} is in use by another {self.tool} (pid {holder}): wait until it is done, "
-                             "or use another folder") from None
+            if not wait:
+                f.close()
+                raise SystemExit(f"{self.folder} is in use by another {self.tool} (pid {holder}): wait until it is "
+                                 "done, or use another folder") from None
+            print(f"{self.folder} is in use by another {self.tool} (pid {holder}): waiting until it is done", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")

@@ -375,7 +375,7 @@ def open_data(args, model, rank, world, device, autocast, log):
     if args.data is None:  # the default run trains on the embedded corpus; building it is idempotent
         if rank == 0:
             import prepare_data  # only here: it brings in the hub client and the tokenizers' packages
-            prepare_data.prepare_embedded(tokenizer=args.tokenizer)
+            prepare_data.prepare_embedded(tokenizer=args.tokenizer, wait=True)  # two runs at once: one builds it
         if dist.is_initialized():
             dist.barrier()  # the other ranks wait for rank 0 to build it
     val, train, paths, manifest = shards.open_data(args.data_dir)

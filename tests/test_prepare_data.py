@@ -967,3 +967,20 @@ def test_one_build_per_folder(tmp_path):
             pd.main(["--source", "embedded", "--out-dir", str(tmp_path / "kjv"), "--quiet"])
     assert f"in use by another prepare_data.py (pid {os.getpid()})" in str(e.value.code)
     assert not (tmp_path / "kjv").exists()  # the lock's folder goes again when nothing was built in it
+
+
+def test_the_embedded_build_can_wait_for_another(tmp_path, capfd):
+    """train.py's first-use build (wait=True) waits for the process already building the folder, then finds it
+    built, instead of stopping every run of a sweep started beside another."""
+    import threading
+    out = tmp_path / "kjv"
+    other = shards.FolderLock(out, "prepare_data.py").acquire()  # as a running build holds it
+    done = []
+    waiter = threading.Thread(target=lambda: done.append(pd.prepare_embedded(out, quiet=True, wait=True)))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not done  # still waiting
+    assert f"{out} is in use by another prepare_data.py (pid {os.getpid()}): waiting" in capfd.readouterr().out
+    other.release()
+    waiter.join(timeout=60)
+    assert done == [out] and json.loads((out / "manifest.json").read_text())["complete"]
