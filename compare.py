@@ -648,7 +648,7 @@ def main(argv=None):
     failed = sweep(args, recipe, want)
     if failed and not collect(args.out):  # nothing to summarise: say why, not "no finished runs"
         print(f"compare.py: no run has finished; {len(failed)} failed:\n  " + "\n  ".join(failed)
-              + "\ncompare.py: fix that, then run the same command again", file=sys.stderr)
+              + "\ncompare.py: fix that, then run again", file=sys.stderr)
         return 1
     summarise_safely(args.out, given)
     print(f"compare.py: done in {time.time() - t0:.0f} s")

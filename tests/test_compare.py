@@ -127,8 +127,8 @@ def test_a_sweep_that_failed_before_any_run_records_no_recipe(tmp_path):
     """A typo in --data fails every run before it begins: no recipe.json, so the corrected command (another
     --data) is a new sweep, not 'another recipe'."""
     out = tmp_path / "sweep"
-    with pytest.raises(SystemExit, match="no finished runs"):
-        compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), "--data", str(tmp_path / "typo"), *RECIPE])
+    assert compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), "--data", str(tmp_path / "typo"),
+                         *RECIPE]) == 1
     assert not (out / "recipe.json").exists()
     data = make_data(tmp_path / "data")
     assert compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), "--data", data, *RECIPE,
@@ -199,7 +199,7 @@ def test_a_sweep_whose_every_run_failed_says_why_not_plot_only(tmp_path, monkeyp
     assert compare.main(["--pe", "rope,carope", "--seeds", "1", "--out", str(out), "--max-steps", "2"]) == 1
     err = capfd.readouterr().err
     assert "no run has finished; 2 failed" in err and "carope seed 1: data/kjv-bytes is in use" in err
-    assert "--plot-only" not in err and not (out / "results.md").exists()
+    assert "--plot-only" not in err and "fix that, then run again" in err and not (out / "results.md").exists()
 
 
 def unwritable_outs(tmp_path):
