@@ -976,11 +976,13 @@ def test_the_embedded_build_can_wait_for_another(tmp_path, capfd):
     out = tmp_path / "kjv"
     other = shards.FolderLock(out, "prepare_data.py").acquire()  # as a running build holds it
     done = []
-    waiter = threading.Thread(target=lambda: done.append(pd.prepare_embedded(out, quiet=True, wait=True)))
+    waiter = threading.Thread(target=lambda: done.append(pd.prepare_embedded(out, quiet=True, wait=True)), daemon=True)
     waiter.start()
-    waiter.join(timeout=1.0)
-    assert waiter.is_alive() and not done  # still waiting
-    assert f"{out} is in use by another prepare_data.py (pid {os.getpid()}): waiting" in capfd.readouterr().out
-    other.release()
+    try:
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not done  # still waiting
+        assert f"{out} is in use by another prepare_data.py (pid {os.getpid()}): waiting" in capfd.readouterr().out
+    finally:
+        other.release()
     waiter.join(timeout=60)
     assert done == [out] and json.loads((out / "manifest.json").read_text())["complete"]
