@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from carope_triton import carope_rotate, use_fused  # the fast path of CARoPE's rotation (CUDA)
+from support.carope_triton import carope_rotate, use_fused  # the fast path of CARoPE's rotation (CUDA)
+from support.devices import peak_flops  # the GPU's peak bf16 flop/s, for MFU
 
 PE_CHOICES = ("nope", "learned", "sinusoidal", "rope", "carope", "carope-static", "carope-embed", "tapa", "selective")
 ROTARY_PE = ("rope", "carope", "carope-static", "carope-embed", "selective")  # the ones that rotate q and k
@@ -143,12 +144,8 @@ class CARoPE(nn.Module):
             if self.weight is None:
                 logits = self.bias.float().expand(B, T, -1)  # b_h, the same for every token
             else:
-                # Reading (TF32): train.py's set_float32_matmul_precision("high") lets a float32 matmul on
-                # CUDA round its inputs to TF32's 10 mantissa bits. With that rounding emulated on the CPU
-                # (tests/test_model.py::test_f_is_out_of_tf32's setting: C = 512, W ~ N(0, 0.1^2), T = 512)
-                # f is 4.7e-4 off and the phase 6.9e-3 rad (3.1e-2 at T = 4096), against 1.5e-5 rad in
-                # true float32. So this one small matmul (H outputs) runs in float64, which no TF32 setting
-                # touches; MPS has neither float64 nor TF32, and stays in float32.
+                # Reading (TF32): this one small matmul runs in float64, out of TF32's reach (MPS: float32);
+                # why, with the numbers: tests/test_model.py::test_f_is_out_of_tf32
                 wide = torch.float32 if x.device.type == "mps" else torch.float64
                 logits = F.linear(x.to(wide), self.weight.to(wide), self.bias.to(wide)).float()  # x_t W + b: (B, T, H)
             return 1.0 / (F.softplus(logits) + 1.0)  # f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1)
@@ -234,7 +231,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         if self.fused and cache is None and use_fused(q):  # use_fused: the kernel passed its self-check
-            # the same rotation as below, fused into one Triton kernel (carope_triton.py): the
+            # the same rotation as below, fused into one Triton kernel (support/carope_triton.py): the
             # powers, running sums, cos and sin never leave the GPU's registers
             q, k = carope_rotate(q, k, self.rotary.frequencies(source))
         elif self.rotary is not None:
@@ -484,38 +481,6 @@ class GPT(nn.Module):
                 idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
-
-
-# Dense bf16 tensor-core peaks in TFLOP/s, by the exact name torch.cuda.get_device_name reports. Source:
-# NVIDIA's datasheets (H100, H200, A100, L40/L40S, L4, A10; the HGX B200 and GB200 NVL72 spec tables),
-# row "BF16 Tensor Core"; they quote it with 2:4 sparsity, halved here (H100 SXM: 1,979 -> 989).
-# GeForce RTX 4090: the Ada architecture whitepaper, bf16 with float32 accumulation (autocast's).
-PEAK_BF16_TFLOPS = {
-    "NVIDIA H100 80GB HBM3": 989,  # H100 SXM5
-    "NVIDIA H100 PCIe": 756,
-    "NVIDIA H100 NVL": 835,
-    "NVIDIA H200": 989,  # H200 SXM
-    "NVIDIA H200 NVL": 835,
-    "NVIDIA A100-SXM4-40GB": 312, "NVIDIA A100-SXM4-80GB": 312,
-    "NVIDIA A100-PCIE-40GB": 312, "NVIDIA A100 80GB PCIe": 312,
-    "NVIDIA B200": 2250,
-    "NVIDIA GB200": 2500,
-    "NVIDIA L40S": 362,
-    "NVIDIA L40": 181,
-    "NVIDIA L4": 121,
-    "NVIDIA A10": 125,
-    "NVIDIA GeForce RTX 4090": 165,
-}
-
-
-def peak_flops(device):
-    """Peak dense bf16 flop/s of a CUDA device, for MFU, looked up by its exact name; None for a GPU
-    not in PEAK_BF16_TFLOPS (an MFU against a guessed peak would mislead) and for other devices."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None  # CPUs and Apple GPUs: no single published figure to measure against
-    peak = PEAK_BF16_TFLOPS.get(torch.cuda.get_device_name(device))
-    return None if peak is None else peak * 1e12
 
 
 # -----------------------------------------------------------------------------

@@ -34,10 +34,7 @@ import time
 import numpy as np
 import torch
 
-import checkpoints
-import cli
-import shards
-import tokenizer
+from support import checkpoints, cli, shards, tokenizer
 import train
 from carope import GPT, GPTConfig, PE_CHOICES
 

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import cli
-from hub import FINEWEB_REPO, FINEWEB_SUBSET, download_file, hub_endpoint, list_hub_files
-from manifests import load_manifest, new_manifest
-from readers import KJV_SHA256, iter_documents, kjv_documents, kjv_path, local_inputs
-from shards import DATA_DIR, FolderLock, _write_json, default_dir, finished_shards, remove_stale_temps, write_shard
-from tokenizer import TOKENIZERS, get_tokenizer
+from support import cli
+from support.hub import FINEWEB_REPO, FINEWEB_SUBSET, download_file, hub_endpoint, list_hub_files
+from support.manifests import load_manifest, new_manifest
+from support.readers import KJV_SHA256, iter_documents, kjv_documents, kjv_path, local_inputs
+from support.shards import DATA_DIR, FolderLock, _write_json, default_dir, finished_shards, remove_stale_temps, write_shard
+from support.tokenizer import TOKENIZERS, get_tokenizer
 
 # settings
 DEFAULT_SHARD_TOKENS = 100_000_000

@@ -15,10 +15,7 @@ import time
 
 import torch
 
-import checkpoints
-import cli
-import devices
-import tokenizer
+from support import checkpoints, cli, devices, tokenizer
 from carope import GPT, GPTConfig
 
 

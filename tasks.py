@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-import cli
+from support import cli
 
 # -----------------------------------------------------------------------------
 # Vocabularies: a token's id is its index. Every task has a pad "*" or needs none.

@@ -27,15 +27,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import checkpoints
-import cli
-import devices
-import runs
-import shards
+from support import checkpoints, cli, devices, runs, shards
 import tasks
-import tokenizer
+from support import tokenizer
 from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
-from runs import RUN_FILES  # noqa: F401  (what a run leaves in its --out-dir)
+from support.runs import RUN_FILES  # noqa: F401  (what a run leaves in its --out-dir)
 
 # -----------------------------------------------------------------------------
 # Settings. A flag left out falls back to the checkpoint's setting on --resume (so a resumed run

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import carope
-import readers  # for step 9's text: the embedded corpus
+from support import readers  # for step 9's text: the embedded corpus
 from carope import CARoPE, GPT, GPTConfig, LayerCache, RoPE, rope_frequencies, rotate
 
 torch.manual_seed(0)

@@ -14,14 +14,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import bench  # noqa: E402
-import devices  # noqa: E402
+from dev import bench  # noqa: E402
+from support import devices  # noqa: E402
 
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="asserts what happens without CUDA")
 
 
 def bench_cli(*argv, timeout=300):
-    return subprocess.run([sys.executable, str(REPO / "bench.py"), *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dev.bench", *argv], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -202,7 +202,7 @@ def test_fused_carope_flag_reaches_the_model(monkeypatch, flag, fused):
 
 
 def test_fused_rotation_that_fails_its_self_check_is_skipped(monkeypatch):
-    import carope_triton
+    from support import carope_triton
     monkeypatch.setattr(carope_triton, "_verdicts", {})
     monkeypatch.setattr(carope_triton, "fused_available", lambda t: True)
 

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-import carope_triton  # noqa: E402
+from support import carope_triton  # noqa: E402
 from carope import GPT, CARoPE, GPTConfig, rotate  # noqa: E402
-from carope_triton import carope_rotate, fused_available, phase_error_bound, self_check, use_fused  # noqa: E402
+from support.carope_triton import carope_rotate, fused_available, phase_error_bound, self_check, use_fused  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
@@ -39,6 +39,26 @@ def test_in_triton_interpreter():
                            env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-2000:]
     assert " passed" in child.stdout, child.stdout[-2000:]
+
+
+def test_the_kernels_reference_is_the_models_rotation():
+    """self_check compares the kernel with reference_rotate, the kernel file's own copy of carope.rotate
+    (so that the kernel does not import the model); the two must agree bit for bit, bf16 included."""
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, 3, 5, 8, generator=g).to(dtype)
+        phase = 100 * torch.randn(2, 3, 5, 4, generator=g)
+        assert torch.equal(carope_triton.reference_rotate(x, phase.cos(), phase.sin()), rotate(x, phase.cos(), phase.sin()))
+
+
+def test_the_kernel_does_not_import_the_model():
+    """No import circle, not even a lazy one: carope.py imports the kernel, never the reverse."""
+    src = open(carope_triton.__file__).read()
+    assert "import carope\n" not in src and "from carope import" not in src
+    child = subprocess.run([sys.executable, "-c", "import sys; import support.carope_triton; "
+                            "assert 'carope' not in sys.modules, 'the kernel imported carope'"],
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
 
 
 def reference(q, k, f, dtype=torch.float32):

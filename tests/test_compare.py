@@ -17,7 +17,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import compare  # noqa: E402
-import shards  # noqa: E402
+from support import shards  # noqa: E402
 from test_train import make_data  # noqa: E402
 
 # a model big enough that a step takes a few milliseconds, so a run can be interrupted mid-way

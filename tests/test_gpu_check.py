@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import gpu_check  # noqa: E402
+from dev import gpu_check  # noqa: E402
 
 EXPECTED = ["environment", "launcher tools", "kernel self-check", "kernel forward", "kernel backward",
             "kernel long phases", "kernel bfloat16", "compiled steps rope", "compiled steps carope",
@@ -23,7 +23,7 @@ def gpu_check_cli(*argv, timeout=300, **env):
     """gpu_check.py in its own process: TRITON_INTERPRET=1 must be set before Triton's first import,
     which pytest's other test files may already have done in this one."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run([sys.executable, str(REPO / "gpu_check.py"), *argv], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "dev.gpu_check", *argv], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -61,7 +61,7 @@ def test_without_the_interpreter_the_kernel_checks_are_skipped_with_the_reason(m
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # main() would set it for a first import of Triton: not in here
     monkeypatch.setattr(gpu_check, "model_checks", lambda report, device, gpu: None)
     monkeypatch.setattr(gpu_check, "rotation_speed", lambda device, gpu: ("SKIP", "not here", {}))
-    import carope_triton
+    from support import carope_triton
     monkeypatch.setattr(carope_triton, "fused_available", lambda t: False)
     assert gpu_check.main(["--device", "cpu"]) == 0
     out = capsys.readouterr().out
@@ -91,7 +91,7 @@ def test_a_failed_check_fails_the_run(monkeypatch, capsys, tmp_path):
 
 
 def test_an_unusable_gpu_is_a_failed_environment_and_the_rest_runs_on_the_cpu(monkeypatch, capsys):
-    import devices
+    from support import devices
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "13.0")

@@ -514,8 +514,11 @@ def tf32(x):
 
 
 def test_f_is_out_of_tf32():
-    """CARoPE's x_t W + b runs in float64 (carope.py's Reading (TF32)): TF32, emulated here by rounding
-    the inputs as a TF32 matmul does, would move the phase by milliradians at T = 512."""
+    """CARoPE's x_t W + b runs in float64 (carope.py's Reading (TF32)). Why: train.py's
+    set_float32_matmul_precision("high") lets a float32 matmul on CUDA round its inputs to TF32's 10
+    mantissa bits. With that rounding emulated on the CPU (this test's setting: C = 512, W ~ N(0, 0.1^2),
+    T = 512) f is 4.7e-4 off and the phase 6.9e-3 rad (3.1e-2 at T = 4096), against 1.5e-5 rad in true
+    float32. float64 is a dtype no TF32 setting touches; MPS has neither float64 nor TF32."""
     from torch.utils._python_dispatch import TorchDispatchMode
     cfg = GPTConfig(n_embd=512, n_head=8, pe="carope")  # the Reading's setting: C = 512, D = 64
     carope = CARoPE(cfg)

@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, whatever the cwd
-import hub as hub_client  # noqa: E402  (the fixture below is called hub)
+from support import hub as hub_client  # noqa: E402  (the fixture below is called hub)
 import prepare_data as pd  # noqa: E402
-import readers  # noqa: E402
-import shards  # noqa: E402
-import tokenizer as tk  # noqa: E402
+from support import readers  # noqa: E402
+from support import shards  # noqa: E402
+from support import tokenizer as tk  # noqa: E402
 
 TREE = "/api/datasets/HuggingFaceFW/fineweb-edu/tree/main/sample/10BT"
 RESOLVE = "/datasets/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT/"

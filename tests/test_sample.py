@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sample
-import tokenizer
+from support import tokenizer
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,7 +125,7 @@ def test_bad_input_exits_1_without_traceback(tmp_path, ckpt):
 
 def test_decodes_with_the_checkpoints_tokenizer(ckpt, tmp_path):
     """The tokenizer is the run's (train_args["tokenizer"]); checkpoints from before it existed are GPT-2's."""
-    import checkpoints
+    from support import checkpoints
     state = checkpoints.load_checkpoint(ckpt)
     assert sample.load_model(ckpt, "cpu")[2].name == state["train_args"].get("tokenizer", "gpt2")
     for name, want in (("bytes", "bytes"), (None, "gpt2")):
@@ -136,7 +136,7 @@ def test_decodes_with_the_checkpoints_tokenizer(ckpt, tmp_path):
 
 
 def test_a_gpu_torch_cannot_use_stops_in_one_line(ckpt, monkeypatch):
-    import devices
+    from support import devices
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

@@ -11,7 +11,7 @@ import pytest
 import tiktoken.load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, whatever the cwd
-import tokenizer as tk  # noqa: E402
+from support import tokenizer as tk  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # GPT-2, offline

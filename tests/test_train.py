@@ -24,8 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import carope  # noqa: E402
-import shards  # noqa: E402
-import tokenizer  # noqa: E402
+from support import shards  # noqa: E402
+from support import tokenizer  # noqa: E402
 import train  # noqa: E402
 
 VOCAB = 128
@@ -660,7 +660,7 @@ def test_ranks_read_disjoint_windows_whose_union_is_the_sequential_stream():
 def test_resume_on_fewer_gpus_restores_the_cuda_states_that_fit(monkeypatch, capsys):
     """A checkpoint saved with 2 GPUs visible, resumed where 1 is: the first state is restored, with a note
     (torch.cuda.set_rng_state_all would raise IndexError)."""
-    import checkpoints
+    from support import checkpoints
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from manifests import load_manifest  # the folder's manifest.json, checked
+from support.manifests import load_manifest  # the folder's manifest.json, checked
 
 HEADER_MAGIC = 20240520
 HEADER_VERSION = 1
@@ -35,7 +35,7 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 
 # where data folders go by default: data/ next to prepare_data.py (which lives next to this file)
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the repository's data/
 
 
 def default_dir(name, tokenizer="gpt2"):

@@ -14,7 +14,7 @@ import random
 import numpy as np
 import torch
 
-import shards
+from support import shards
 
 REQUIRED = {"model", "model_config", "train_args", "step"}
 # what train.py saves under each key: a checkpoint without a checksum (an older or an edited one) is checked by these

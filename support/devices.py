@@ -169,3 +169,35 @@ def processes(name=None):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+# Dense bf16 tensor-core peaks in TFLOP/s, by the exact name torch.cuda.get_device_name reports. Source:
+# NVIDIA's datasheets (H100, H200, A100, L40/L40S, L4, A10; the HGX B200 and GB200 NVL72 spec tables),
+# row "BF16 Tensor Core"; they quote it with 2:4 sparsity, halved here (H100 SXM: 1,979 -> 989).
+# GeForce RTX 4090: the Ada architecture whitepaper, bf16 with float32 accumulation (autocast's).
+PEAK_BF16_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": 989,  # H100 SXM5
+    "NVIDIA H100 PCIe": 756,
+    "NVIDIA H100 NVL": 835,
+    "NVIDIA H200": 989,  # H200 SXM
+    "NVIDIA H200 NVL": 835,
+    "NVIDIA A100-SXM4-40GB": 312, "NVIDIA A100-SXM4-80GB": 312,
+    "NVIDIA A100-PCIE-40GB": 312, "NVIDIA A100 80GB PCIe": 312,
+    "NVIDIA B200": 2250,
+    "NVIDIA GB200": 2500,
+    "NVIDIA L40S": 362,
+    "NVIDIA L40": 181,
+    "NVIDIA L4": 121,
+    "NVIDIA A10": 125,
+    "NVIDIA GeForce RTX 4090": 165,
+}
+
+
+def peak_flops(device):
+    """Peak dense bf16 flop/s of a CUDA device, for MFU, looked up by its exact name; None for a GPU
+    not in PEAK_BF16_TFLOPS (an MFU against a guessed peak would mislead) and for other devices."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None  # CPUs and Apple GPUs: no single published figure to measure against
+    peak = PEAK_BF16_TFLOPS.get(torch.cuda.get_device_name(device))
+    return None if peak is None else peak * 1e12

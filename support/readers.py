@@ -22,7 +22,7 @@ import os
 import zlib
 from pathlib import Path
 
-from shards import TEXT_FORMATS, sha256_file
+from support.shards import TEXT_FORMATS, sha256_file
 
 SUPPORTED = TEXT_FORMATS
 

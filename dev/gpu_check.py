@@ -1,9 +1,9 @@
 """
 The first command on a new GPU machine: does this project's CUDA path work here?
 
-    python gpu_check.py                          # every check (meant to take at most 3 minutes on an H100)
-    python gpu_check.py --json gpu_check.json    # the results as JSON too, written whole or not at all
-    python gpu_check.py --registers              # no GPU needed: both kernels' registers and spills (ptxas)
+    python -m dev.gpu_check                          # every check (meant to take at most 3 minutes on an H100)
+    python -m dev.gpu_check --json gpu_check.json    # the results as JSON too, written whole or not at all
+    python -m dev.gpu_check --registers              # no GPU needed: both kernels' registers and spills (ptxas)
 
 One line per check: PASS, FAIL or SKIP, its name, then what it measured or why it could not run.
 The exit status is 1 if any check failed.
@@ -32,12 +32,12 @@ import sys
 import tempfile
 import time
 
+if not __package__:  # run as a file: the repository's root is then not on the import path
+    sys.exit("dev/gpu_check.py: run it from the repository's root as: python -m dev.gpu_check")
+
 import torch
 
-import cli
-import devices
-import shards
-
+from support import cli, devices, shards
 MAX_ERR = {torch.float32: 1e-4, torch.bfloat16: 2 ** -7}  # tests/test_carope_triton.py's tolerances
 
 
@@ -108,7 +108,7 @@ def environment(name):
 
 
 def launcher_tools(device):
-    import carope_triton
+    from support import carope_triton
     missing = carope_triton.launcher_tools_missing()
     if device.type != "cuda":
         return "SKIP", "only CUDA launches are built" + (f" ({missing})" if missing else ""), {}
@@ -137,7 +137,7 @@ def kernel_case(carope, carope_triton, device, B, H, T, D, dtype):
 
 def kernel_checks(report, device, gpu):
     import carope
-    import carope_triton
+    from support import carope_triton
     probe = torch.zeros(1, device=device)
     if not carope_triton.fused_available(probe):
         why = ("Triton is not installed" if carope_triton.triton is None else
@@ -211,7 +211,7 @@ def model_checks(report, device, gpu):
     import copy
 
     import carope
-    import carope_triton
+    from support import carope_triton
     bf16 = gpu and torch.cuda.is_bf16_supported()
     dtype = torch.bfloat16 if bf16 else torch.float32
     if gpu:
@@ -286,7 +286,7 @@ def speed_line(speeds, setting, gpu):
 def rotation_speed(device, gpu):
     import argparse
 
-    import bench
+    from dev import bench
     args = argparse.Namespace(preset="gpt-tiny" if gpu else "nano", batch_size=8 if gpu else 1, compile=False,
                               dtype="bfloat16" if gpu and torch.cuda.is_bf16_supported() else "float32")
     T, timed = (1024, 20) if gpu else (64, 3)
@@ -322,7 +322,7 @@ def registers(head_sizes, arch):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    import carope_triton
+    from support import carope_triton
     try:
         from triton.backends.nvidia.compiler import get_ptxas
         ptxas = get_ptxas(arch).path

@@ -188,7 +188,7 @@ def _tiles(P):
     """(BLOCK_T, BLOCK_P, num_warps). BLOCK_P = P rounded up to a power of two (tl.arange needs one,
     the rest is masked). The backward keeps several (BLOCK_T, BLOCK_P) float32 tiles live at once
     (x, g, cos, sin, G), so the tile is sized by registers, as ptxas reports them for sm_90a
-    (python gpu_check.py --registers, no GPU needed): with 8 tile elements a thread (1024 numbers on
+    (python -m dev.gpu_check --registers, no GPU needed): with 8 tile elements a thread (1024 numbers on
     4 warps) the backward is spill-free for D = 16 .. 256, float32 and bf16, at 128-192 registers a
     thread with Triton 3.9 and 189-202 with 3.7.1 (D = 32, 64, 128); with 16 (D = 64 with 64 tokens on
     4 warps, the choice before) it hits the 255 cap and spills. Chosen for registers only: no speed
@@ -329,13 +329,20 @@ def launcher_tools_missing():
     return "Triton builds its launcher with a C compiler and Python's headers, and this machine lacks " + " and ".join(lacks)
 
 
+def reference_rotate(x, cos, sin):
+    """The rotation the kernel must match, in plain PyTorch: pair i = dims (i, i + P) turned by the phase
+    whose cos and sin are given, in float32. It is carope.rotate (tests/test_carope_triton.py checks
+    that the two agree exactly); it lives here so that this file does not import the model."""
+    x1, x2 = x[..., : x.size(-1) // 2].float(), x[..., x.size(-1) // 2:].float()
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
 def self_check(device, head_dim, dtype=torch.float32):
     """Why the fused kernel cannot be trusted on `device` for heads of size head_dim and q, k of dtype;
     None if it can. Forward and backward on a small input (two tiles, the second partial; q, k strided
-    as the model makes them) against carope.rotate with the same phases, within the tests' tolerances:
+    as the model makes them) against reference_rotate (= carope.rotate) with the same phases, within the tests' tolerances:
     1e-4 of the values' scale for float32 results, one bf16 step (2^-7) for 16-bit q, k and their
     gradients. Any exception is a failure too, and is named."""
-    import carope  # here, not at the top: carope.py imports this file
     device = torch.device(device)
     try:
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
@@ -347,7 +354,7 @@ def self_check(device, head_dim, dtype=torch.float32):
             wq, wk = (torch.randn(B, H, T, head_dim, generator=g).to(device, dtype) for _ in range(2))
             phase = torch.cumsum(f.unsqueeze(-1) ** torch.arange(P, dtype=torch.float32, device=device), dim=1).transpose(1, 2)
             cos, sin = phase.cos(), phase.sin()  # phi_i(m) = sum_{t<=m} f_t^i: (B, H, T, P)
-            expected = carope.rotate(q, cos, sin), carope.rotate(k, cos, sin)
+            expected = reference_rotate(q, cos, sin), reference_rotate(k, cos, sin)
             got = carope_rotate(q, k, f)
             expected += torch.autograd.grad(expected, (q, k, f), (wq, wk))
             got += torch.autograd.grad(got, (q, k, f), (wq, wk))

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from shards import DATA_DIR, _atomic_write, load_manifest, sha256_file
+from support.shards import DATA_DIR, _atomic_write, load_manifest, sha256_file
 
 TOKENIZERS = ("gpt2", "bytes")
 EOT = 50256          # GPT-2's <|endoftext|>

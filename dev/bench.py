@@ -1,10 +1,10 @@
 """
 Throughput and peak memory of each positional encoding, side by side on one machine.
 
-    python bench.py                                   # nano, every encoding, train steps, T=128
-    python bench.py --mode eval --seq-lens 512,2048   # forward only at long contexts
-    python bench.py --mode rotation --seq-lens 512    # only the rotation of q and k, fwd + bwd
-    python bench.py --preset gpt-small --batch-size 32 --seq-lens 1024 --dtype bfloat16 --compile
+    python -m dev.bench                                   # nano, every encoding, train steps, T=128
+    python -m dev.bench --mode eval --seq-lens 512,2048   # forward only at long contexts
+    python -m dev.bench --mode rotation --seq-lens 512    # only the rotation of q and k, fwd + bwd
+    python -m dev.bench --preset gpt-small --batch-size 32 --seq-lens 1024 --dtype bfloat16 --compile
 
 Each (encoding, length) case lives in its own worker process: a process's peak memory never
 goes down, so cases sharing one would see each other's peaks. The workers are started and
@@ -31,12 +31,15 @@ import sys
 import tempfile
 import time
 
+if not __package__:  # run as a file: the repository's root is then not on the import path
+    sys.exit("dev/bench.py: run it from the repository's root as: python -m dev.bench")
+
 import torch
 
-import cli
-import devices
-import shards
+from support import cli, devices, shards
 from carope import GPT, GPTConfig, PE_CHOICES, PRESETS, CARoPE, RoPE, rotate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: workers run from there
 
 ROTATION_PE = ("rope", "carope", "carope-fused")
 FUSED_UNAVAILABLE = "fused kernel unavailable here"  # no Triton, or neither CUDA nor the interpreter
@@ -146,7 +149,7 @@ def rotation_case(args, pe, T, device):
                 return rotate(q, cos, sin), rotate(k, cos, sin)
         else:
             try:
-                import carope_triton  # lazily: it needs Triton, which CPU machines lack
+                from support import carope_triton  # lazily: it needs Triton, which CPU machines lack
             except ImportError:
                 raise Unavailable(FUSED_UNAVAILABLE)
             if not carope_triton.fused_available(q):
@@ -208,7 +211,7 @@ class Worker:
 
     def __init__(self, argv, pe, T):
         self.pe, self.T, self.stderr = pe, T, tempfile.TemporaryFile("w+")  # a file: a full pipe would block it
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--case", f"{pe}:{T}"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "dev.bench", *argv, "--case", f"{pe}:{T}"], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.ready = self.answer()  # after the build and the warm-up

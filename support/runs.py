@@ -17,9 +17,7 @@ import sys
 import threading
 from contextlib import contextmanager
 
-import checkpoints
-import shards
-
+from support import checkpoints, shards
 RUN_FILES = ("log.jsonl", "config.json", "ckpt.pt")  # what a run leaves in its --out-dir
 
 
@@ -234,7 +232,7 @@ class Interrupts:
 
 def resume_command(ckpt_path, given, world):
     """The command that continues a run from ckpt_path (its settings come from the checkpoint)."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
     try:
         script = os.path.relpath(script)
     except ValueError:  # another drive on Windows
