@@ -5,11 +5,13 @@ A GPT-2 style language model with a one-word switch between positional encodings
 
 The point of the file is CARoPE (Context-aware Rotary Position Embedding, arXiv 2507.23083).
 RoPE rotates each (q, k) pair i at position m by the phase phi_i(m) = m * theta_i with
-theta_i = base^(-2i/D). Since theta_i = theta_1^i, that phase is also a sum over tokens,
-phi_i(m) = sum_{t<=m} theta_1^i. CARoPE replaces the fixed theta_1 by a number f(x_t) that
+theta_i = base^(-2i/D): a geometric spectrum whose ratio theta_1 = base^(-2/D) is the same for
+every token. Since theta_i = theta_1^i, the phase is also a running sum over the tokens so far,
+sum_{t=0..m} theta_1^i = (m + 1) * theta_1^i (positions start at 0; the extra step is the same for
+q and k, so it cancels in q . k). CARoPE replaces the fixed ratio theta_1 by a ratio f(x_t) that
 each token t computes from its own hidden state, once per head:
 
-    f(x_t)_h    = 1 / (softplus(x_t W + b)_h + 1)          in (0, 1)
+    f(x_t)_h    = 1 / (softplus(x_t W + b)_h + 1)          in (0, 1), the token's ratio
     phi_i^h(m)  = sum_{t<=m} f(x_t)_h ^ i
 
 so the angle between a query at m and a key at n, sum_{t=n+1..m} f(x_t)^i, depends on the
@@ -111,7 +113,7 @@ class RoPE(nn.Module):
 
 
 class CARoPE(nn.Module):
-    """CARoPE: a per-token, per-head base f(x_t)_h replaces RoPE's fixed theta_1.
+    """CARoPE: a per-token, per-head ratio f(x_t)_h replaces RoPE's fixed ratio theta_1.
 
     Reading (x_t): x_t is this attention layer's own input, the normalised hidden state that
     also feeds the q/k/v projection, and each layer has its own W and b.
@@ -119,7 +121,7 @@ class CARoPE(nn.Module):
     Reading (init): W = 0 and b = softplus^-1(base^(2/D) - 1), so f = base^(-2/D) = theta_1 for
                    every token and the model starts as the RoPE model exactly.
     input_dependent=False is the "carope-static" ablation: f_h = 1/(softplus(b_h) + 1), a learned
-    per-head base with no W, initialised the same way. "carope-embed" is the paper's literal words,
+    per-head ratio with no W, initialised the same way. "carope-embed" is the paper's literal words,
     "the embedding of the token at position t": every layer computes f from the token embedding
     wte(x_t) itself (GPT.forward passes it in), each with its own W. Its f depends on token t alone,
     never on the tokens before it; and the embedding is ~0.02 in scale against the normalised
@@ -138,7 +140,7 @@ class CARoPE(nn.Module):
         self.register_buffer("i", torch.arange(head_dim // 2, dtype=torch.float32), persistent=False)
 
     def frequencies(self, x):
-        """f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1), float32, (B, T, H): each token's base per head."""
+        """f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1), float32, (B, T, H): each token's ratio per head."""
         B, T, C = x.size()
         with no_autocast(x):  # Reading (precision): f, f^i, the sums, cos and sin all in float32
             if self.weight is None:
