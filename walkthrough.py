@@ -5,20 +5,29 @@
 # Every step states one idea, prints a few numbers and checks the idea with carope.py's own code
 # (`check` stops the walkthrough if a claim is false), so it cannot drift from the model.
 #
-# - As a script: `python walkthrough.py` (about 25 s on an idle 2-core CPU; no GPU, no network).
+# - As a script: `python walkthrough.py` (under a minute on a 2-core CPU; no GPU, no network).
 # - As a notebook: `pip install jupytext`, then `jupytext --to notebook walkthrough.py` and open
 #   walkthrough.ipynb in Jupyter; or open this file in VS Code and use "Run Cell" above each `# %%`.
+# - Steps 5 and 9 draw a picture each, saved under out/walkthrough/ in the folder you run from
+#   (rotation.png, clock.png); a notebook also shows them inline.
 #
 # Change a number and run a cell again: the checks say whether the idea still holds.
 # Shapes: B batch, T tokens, C width, H heads, D head size, P = D/2 pairs.
 
 # %%
 import math
+import os
 import re
+import sys
 import time
 from pathlib import Path
 
+import matplotlib
 import torch
+
+if "ipykernel" not in sys.modules:  # a script: pictures go to files only; a notebook keeps its inline backend
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 
 import carope
 from support import readers  # for step 9's text: the embedded corpus
@@ -38,6 +47,22 @@ def check(ok, claim):
         raise AssertionError(f"claim is false: {claim}")
     CHECKS.append(claim)
     print(f"  checked: {claim}")
+
+
+PICTURES = Path("out", "walkthrough")  # under the folder you run from, as train.py's out/
+
+
+def save(fig, name):
+    """Write the figure to out/walkthrough/name (whole or not at all); in a notebook, show it too."""
+    PICTURES.mkdir(parents=True, exist_ok=True)
+    path = PICTURES / name
+    fig.savefig(f"{path}.tmp", format="png", dpi=110)
+    os.replace(f"{path}.tmp", path)
+    print(f"  drew {path}")
+    if "ipykernel" in sys.modules:
+        plt.show()
+    else:
+        plt.close(fig)
 
 
 # %% [markdown]
@@ -86,9 +111,10 @@ check((diagonals[3][0] - diagonals[2][0]).abs() > 1e-3, "and it changes with the
 
 # %% [markdown]
 # ## 3. RoPE's phase is a running sum
-# The frequencies are powers of one number: θᵢ = base^(−2i/D) = θ₁ⁱ. So m·θᵢ = Σ_{t=1..m} θ₁ⁱ:
-# RoPE's phase is a clock to which every token adds θ₁ⁱ to pair i. CARoPE keeps this sum and
-# lets each token choose the number it adds.
+# The frequencies are powers of one number, the ratio θ₁ = base^(−2/D) of a geometric spectrum:
+# θᵢ = base^(−2i/D) = θ₁ⁱ. So m·θᵢ = Σ_{t=1..m} θ₁ⁱ: RoPE's phase is a clock to which every token
+# after the first adds θ₁ⁱ to pair i. CARoPE keeps this sum, and lets each token choose the ratio
+# it adds (step 4; its sum starts at t = 0).
 
 # %%
 print("\n3. RoPE's phase is a running sum")
@@ -104,13 +130,14 @@ check(torch.allclose(running.cos(), cos[1:], atol=1e-5) and torch.allclose(runni
 
 # %% [markdown]
 # ## 4. CARoPE's f, its bounds, and why it starts as RoPE
-# CARoPE: f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1), and φᵢʰ(m) = Σ_{t≤m} f(x_t)_hⁱ.
+# CARoPE: f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1), the token's ratio, takes θ₁'s place, and
+# φᵢʰ(m) = Σ_{t=0..m} f(x_t)_hⁱ (positions start at 0).
 # softplus is positive, so 0 < f < 1: f → 1 where the logit falls, f → 0 where it rises. Then fⁱ
 # falls with i, as RoPE's θ₁ⁱ does, and f⁰ = 1: pair 0 turns 1 rad per token whatever the token.
 # The project starts from W = 0 and b = softplus⁻¹(base^(2/D) − 1), so f = θ₁ for every token
-# (carope.py, "Reading (init)"). CARoPE then counts a token itself, φ(m) = (m + 1)·θᵢ, one step
-# ahead of RoPE's m·θᵢ; a shift that q and k share cancels in q·k, so the model is RoPE exactly
-# (up to float rounding).
+# (carope.py, "Reading (init)"). CARoPE then counts a token itself, φ(m) = Σ_{t=0..m} θ₁ⁱ =
+# (m + 1)·θᵢ, one step ahead of RoPE's m·θᵢ; a shift that q and k share cancels in q·k, so the
+# model is RoPE exactly (up to float rounding).
 
 # %%
 print("\n4. CARoPE's f, its bounds, and why it starts as RoPE")
@@ -155,6 +182,14 @@ check(gap < 1e-5, "a GPT with CARoPE at its initialisation gives RoPE's logits")
 # to m set the angle, not only how many there are. Two sequences with the same first and last
 # token at the same distance, but different middles, give two different angles. RoPE gives both
 # (m − n)·θᵢ.
+#
+# The picture (out/walkthrough/rotation.png) follows pair 1 of one query, (1, 0) before it turns,
+# along each sentence: one arrow per position, labelled with the position and its character.
+# Under RoPE the arrows are evenly spaced, θ₁ rad apart, whatever the text. Under CARoPE (with
+# step 4's random W, as no training has happened yet) token t turns the arrow f(x_t) further,
+# the token's ratio (pair 1 turns by f¹): look at how "cat" and "dog" space their arrows
+# differently and leave "sat" at other angles. CARoPE's arrow at position 0 is already turned,
+# by f(x_0): its sum starts at t = 0, step 4's one step ahead, which cancels in q·k.
 
 # %%
 print("\n5. The angle between m and n depends on the tokens in between")
@@ -182,6 +217,52 @@ for text, (angle, _, _) in (("the cat sat", cat), ("the dog sat", dog)):
 check(all(torch.allclose(c, a.cos(), atol=1e-5) and torch.allclose(s, a.sin(), atol=1e-5) for a, c, s in (cat, dog)),
       f"CARoPE turns the query at {m} against the key at {n} by sum_(t={n + 1}..{m}) f(x_t)^i")
 check((cat[0] - dog[0]).abs().max() > 0.01, "the same distance with different tokens in between gives different angles")
+
+pair, P = 1, cfg.head_dim // 2  # the picture follows pair 1 (its step is f itself) of head 0
+q = torch.zeros(cfg.head_dim)
+q[pair] = 1.0  # a query whose pair 1 is (1, 0) before it turns: (D,)
+
+
+def turned(cos, sin):
+    """Pair 1 of q turned by rotate at every position (head 0): (T, 2), and its angle: (T,)."""
+    v = rotate(q.expand(1, 1, cos.size(-2), cfg.head_dim), cos, sin)[0, 0]  # (T, D)
+    v = torch.stack([v[:, pair], v[:, pair + P]], dim=-1)  # (q_1, q_{1+P}) at each position: (T, 2)
+    return v, torch.atan2(v[:, 1], v[:, 0])
+
+
+wrap = lambda a: torch.remainder(a + math.pi, 2 * math.pi) - math.pi  # an angle into [-pi, pi)
+texts = ("the cat sat", "the dog sat")
+either = [a if a == b else f"{a}/{b}" for a, b in zip(*texts)]  # RoPE's arrows are the same for both
+panels = [("RoPE, either sentence", either, RoPE(rope_cfg)(torch.zeros(1, 11, 16)))]  # (title, text, (cos, sin))
+panels += [(f"CARoPE, {text!r}", text, cr(embed(text))) for text in texts]
+drawn = [turned(cos, sin) for _, _, (cos, sin) in panels]  # (vectors (T, 2), angles (T,)) for each panel
+steps = [wrap(angle[1:] - angle[:-1]) for _, angle in drawn]  # how far each token turns pair 1: (T - 1,) each
+rope_angle, rope_step = drawn[0][1], steps[0]
+check(rope_angle[0].abs() < 1e-6 and torch.allclose(rope_step, theta_1.expand_as(rope_step), atol=1e-5),
+      "RoPE's arrows for pair 1 start at angle 0 and turn theta_1 further at every token")
+f_texts = [cr.frequencies(embed(text))[0, :, 0] for text in texts]  # head 0's f(x_t) along each sentence: (T,)
+check(all(torch.allclose(angle[0], f_t[0] ** pair, atol=1e-5) and torch.allclose(step, f_t[1:] ** pair, atol=1e-5)
+          for (_, angle), step, f_t in zip(drawn[1:], steps[1:], f_texts)),
+      "CARoPE's arrows for pair 1 start at f(x_0) and turn f(x_t), the token's ratio, further at token t")
+
+fig, axes = plt.subplots(1, 3, figsize=(14, 5.4))
+for ax, (title, text, _), (v, _), step in zip(axes, panels, drawn, steps):
+    ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.85"))
+    before = dict(arrowstyle="->", color="0.6", ls="--", shrinkA=0, shrinkB=0)
+    ax.annotate("", xy=(1, 0), xytext=(0, 0), arrowprops=before)  # the query's pair 1 before any turn
+    for t, c in enumerate(text):
+        color = plt.cm.viridis(t / (len(text) - 1))
+        ax.annotate("", xy=v[t].tolist(), xytext=(0, 0),
+                    arrowprops=dict(arrowstyle="->", color=color, lw=2.5 if t in (n, m) else 1.2, shrinkA=0, shrinkB=0))
+        ax.text(*(1.17 * v[t]).tolist(), f"{t} {c if c != ' ' else '␣'}", color=color, ha="center", va="center")
+    turn = step[n:m].sum()  # the steps of tokens n + 1 .. m
+    ax.set_title(f"{title}\nfrom {texts[0][n]!r} at {n} to {texts[0][m]!r} at {m} (bold): {turn:.3f} rad", fontsize=11)
+    ax.set(xlim=(-1.4, 1.4), ylim=(-1.4, 1.4), aspect="equal", xlabel="q$_1$", ylabel="q$_{1+P}$")
+fig.suptitle("Pair 1 of one query, (1, 0) before turning (dashed), at positions 0..10 of each sentence\n"
+             f"RoPE turns it $\\theta_1$ = {theta_1:.3f} rad at every token; "
+             "CARoPE turns it $f(x_t)$, the token's ratio, at token $t$")
+fig.tight_layout()
+save(fig, "rotation.png")
 
 # %% [markdown]
 # ## 6. Causality: a later token leaves earlier phases alone
@@ -248,7 +329,7 @@ check(sampled[0] == sampled[1], "generate samples the same tokens with and witho
 
 # %% [markdown]
 # ## 8. carope-static against carope: what input dependence adds
-# The ablation the paper lacks: `pe="carope-static"` keeps a learned base per head,
+# The ablation the paper lacks: `pe="carope-static"` keeps a learned ratio per head,
 # f_h = 1/(softplus(b_h) + 1), and drops W. Every token then adds the same f_hⁱ, so the phase is
 # (m + 1)·f_hⁱ: RoPE with base f_h^(−D/2), one base per head, and the angle between m and n
 # depends on m − n again. What carope adds is W (H·C numbers per layer): an f for each token.
@@ -300,6 +381,16 @@ check(extra == {"carope-static": cfg.n_head, "carope": cfg.n_head * cfg.n_embd +
 # higher f adds more to the phase of pairs i >= 1, a lower f less. Layer 0's x_t is the
 # character's embedding alone, so there f is one number per character; context enters from
 # layer 1 on. One small run and one seed: read the numbers as what this run did, no more.
+#
+# The picture (out/walkthrough/clock.png) is the phase clock along Genesis 1:3 for pair 3 of
+# head 1. Top: the phase against the position. RoPE's is a straight line, m·θ₁³ (checked); the
+# trained CARoPE's slope at each character is that character's f(x_t)³ (checked), so the line
+# steepens and flattens with the text. Bottom: those slopes, one per character. Look at where the
+# steep steps fall. In this run they fall on the spaces, and in layer 1 the clock slows inside a
+# word and jumps at a space, as if it counted words more than characters (the mean steps on a
+# space and on other characters are printed above the picture). Pair 3 shows it more plainly than
+# pair 1, whose slope is f itself: the cube widens the gap between a small f and a large one.
+# Set `pair` or `head` below and run the cell again.
 
 # %%
 print("\n9. Train a little, then look at what f learned")
@@ -386,6 +477,61 @@ same_char = [spread_within_characters(f[layer]) for layer in range(f.size(0))]
 print("largest spread of f within one character, by layer:", [round(v, 4) for v in same_char])
 check(same_char[0] < 1e-6, "in layer 0, f is a function of the character alone")
 check(same_char[1] > 0.01, "in layer 1, the same character gets different f in different contexts")
+
+pair, head = 3, 1  # the clock drawn: pair 3 (its step is f^3) of head 1, in each layer
+sentence = passages[0]  # Genesis 1:3
+with torch.no_grad():  # each layer's (cos, sin) as the model computes them: (1, H, T, P) each
+    x = lm.transformer.wte(torch.tensor([[stoi[c] for c in sentence]]))  # (1, T, C)
+    rotations = []
+    for block in lm.transformer.h:
+        rotations.append(block.attn.rotary(block.ln_1(x)))
+        x = block(x)
+rope_cos, rope_sin = RoPE(lm.config)(x)  # RoPE at the same head size, D = 32: (T, P) each
+
+
+def clock(cos, sin):
+    """Pair `pair`'s phase along the sentence, read back from (cos, sin) of shape (T, P): the first
+    angle, then each token's step added on (every step is below pi, so no turn is lost): (T,)."""
+    angle = torch.atan2(sin[:, pair], cos[:, pair])
+    return torch.cat([angle[:1], angle[0] + torch.cumsum(wrap(angle[1:] - angle[:-1]), dim=0)])
+
+
+rope_clock = clock(rope_cos, rope_sin)
+carope_clocks = [clock(cos[0, head], sin[0, head]) for cos, sin in rotations]  # one per layer: (T,) each
+f_sentence = frequencies_of(sentence)[:, :, head]  # (n_layer, T)
+theta_1_32 = rope_frequencies(lm.config.head_dim, lm.config.rope_base)[1]  # RoPE's ratio at D = 32
+positions = torch.arange(len(sentence), dtype=torch.float32)
+space = torch.tensor([c == " " for c in sentence])
+print(f"pair {pair} of head {head} along {sentence!r} ({len(sentence)} characters): "
+      f"RoPE steps {theta_1_32 ** pair:.3f} rad at every character")
+for layer, f_layer in enumerate(f_sentence):
+    print(f"  CARoPE layer {layer}: mean step {(f_layer[space] ** pair).mean():.3f} rad on a space, "
+          f"{(f_layer[~space] ** pair).mean():.3f} on another character; phase at the end "
+          f"{carope_clocks[layer][-1]:.2f} rad (RoPE {rope_clock[-1]:.2f})")
+check(torch.allclose(rope_clock, positions * theta_1_32 ** pair, atol=1e-4),
+      f"RoPE's clock is a straight line along the sentence: m * theta_1^{pair} at position m")
+check(all(torch.allclose(c, torch.cumsum(f_l ** pair, dim=0), atol=1e-4) for c, f_l in zip(carope_clocks, f_sentence)),
+      f"the trained CARoPE's clock is sum_(t<=m) f(x_t)^{pair}: its slope at a character is its ratio^{pair}")
+
+fig, (top, bottom) = plt.subplots(2, 1, figsize=(15, 7.5), sharex=True, height_ratios=(3, 2))
+top.plot(positions, rope_clock, "k--", label=f"RoPE: $m\\,\\theta_1^{pair}$, $\\theta_1$ = {theta_1_32:.3f}")
+bottom.axhline(theta_1_32 ** pair, color="k", ls="--", label=f"RoPE: $\\theta_1^{pair}$ at every character")
+for layer, (c, f_layer) in enumerate(zip(carope_clocks, f_sentence)):
+    top.plot(positions, c, ".-", color=f"C{layer}",
+             label=f"CARoPE (trained), layer {layer}, head {head}: $\\Sigma_{{t \\leq m}}\\, f(x_t)^{pair}$")
+    bottom.plot(positions, f_layer ** pair, "o-", color=f"C{layer}", ms=4, lw=0.8,
+                label=f"CARoPE, layer {layer}: $f(x_t)^{pair}$, $f$ the token's ratio")
+top.set(ylabel=f"phase of pair {pair} (rad)",
+        title="The phase clock along Genesis 1:3 after step 9's 300 training steps: "
+              "RoPE ticks evenly, CARoPE's slope changes with the text")
+bottom.set(ylabel="slope: the step at\neach character (rad)", ylim=(0, 1.2),
+           xlabel="the sentence, one character per position (␣ is a space)")
+bottom.set_xticks(positions.tolist(), [c if c != " " else "␣" for c in sentence], fontsize=10)
+for ax in (top, bottom):
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9, ncol=3)
+fig.tight_layout()
+save(fig, "clock.png")
 
 # %% [markdown]
 # ## 10. Where to go next

@@ -1,5 +1,5 @@
-"""walkthrough.py: it runs clean as a script, every check in it runs, each cell stands alone, and
-it uses carope.py's own code rather than copies of it."""
+"""walkthrough.py: it runs clean as a script, every check in it runs, it draws its two pictures,
+each cell stands alone, and it uses carope.py's own code rather than copies of it."""
 
 import ast
 import os
@@ -46,6 +46,16 @@ def test_walkthrough_runs_clean_and_every_check_runs(tmp_path):
     # each check() call site runs exactly once (none sits in a loop or a skipped branch)
     assert int(m.group(1)) == n_calls
     assert len(re.findall(r"^  checked: ", r.stdout, flags=re.M)) == n_calls
+    # its two pictures, under out/walkthrough/ of the folder it ran from, as whole PNG files
+    pictures = tmp_path / "out" / "walkthrough"
+    assert sorted(p.name for p in pictures.iterdir()) == ["clock.png", "rotation.png"]  # and no .tmp left behind
+    for name in ("rotation.png", "clock.png"):
+        png = (pictures / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR", f"{name} is not a PNG"
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert width >= 1000 and height >= 500, f"{name} is {width} x {height} pixels"
+        assert png[-8:-4] == b"IEND", f"{name} is cut short"
+        assert f"  drew {os.path.join('out', 'walkthrough', name)}" in r.stdout.splitlines()
 
 
 def test_cells_parse_alone_and_alternate_text_and_check():
@@ -73,3 +83,22 @@ def test_uses_carope_own_code_not_copies():
     imports = (n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "carope")
     imported = {a.name for n in imports for a in n.names}
     assert {"rotate", "rope_frequencies", "RoPE", "CARoPE", "GPT", "GPTConfig", "LayerCache"} <= imported
+
+
+def test_save_writes_the_file_and_shows_it_only_in_a_notebook(tmp_path, monkeypatch):
+    """The pictures' helper, taken from walkthrough.py as it stands: a script writes the PNG and
+    closes the figure; under an IPython kernel (a notebook) it also shows the figure inline."""
+    tree = ast.parse(source())
+    helper = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "save")
+    monkeypatch.chdir(tmp_path)
+    for kernel in (False, True):
+        calls = []
+        fake_plt = type("plt", (), {"show": staticmethod(lambda: calls.append("show")),
+                                    "close": staticmethod(lambda fig: calls.append("close"))})
+        fake_sys = type("sys", (), {"modules": {"ipykernel": object()} if kernel else {}})
+        fig = type("fig", (), {"savefig": lambda self, path, **kw: open(path, "wb").write(b"png")})()
+        scope = {"plt": fake_plt, "sys": fake_sys, "os": os, "PICTURES": tmp_path / "pictures"}
+        exec(compile(ast.Module([helper], []), "walkthrough.py", "exec"), scope)
+        scope["save"](fig, "a.png")
+        assert (tmp_path / "pictures" / "a.png").read_bytes() == b"png"
+        assert calls == (["show"] if kernel else ["close"])
