@@ -243,11 +243,12 @@ def test_fused_available():
 
 
 @here
-def test_model_with_fused_carope_equals_the_readable_model():
+@pytest.mark.parametrize("pe", ["carope", "carope-embed"])  # f from each layer's input, or from the embedding
+def test_model_with_fused_carope_equals_the_readable_model(pe):
     """GPT(fused_carope=True) takes the kernel in every layer and gives the readable model's loss and gradients."""
     from carope import GPT
     torch.manual_seed(0)
-    cfg = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, pe="carope")
+    cfg = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, pe=pe)
     fused, plain = GPT(GPTConfig(**cfg, fused_carope=True)).to(DEVICE), GPT(GPTConfig(**cfg, fused_carope=False)).to(DEVICE)
     for block in fused.transformer.h:  # W = 0 would make f the same for every token: give it input dependence
         torch.nn.init.normal_(block.attn.rotary.weight, std=0.5)
@@ -307,6 +308,22 @@ def test_on_device_names_the_tensors_gpu():
     assert carope_triton._on_device(gpu1).idx == 1  # torch.cuda.device(cuda:1): built without a GPU
     with carope_triton._on_device(torch.zeros(1)):  # CPU tensors (the interpreter): nothing to switch
         pass
+
+
+def test_a_verdict_holds_for_its_dtype_only(monkeypatch):
+    """The self-check's verdict is kept per device, head size and dtype: a kernel that passed in float32 is
+    checked again for bf16 q, k, and a bf16 failure does not turn the float32 path off."""
+    monkeypatch.setattr(carope_triton, "_verdicts", {})
+    monkeypatch.setattr(carope_triton, "fused_available", lambda t: True)  # as on a GPU; no kernel is launched
+    runs = []
+
+    def check(device, head_dim, dtype=torch.float32):
+        runs.append(dtype)
+        return "q_rot differs from the reference" if dtype == torch.bfloat16 else None
+    monkeypatch.setattr(carope_triton, "self_check", check)
+    q32 = torch.zeros(1, 1, 3, 16)
+    assert use_fused(q32) and not use_fused(q32.bfloat16()) and use_fused(q32)
+    assert runs == [torch.float32, torch.bfloat16]
 
 
 def wrong_kernel(how):

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import compare  # noqa: E402
 from support import shards  # noqa: E402
-from test_train import make_data  # noqa: E402
+from test_train import default_signals, make_data  # noqa: E402
 
 # a model big enough that a step takes a few milliseconds, so a run can be interrupted mid-way
 RECIPE = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--vocab-size", "128",
@@ -36,7 +36,7 @@ def test_compare_interrupted_resumed_and_summarised(tmp_path):
     # 1. start the sweep and press Ctrl-C in the middle of its second run (rope seed 1 is first)
     # output to files, not pipes: a full pipe nobody reads would stall the run being watched
     with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
-        proc = subprocess.Popen(compare_cmd(data, out), cwd=REPO, stdout=so, stderr=se)
+        proc = subprocess.Popen(compare_cmd(data, out), cwd=REPO, stdout=so, stderr=se, preexec_fn=default_signals)
     second = out / "carope-s1" / "log.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -159,6 +159,24 @@ def test_paired_change_against_a_hand_computation(tmp_path):
     assert "-2.5% [-10.0, +5.0]" in row and "every seed" not in row
     one = compare.change_table(compare.by_pe([r for r in runs if r["seed"] == 1]), [16], "| pe | seeds |", "rule")
     assert "beyond spread" not in "\n".join(one)  # one seed: no spread to be beyond
+
+
+@pytest.mark.parametrize("carope, marked", [
+    ((90.0, 190.0), True),  # -10 % and -5 %: both seeds lower
+    ((110.0, 220.0), True),  # +10 % and +10 %: both higher
+    ((100.0, 200.0), False),  # 0 % at both seeds (counting's 1x column): no sign to agree on
+    ((100.0, 190.0), False),  # 0 % and -5 %: one seed shows no change
+    ((110.0, 200.0), False),  # +10 % and 0 %
+], ids=["both-lower", "both-higher", "both-zero", "zero-and-lower", "higher-and-zero"])
+def test_every_seed_needs_two_or_more_seeds_of_one_strict_sign(carope, marked):
+    runs = [dict(pe=pe, seed=seed, val={"16": dict(loss=1.0, ppl=ppl)})
+            for pe, seed, ppl in (("rope", 1, 100.0), ("rope", 2, 200.0), ("carope", 1, carope[0]), ("carope", 2, carope[1]))]
+    lines = compare.paired_table(compare.by_pe(runs), [16], "head", "rule", "ppl", "perplexity")
+    row = [line for line in lines if line.startswith("| carope |")][0]
+    assert ("**every seed**" in row) == marked, row
+    one = compare.paired_table(compare.by_pe([r for r in runs if r["seed"] == 1]), [16], "head", "rule")
+    row = [line for line in one if line.startswith("| carope |")][0]
+    assert row.startswith("| carope | 1 |") and "every seed" not in row, row  # one seed agrees with itself
 
 
 def test_a_task_sweep_tabulates_accuracy_by_length(tmp_path):

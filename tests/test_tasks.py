@@ -2,6 +2,7 @@
 layout, the accuracy metric by hand, determinism, vocabularies and lengths, errors, and one tiny
 task learned by carope.GPT in seconds."""
 
+import contextlib
 import math
 import os
 import runpy
@@ -99,12 +100,13 @@ def test_copy_targets_are_the_string_then_a_dot():
     assert seen > B, "several examples packed into a row"
 
 
-def test_flipflop_targets_are_the_last_written_bit():
-    task, x, y, answer = rows("flip-flop", T=101)
+@pytest.mark.parametrize("T", [101, 64, 128])  # odd and even: an even T cuts the last pair's bit off x
+def test_flipflop_targets_are_the_last_written_bit(T):
+    task, x, y, answer = rows("flip-flop", T=T)
     for b in range(B):
         w = words(task, x[b])
-        assert w[0] == "w" and all(w[t] in "wri" for t in range(0, 101, 2))
-        for t in range(0, 101, 2):
+        assert w[0] == "w" and all(w[t] in "wri" for t in range(0, T, 2))
+        for t in range(0, T, 2):
             if w[t] == "r":
                 back = t - 2
                 while w[back] != "w":  # scan back to the last write
@@ -113,7 +115,18 @@ def test_flipflop_targets_are_the_last_written_bit():
             else:
                 assert y[b, t] == -1
         assert (y[b, 1::2] == -1).all(), "nothing is predicted from a bit"
-        assert w[(101 - 1) // 2 * 2] == "r", "the last whole pair is a read"
+        assert w[(T - 1) // 2 * 2] == "r", "the last pair whose bit is in y is a read"
+
+
+def test_flipflop_every_test_row_has_an_answer():
+    """Sparse test rows (p_i = 0.98) at every test length, all even: the forced read gives each row an
+    answer; a read on a pair whose bit is cut off would leave most rows with none."""
+    task = tasks.TASKS["flip-flop"]
+    for length in task.lengths:
+        T, options = task.at(length)
+        _, y, _ = tasks.batch(task, 256, T, 5, "test", **options)
+        assert T % 2 == 0 and ((y >= 0).sum(dim=1) >= 1).all(), length
+        assert (y[:, (T - 1) // 2 * 2] >= 0).all(), "the forced read's bit is a target in every row"
 
 
 # ----------------------------------------------------------------------------- layout of targets and answers
@@ -209,6 +222,46 @@ def test_accuracy_by_hand():
     all_right = tasks.accuracy(y.clamp(min=0), y, answer)
     assert all_right["token"] == all_right["answer"] == 1.0
     assert math.isnan(tasks.accuracy(predicted, torch.full_like(y, -1), torch.full_like(y, -1))["token"])
+
+
+def test_accuracy_scores_targets_with_id_0():
+    """Parity's "0" is id 0 and a target like any other: an all-ones predictor is right on the ones only."""
+    y = torch.tensor([[0, 1, 1, 0, -1], [0, 0, 1, -1, -1]])
+    answer = torch.tensor([[0, 0, 0, 0, -1], [1, 1, 1, -1, -1]])
+    got = tasks.accuracy(torch.ones_like(y), y, answer)
+    assert got == pytest.approx(dict(token=3 / 7, answer=0.0, tokens=7, answers=2))
+    _, x, y, answer = rows("parity", T=64)
+    got = tasks.accuracy(torch.ones_like(y), y, answer)
+    assert got["tokens"] == B * 64 and got["token"] == pytest.approx((y == 1).float().mean().item())
+    assert 0.4 < got["token"] < 0.6
+
+
+class Oracle(torch.nn.Module):
+    """A stand-in model that sees the targets: every target right in the rows where right(row) holds (rows
+    numbered within a batch), every one wrong elsewhere (the id after the target's). Its loss is the cross-entropy over the targets, as GPT's."""
+
+    def __init__(self, vocab_size, right):
+        super().__init__()
+        self.V, self.right = vocab_size, right
+
+    def forward(self, x, y):
+        right = self.right(torch.arange(len(y)))[:, None]
+        predicted = torch.where(right, y.clamp(min=0), (y.clamp(min=0) + 1) % self.V)
+        logits = 10.0 * torch.nn.functional.one_hot(predicted, self.V).float()  # (B, T, V)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1)
+        return logits, loss
+
+
+def test_evaluate_pools_whole_answers_over_batches():
+    """Copy at string length 8: 9 target tokens to an answer (the copy and its dot), one answer a row. Right on
+    the even rows of each batch of 4 (batches of 4, 4, 2 rows: 5 rows of 10): half of the answers and of the
+    tokens, whatever the batch sizes."""
+    task = tasks.TASKS["copy"]
+    model = Oracle(len(task.vocab), lambda row: row % 2 == 0)
+    got = tasks.evaluate(model, task, [8], 4, "cpu", contextlib.nullcontext(), rows=10)[8]
+    assert got["acc"] == got["token_acc"] == 0.5
+    V = len(task.vocab)  # a right token's loss is log(e^10 + V - 1) - 10, a wrong one's log(e^10 + V - 1)
+    assert got["loss"] == pytest.approx(math.log(math.exp(10) + V - 1) - 10 / 2)
 
 
 # ----------------------------------------------------------------------------- determinism

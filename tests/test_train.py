@@ -53,6 +53,22 @@ def make_data(root, n_train=20_000, n_val=2_000, vocab_size=VOCAB, manifest=True
     return str(root)
 
 
+def default_signals():
+    """preexec_fn of a child that a test signals: SIGINT, SIGTERM and SIGHUP at their defaults, as at a terminal.
+    A pytest started with SIGINT ignored (`cmd &` in a script, `trap '' INT`) passes the ignore on to its
+    children, and Python (train.py too, on purpose) keeps an inherited ignore: the child would not stop."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+@pytest.fixture
+def ctrl_c_in_this_process():
+    """Ctrl-C raises KeyboardInterrupt in this process for the test, even if pytest was started with SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def read_log(out_dir, kind="train"):
     with open(os.path.join(out_dir, "log.jsonl")) as f:
         return [r for r in map(json.loads, f) if r["type"] == kind]
@@ -330,7 +346,8 @@ def test_ctrl_c_saves_the_last_step_and_resume_is_exact(tmp_path):
     out = tmp_path / "cut"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 1 thread here too (below): the same float sums
     proc = subprocess.Popen([sys.executable, "train.py", *map(str, common), "--out-dir", str(out)], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
@@ -494,7 +511,8 @@ def test_evaluate_matches_a_hand_computation():
 
 
 @pytest.mark.parametrize("where, saved", [("forward", 6), ("evaluate", 5), ("optimizer", 3)])
-def test_interrupt_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, capsys, where, saved):
+def test_interrupt_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, capsys, ctrl_c_in_this_process, where,
+                                                      saved):
     """Ctrl-C in a forward pass (step 7 half done), in an evaluation (after step 5), or as a real SIGINT
     during the update of step 3 (held until that step and its log line are done): the checkpoint is the
     last completed step, and resuming it gives the uninterrupted run's log and weights."""
@@ -545,7 +563,8 @@ def test_interrupt_anywhere_in_a_step_resumes_exactly(tmp_path, monkeypatch, cap
 @pytest.mark.parametrize("name", ["gpt2", "bytes"])
 def test_bits_per_byte_and_loss_by_position_match_a_hand_loop(name):
     """bpb = the summed token losses (nats) / the UTF-8 bytes those target tokens decode to / ln 2, and the
-    loss at each position = the mean over windows of that position's cross-entropy, by hand."""
+    loss at each position = the mean over windows of that position's cross-entropy, by hand; with one window
+    to a forward pass and with three (the loss of several windows comes back as one flat (rows * T,) tensor)."""
     tok = tokenizer.get_tokenizer(name)
     ids = [tok.eot] + tok.encode("In the beginning God created the heaven and the earth. Über naïve café, "
                                  "and the earth was without form, and void; and darkness was upon the deep. " * 2)
@@ -555,6 +574,7 @@ def test_bits_per_byte_and_loss_by_position_match_a_hand_loop(name):
     model = carope.GPT(carope.GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=V))
     table = np.pad(tok.token_bytes(), (0, V - tok.vocab_size))
     got = train.evaluate(model, tokens, [4, 8, 16], 16, "cpu", nullcontext(), 0, 1, table, 16)
+    several = train.evaluate(model, tokens, [16], 48, "cpu", nullcontext(), 0, 1, table, 16)  # 3 windows a forward
     n_bytes = len(tok.decode(ids[1:49]).encode("utf-8"))  # the targets' own text, the delimiter spells nothing
     for T in (4, 8, 16):
         nats, at = 0.0, torch.zeros(T)
@@ -566,6 +586,7 @@ def test_bits_per_byte_and_loss_by_position_match_a_hand_loop(name):
         assert got[T]["bpb"] == pytest.approx(nats / n_bytes / math.log(2), rel=1e-5)
         assert ("by_position" in got[T]) == (T == 16)
     assert got[16]["by_position"] == pytest.approx((at / 3).tolist(), rel=1e-5)
+    assert several[16]["by_position"] == pytest.approx((at / 3).tolist(), rel=1e-5)
 
 
 def test_the_manifests_tokenizer_sizes_the_model_and_a_mismatch_is_one_line(tmp_path):
@@ -591,7 +612,8 @@ def test_one_writer_per_folder_and_sigterm_saves_like_ctrl_c(tmp_path):
     out = tmp_path / "o"
     argv = [sys.executable, "train.py", *map(str, TINY), "--data", data, "--max-steps", "100000", "--out-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_signals)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and first.poll() is None:
