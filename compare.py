@@ -1,8 +1,8 @@
 """
 Compare positional encodings the honest way: one recipe, several seeds, a table with spread, plots.
 
-    python compare.py --pe rope,carope,carope-static --seeds 1,2,3 --out results/nano-kjv
-    python compare.py --pe rope,carope --seeds 1,2 --max-steps 100 --out /tmp/cmp   # any train.py flag
+    python compare.py --pe rope,carope --seeds 1,2,3 --out out-bytes           # train.py's default recipe (bytes)
+    python compare.py --preset nano --pe rope,carope --seeds 1,2 --max-steps 100 --out /tmp/cmp   # any train.py flag
     python compare.py --out results/nano-kjv --plot-only                           # redraw from runs
 
 Every run is train.py's own `main` (no second training loop) in a folder DIR/<pe>-s<seed>: the
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from support import checkpoints, cli, shards, tokenizer
+from support.runs import sweep_run_dir as run_dir  # DIR/<pe>-s<seed>
 import train
 from carope import GPT, GPTConfig, PE_CHOICES
 
@@ -51,7 +52,8 @@ def parse_args(argv):
         prog="compare.py",
         description="Train a list of encodings x seeds with one train.py recipe; write results.json, "
                     "results.md and plots. Any other flag goes to train.py unchanged (python train.py --help).",
-        epilog="example: python compare.py --pe rope,carope,carope-static --seeds 1,2,3 --out results/nano-kjv")
+        epilog="example: python compare.py --preset nano --pe rope,carope,carope-static --seeds 1,2,3 "
+               "--out results/nano-kjv")
     p.add_argument("--pe", default="rope,carope,carope-static", help="comma-separated encodings "
                    f"(default rope,carope,carope-static; any of {','.join(PE_CHOICES)})")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
@@ -80,13 +82,17 @@ def parse_args(argv):
 
 
 def resolve_recipe(recipe):
-    """train.py's flags as given, checked by train.py's own parser; eval lengths default to 1x..8x."""
+    """train.py's flags as given, checked by train.py's own parser; the preset is always recorded (train.py's
+    default has changed, from nano to bytes); eval lengths default to 1x..8x."""
     try:
         targs, given, _ = train.resolve_args(recipe)
     except SystemExit as e:
         if e.code in (0, None):  # --help
             raise
         raise SystemExit(f"compare.py: train.py rejects the recipe {' '.join(recipe)!r}: {e}") from None
+    if "preset" not in given and "task" not in given:  # (with --task the preset is task, as it always was)
+        given["preset"] = targs.preset
+        recipe = recipe + ["--preset", targs.preset]
     if "eval_lens" not in given:  # the preset's recipe's, else 1x..8x the training context
         T = targs.block_size
         given["eval_lens"] = targs.eval_lens or [T, 2 * T, 4 * T, 8 * T]
@@ -119,8 +125,7 @@ def check_recipe(out, given):
     path = os.path.join(out, "recipe.json")
     want = json.loads(json.dumps(given))  # as it reads back from JSON (tuples -> lists)
     if os.path.exists(path):
-        with open(path) as f:
-            have = json.load(f)
+        have = read_recipe(path)
         diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         if diff:
             what = "; ".join(f"--{k.replace('_', '-')} {have.get(k, '(unset)')} there, {want.get(k, '(unset)')} here"
@@ -128,6 +133,15 @@ def check_recipe(out, given):
             raise SystemExit(f"compare.py: {out} holds runs of another recipe ({what}): pass the same flags "
                              f"to continue it, or choose another --out")
     return want
+
+
+def read_recipe(path):
+    """A sweep's recipe.json. One written before the preset was always recorded ran train.py's default of then,
+    nano (with --task: task)."""
+    have = read_json(path)
+    if "preset" not in have and "task" not in have:
+        have["preset"] = "nano"
+    return dict(sorted(have.items()))
 
 
 def record_recipe(out, want, d):
@@ -140,9 +154,6 @@ def record_recipe(out, want, d):
 
 # -----------------------------------------------------------------------------
 # Running the sweep
-
-def run_dir(out, pe, seed):
-    return os.path.join(out, f"{pe}-s{seed}")
 
 
 def train_one(out, pe, seed, recipe):
@@ -636,7 +647,7 @@ def main(argv=None):
         path = os.path.join(args.out, "recipe.json")
         if not os.path.exists(path):
             raise SystemExit(f"compare.py: {args.out} holds no sweep (no recipe.json); run without --plot-only first")
-        given = read_json(path)
+        given = read_recipe(path)
         summarise_safely(args.out, given)
         return 0
     recipe, given = resolve_recipe(recipe)

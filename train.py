@@ -1,16 +1,19 @@
 """
 Train a GPT with CARoPE (or another position encoding) on llm.c token shards.
 
-    python train.py                                    # nano + carope on the embedded corpus (CPU, about 1 min)
-    python train.py --pe rope --out-dir out-rope       # the same model with RoPE, to compare
+    python train.py                                    # CARoPE on bytes, beside RoPE's committed figures (CPU, ~5 min)
+    python train.py --pe rope --out-dir out-rope       # the same recipe with RoPE, to compare
+    python train.py --preset nano                      # the same model on GPT-2 tokens (CPU, about 1 min)
     python train.py --eval-only --resume out/ckpt.pt --eval-lens 128,512,1024
     torchrun --nproc_per_node=2 train.py --preset gpt-tiny --data data/fineweb-edu-10BT  # the paper's recipe
 
 The loop is build-nanogpt's: gradient accumulation up to a fixed number of tokens per update,
 AdamW with linear warmup and cosine decay, gradient clipping, bf16 autocast and torch.compile
 on GPUs, DDP through torchrun. The file reads top to bottom: settings, model, data, the loop,
-evaluation, report. What keeps a run safe (its folder, checkpoints, Ctrl-C) is in runs.py and
-checkpoints.py; the machine's choices are in devices.py.
+evaluation, report. The default run (the bytes preset) ends with its bits per byte at 1x..16x the
+training context beside RoPE's and CARoPE's from the committed sweep of the same recipe. What keeps
+a run safe (its folder, checkpoints, Ctrl-C) is in runs.py and checkpoints.py; the machine's choices
+are in devices.py.
 """
 
 import argparse
@@ -40,12 +43,13 @@ from support.runs import RUN_FILES  # noqa: F401  (what a run leaves in its --ou
 # The gpt-* recipes are the CARoPE paper's (= build-nanogpt's): 524,288 tokens per update,
 # lr 6e-4 with 750 warmup steps and cosine decay to 6e-5, 10B tokens / 524,288 = 19,073 steps.
 RECIPES = {
-    # nano is sized for a 2-core CPU (about 1 min): at ~3k tokens/s, many small steps learn more than
-    # few big ones; random windows because the embedded corpus is small and ordered (book by book).
+    # nano (--preset nano, GPT-2 tokens) is sized for a 2-core CPU (about 1 min): at ~3k tokens/s, many small
+    # steps learn more than few big ones; random windows because the embedded corpus is small and ordered.
     "nano": dict(micro_batch=4, total_batch=None, lr=1.5e-3, warmup_steps=30, max_steps=350,
                  val_tokens=16384, eval_every=0, ckpt_every=0, data_order="random", log_every=25),
-    # bytes: the nano model on UTF-8 bytes (tokenizer.py), 2,048 tokens a step; a 257-row output layer
-    # leaves the CPU to the transformer, so it learns enough about position for the encodings to differ
+    # bytes, the default: the nano model on UTF-8 bytes (tokenizer.py), 2,048 tokens a step; a 257-row output
+    # layer leaves the CPU to the transformer, so it learns enough about position for the encodings to differ.
+    # It is the recipe of the committed sweep results/bytes-kjv (COMMITTED), about 5 min on a 2-core CPU.
     "bytes": dict(tokenizer="bytes", micro_batch=32, total_batch=None, lr=2e-3, warmup_steps=50, max_steps=1000,
                   val_tokens=65536, eval_lens=[64, 128, 256, 512, 1024], eval_every=0, ckpt_every=0,
                   data_order="random", log_every=100),
@@ -57,7 +61,7 @@ RECIPES = {
     "gpt-small": dict(micro_batch=32, total_batch=524288, lr=6e-4, warmup_steps=750, max_steps=19073,
                       val_tokens=20 * 524288, eval_every=250, ckpt_every=1000, data_order="sequential"),
 }
-DEFAULTS = dict(preset="nano", pe="carope", data=None, task=None, task_option=None, tokenizer=None, out_dir="out",
+DEFAULTS = dict(preset="bytes", pe="carope", data=None, task=None, task_option=None, tokenizer=None, out_dir="out",
                 min_lr=None, lr_decay_steps=None, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=1.0,
                 seed=1337, eval_lens=None, eval_only=False, resume=None, device=None, dtype=None, compile=None,
                 fused_carope=None, num_samples=2, sample_tokens=64, log_every=1, overwrite=False)
@@ -65,6 +69,8 @@ DEFAULTS = dict(preset="nano", pe="carope", data=None, task=None, task_option=No
 NOT_INHERITED = ("device", "dtype", "compile", "fused_carope", "eval_only", "resume", "data_dir", "out_dir",
                  "overwrite")
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "rope_base")
+# the committed compare.py sweep of a preset's recipe: a run of that very recipe ends beside its figures
+COMMITTED = dict(bytes=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bytes-kjv"))
 
 
 def per_preset(key):
@@ -78,7 +84,9 @@ parser = cli.Parser(prog="train.py", formatter_class=argparse.RawDescriptionHelp
                     "evaluate) a GPT with CARoPE or another position encoding on llm.c token shards.\nFlags left out "
                     "take the --preset's recipe; with --resume, the checkpoint's.", epilog=__doc__.split("\n\n")[1])
 g = parser.add_argument_group("model")
-g.add_argument("--preset", choices=sorted(PRESETS), help="model size and recipe: nano (CPU demo, the default), bytes (nano on UTF-8 bytes, context 64), "
+g.add_argument("--preset", choices=sorted(PRESETS), help="model size and recipe: bytes (the default: 4x128 on "
+               "UTF-8 bytes, context 64, the recipe of results/bytes-kjv), nano (the same model on GPT-2 tokens, "
+               "context 128), "
                "gpt-tiny (6x512, 44M) or gpt-small (12x768, 124M) with the paper's recipe")
 g.add_argument("--pe", choices=PE_CHOICES, help="position encoding (default: carope)")
 g.add_argument("--n-layer", type=cli.positive, metavar="N", help="transformer blocks (default: the preset's)")
@@ -91,7 +99,7 @@ g.add_argument("--dropout", type=cli.fraction, metavar="RATE", help="dropout rat
 g.add_argument("--rope-base", type=cli.rate, metavar="BASE", help="RoPE's base; CARoPE starts as RoPE (default: 1e4)")
 g = parser.add_argument_group("data")
 g.add_argument("--data", metavar="DIR", help="folder of shards from prepare_data.py (default: the embedded King "
-               "James corpus, data/kjv or data/kjv-bytes, built on first use)")
+               "James corpus, built on first use: data/kjv-bytes, or data/kjv with --preset nano)")
 g.add_argument("--task", choices=tasks.TASKS, help="train on a synthetic task of tasks.py, drawn on the fly, "
                "instead of shards; accuracy by length (the preset then defaults to task)")
 g.add_argument("--task-option", action="append", metavar="NAME=VALUE", help="a task's option, repeatable: "
@@ -117,7 +125,7 @@ g.add_argument("--grad-clip", type=cli.amount, metavar="NORM", help="global grad
 g.add_argument("--seed", type=cli.seed, metavar="N", help="seed of the weights and the data order (default: 1337)")
 g = parser.add_argument_group("evaluation")
 g.add_argument("--eval-lens", type=cli.lengths, metavar="T1,T2,...", help="contexts to evaluate at, all on the same "
-               "tokens (default: 1x,2x,4x the training context)")
+               "tokens (default: 1x..16x the training context for bytes, else 1x,2x,4x)")
 g.add_argument("--val-tokens", type=cli.positive, metavar="N", help="evaluate on the first N val tokens "
                f"({per_preset('val_tokens')})")
 g.add_argument("--eval-every", type=cli.natural, metavar="N", help="evaluate every N steps at the first length, every "
@@ -166,7 +174,9 @@ def resolve_args(argv=None):
                  eval_lens=s["eval_lens"] or list(t.lengths), tokenizer=None)
     else:  # the data folder's tokenizer, which must be the model's, and the vocabulary it needs
         s["data_dir"] = str(s["data"] or shards.default_dir("kjv", s["tokenizer"] or "gpt2"))
-        why = f"the checkpoint {s['resume']} was trained on" if ckpt else "--tokenizer asks for"
+        default = "" if "preset" in given else " (the default; --preset nano reads GPT-2 tokens)"
+        why = f"the checkpoint {s['resume']} was trained on" if ckpt else "--tokenizer asks for" if "tokenizer" in \
+            given else f"--preset {preset}{default} asks for"
         s["tokenizer"], vocab = tokenizer.data_tokenizer(s["data_dir"], s["tokenizer"], why)
         if s["vocab_size"] is None and ckpt is None:  # padded to a multiple of 64, as GPT-2's 50257 to 50304
             s["vocab_size"] = -(-(vocab or tokenizer.get_tokenizer(s["tokenizer"]).vocab_size) // 64) * 64
@@ -553,13 +563,15 @@ def report(args, run, raw_model, evaluate_at, lens, results, losses, summary, t_
     T = min(lens) if args.task else raw_model.config.block_size  # a task's lengths are its own (copy: the string's)
     log(f"\nvalidation ({about.split('; ')[-1]}, model trained at {'length' if args.task else 'context'} {T}):")
     print_eval(log, results, T)
+    if run.master and args.preset in COMMITTED and not args.task:  # beside the committed sweep of this recipe
+        log("\n" + "\n".join(runs.beside_sweep(COMMITTED[args.preset], run.config_path, results)))
     if run.master:
         samples = generate_samples(raw_model, args, device, autocast)
     if samples:
         log(f"\nsamples ({args.sample_tokens} tokens, temperature 0.8, top-k 50):")
         for text in samples:
             log("  " + text.strip().replace("\n", "\n  ") + "\n  ---")
-    if args.preset == "nano":
+    if args.preset in ("bytes", "nano"):
         log("\n" + PAPER_HINT)
     files = [f for f in RUN_FILES if os.path.exists(os.path.join(args.out_dir, f))]
     log(f"\ndone in {time.time() - t_start:.0f} s; files in {args.out_dir}/: {', '.join(files)}")

@@ -372,7 +372,8 @@ check(extra == {"carope-static": cfg.n_head, "carope": cfg.n_head * cfg.n_embd +
 # ## 9. Train a little, then look at what f learned
 # A character-level model of Genesis (from the embedded King James corpus): 2 layers x 2 heads x
 # 64 wide, 300 steps of 16 windows of 64 characters, with the model's own AdamW
-# (`configure_optimizers`). Why not `train.py`: it uses GPT-2's 50,304 tokens, whose output layer
+# (`configure_optimizers`). Why not `train.py`: its default (the nano model on UTF-8 bytes, 1,000
+# steps) takes minutes, and `--preset nano` uses GPT-2's 50,304 tokens, whose output layer
 # dominates a small model's step on a CPU; a 100-step run of this size there still ended near
 # loss 6.2. With 71 characters a step is cheap. `python train.py` is the real run (README).
 #
@@ -542,7 +543,8 @@ save(fig, "clock.png")
 # - tasks.py: four synthetic tasks on which the encodings part ways (copy, flip-flop, counting,
 #   parity), each trained at one length and tested at longer ones; `python tasks.py` prints an
 #   example of each; `python train.py --task copy` trains on one, with accuracy by length.
-# - `python train.py` (about a minute on a CPU), `python compare.py --pe rope,carope` (a table
+# - `python train.py` (about 5 minutes on a 2-core CPU: its bits per byte at 1x..16x beside RoPE's
+#   and CARoPE's from the committed byte sweep), `python compare.py --pe rope,carope` (a table
 #   with spread), `python sample.py --ckpt out/ckpt.pt` (text, with the KV cache of step 7).
 
 # %%

@@ -20,8 +20,10 @@ import compare  # noqa: E402
 from support import shards  # noqa: E402
 from test_train import default_signals, make_data  # noqa: E402
 
-# a model big enough that a step takes a few milliseconds, so a run can be interrupted mid-way
-RECIPE = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--vocab-size", "128",
+# a model big enough that a step takes a few milliseconds, so a run can be interrupted mid-way; the nano recipe
+# (GPT-2 tokens, as make_data's manifest says), not train.py's default bytes one
+RECIPE = ["--preset", "nano", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
+          "--vocab-size", "128",
           "--micro-batch", "4", "--val-tokens", "512", "--warmup-steps", "2", "--sample-tokens", "0",
           "--device", "cpu", "--max-steps", "40"]
 
@@ -300,3 +302,23 @@ def test_a_full_disk_or_ctrl_c_during_the_summary_keeps_the_previous_one(finishe
         data = (out / name).read_bytes()
         assert data.endswith(b"IEND\xaeB`\x82") if name.endswith(".png") else data.endswith(b"\n") or json.loads(data)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_preset_is_recorded_and_a_sweep_recorded_without_it_ran_nano(tmp_path, monkeypatch):
+    """train.py's default preset changed (nano, then bytes): a sweep records its preset, and a recipe.json written
+    before that was recorded ran nano, so the command of then, without --preset, is now another recipe."""
+    data, out = make_data(tmp_path / "data"), tmp_path / "sweep"
+    assert compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), "--data", data, *RECIPE, "--max-steps",
+                         "2"]) == 0
+    recorded = json.loads((out / "recipe.json").read_text())
+    assert recorded["preset"] == "nano"
+    del recorded["preset"]  # as sweeps recorded it before
+    (out / "recipe.json").write_text(json.dumps(recorded))
+    assert compare.main(["--out", str(out), "--plot-only"]) == 0  # its command says what it ran
+    command = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("Command"))
+    assert "--preset nano" in command
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("trained another recipe into the folder"))
+    with pytest.raises(SystemExit) as e:  # the same flags without --preset are now the bytes recipe
+        compare.main(["--pe", "rope", "--seeds", "2", "--out", str(out), "--max-steps", "2",
+                      *[a for a in RECIPE if a not in ("--preset", "nano")]])
+    assert "another recipe" in str(e.value.code) and "--preset nano there, bytes here" in str(e.value.code)

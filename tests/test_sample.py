@@ -12,7 +12,7 @@ from support import tokenizer
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_RUN = ["--max-steps", "2", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
+TINY_RUN = ["--preset", "nano", "--max-steps", "2", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
             "--micro-batch", "2", "--val-tokens", "256", "--eval-lens", "16", "--sample-tokens", "0",
             "--device", "cpu", "--no-compile"]
 

@@ -24,14 +24,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import carope  # noqa: E402
-from support import shards  # noqa: E402
+from support import runs, shards  # noqa: E402
 from support import tokenizer  # noqa: E402
 import train  # noqa: E402
 
 VOCAB = 128
 T = 16
-# a 1-layer model on a 128-token vocabulary: a step takes milliseconds
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", str(T), "--vocab-size", str(VOCAB),
+# a 1-layer model on a 128-token vocabulary: a step takes milliseconds; the nano recipe (GPT-2 tokens, as
+# make_data's manifest says), not the default bytes one
+TINY = ["--preset", "nano", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", str(T),
+        "--vocab-size", str(VOCAB),
         "--micro-batch", "4", "--val-tokens", "256", "--warmup-steps", "2", "--sample-tokens", "0", "--device", "cpu"]
 
 
@@ -85,26 +87,58 @@ def run(*args):
 # -----------------------------------------------------------------------------
 
 def test_default_run_end_to_end(tmp_path, capsys):
-    """`python train.py` with a step cap and a smaller model: embedded corpus, nano recipe, carope."""
+    """`python train.py` with a step cap and a smaller model: embedded corpus as bytes, the bytes recipe, carope;
+    a step cap is another recipe than the committed sweep's, so its figures are not shown, and one line says why."""
     out = tmp_path / "out"
-    s = run("--max-steps", 20, "--n-layer", 2, "--n-embd", 64, "--block-size", 32, "--micro-batch", 8,
-            "--warmup-steps", 5, "--val-tokens", 4096, "--sample-tokens", 16, "--out-dir", out)
+    s = run("--max-steps", 20, "--n-layer", 2, "--n-embd", 64, "--micro-batch", 8, "--warmup-steps", 5,
+            "--val-tokens", 4096, "--sample-tokens", 16, "--out-dir", out)
     printed = capsys.readouterr().out
-    assert s["pe"] == "carope" and s["preset"] == "nano" and s["steps"] == 20
+    assert s["pe"] == "carope" and s["preset"] == "bytes" and s["steps"] == 20
     assert len(s["losses"]) == 20 and s["losses"][-1] < s["losses"][0] - 1.0, s["losses"]  # it learns
-    assert sorted(s["val"]) == [32, 64, 128]  # 1x, 2x, 4x the training context
-    for L in (32, 64, 128):
-        assert f"context {L:6d}" in printed and np.isfinite(s["val"][L]["ppl"])
-    assert "perplexity" in printed and "prepare_data.py --source fineweb-edu" in printed  # the next step
+    assert sorted(s["val"]) == [64, 128, 256, 512, 1024]  # 1x..16x the training context, the bytes recipe's
+    for L in (64, 128, 256, 512, 1024):
+        assert f"context {L:6d}" in printed and np.isfinite(s["val"][L]["bpb"])
+    assert "bits/byte" in printed and "prepare_data.py --source fineweb-edu" in printed  # the next step
+    assert "committed figures are not shown" in printed and "--max-steps 20 here, 1000 there" in printed
+    assert "this run:" not in printed
     assert len(s["samples"]) == 2 and all(isinstance(t, str) for t in s["samples"])
     for name in ("log.jsonl", "ckpt.pt", "config.json"):
         assert (out / name).is_file()
     assert [r["step"] for r in read_log(out)] == list(range(1, 21))
-    assert {r["len"] for r in read_log(out, "eval")} == {32, 64, 128}
+    assert {r["len"] for r in read_log(out, "eval")} == {64, 128, 256, 512, 1024}
     record = read_log(out)[0]
     assert {"loss", "lr", "grad_norm", "ms", "tokens_per_s", "mfu"} <= record.keys()
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["pe"] == "carope" and config["args"]["max_steps"] == 20
+    assert config["args"]["tokenizer"] == "bytes"
+    assert config["args"]["data_dir"].endswith(os.path.join("data", "kjv-bytes"))
+
+
+def test_the_default_is_the_committed_bytes_recipe_and_nano_is_one_flag_away():
+    """No flag: the bytes recipe with carope, whose recorded settings equal every run of the committed sweep
+    results/bytes-kjv (so the default run prints its figures); --preset nano: GPT-2 tokens, data/kjv."""
+    args, given, _ = train.resolve_args([])
+    assert (args.preset, args.pe, args.tokenizer, args.block_size, args.max_steps) == \
+        ("bytes", "carope", "bytes", 64, 1000)
+    assert args.data_dir.endswith(os.path.join("data", "kjv-bytes")) and args.eval_lens == [64, 128, 256, 512, 1024]
+    cfg = train.model_config(args, given, None)
+    mine = json.loads(json.dumps(dict(args=dict(vars(args), dtype="float32", compile=False), model=vars(cfg))))
+    sweep = train.COMMITTED["bytes"]
+    assert os.path.relpath(sweep, REPO) == os.path.join("results", "bytes-kjv")
+    for pe in ("rope", "carope"):
+        for seed in (1, 2, 3):
+            with open(os.path.join(sweep, f"{pe}-s{seed}", "config.json")) as f:
+                assert runs.recipe_differences(mine, json.load(f)) == [], (pe, seed)
+    nano, _, _ = train.resolve_args(["--preset", "nano"])
+    assert (nano.preset, nano.pe, nano.tokenizer, nano.block_size, nano.max_steps) == ("nano", "carope", "gpt2", 128, 350)
+    assert nano.data_dir.endswith(os.path.join("data", "kjv")) and nano.vocab_size == 50304
+    assert "--preset nano" in train.__doc__ and "nano" in train.parser.format_help()
+
+
+def test_gpt2_data_under_the_default_bytes_recipe_is_one_line_naming_preset_nano(tmp_path):
+    data = make_data(tmp_path / "data")  # GPT-2 tokens, by its manifest
+    message = expect_exit(["--data", data, "--out-dir", tmp_path / "o"], "holds gpt2 tokens", "--preset nano")
+    assert "the default" in message and not (tmp_path / "o").exists()
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -708,3 +742,97 @@ def test_what_a_failure_is_called(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", full)
     expect_exit(TINY + ["--data", data, "--max-steps", 2, "--out-dir", tmp_path / "p"], "disk full / cannot write",
                 "file write failed", "no checkpoint was saved yet")
+
+
+# -----------------------------------------------------------------------------
+# A run beside the committed sweep of its recipe (train.COMMITTED, runs.beside_sweep): a fake sweep in tmp_path
+
+def fake_sweep(root, config_path, figures):
+    """A compare.py folder whose runs recorded the config.json at config_path (with their pe and seed), and whose
+    results.json holds figures: {(pe, seed): {T: bits per byte}}."""
+    with open(config_path) as f:
+        config = json.load(f)
+    for (pe, seed) in figures:
+        run_config = json.loads(json.dumps(config))
+        run_config["args"].update(pe=pe, seed=seed, out_dir=f"{root}/{pe}-s{seed}")
+        run_config["model"]["pe"] = pe
+        os.makedirs(root / f"{pe}-s{seed}", exist_ok=True)
+        (root / f"{pe}-s{seed}" / "config.json").write_text(json.dumps(run_config))
+    results = [dict(pe=pe, seed=seed, val={str(T): dict(loss=1.0, bpb=v) for T, v in by_len.items()})
+               for (pe, seed), by_len in figures.items()]
+    (root / "results.json").write_text(json.dumps(dict(runs=results)))
+    return root
+
+
+def test_a_run_of_the_sweeps_recipe_ends_beside_its_figures_and_another_recipe_does_not(tmp_path, monkeypatch,
+                                                                                         capsys):
+    data, sweep = make_data(tmp_path / "data"), tmp_path / "sweep"
+    monkeypatch.setattr(train, "COMMITTED", dict(nano=str(sweep), task=str(sweep)))
+    common = TINY + ["--data", data, "--max-steps", 3]
+    first = run(*common, "--out-dir", tmp_path / "first")  # the sweep is not there yet: one line, no traceback
+    printed = capsys.readouterr().out
+    why = "its committed figures cannot be read (No such file or directory), so none are shown"
+    assert [line for line in printed.splitlines() if "committed" in line] == [f"{runs.display_path(sweep)}: {why}"]
+    rng = np.random.default_rng(7)  # figures nobody could type in
+    figures = {(pe, seed): {L: float(rng.uniform(1, 5)) for L in (T, 2 * T, 4 * T)}
+               for pe in ("rope", "carope", "nope") for seed in (1, 2, 3)}
+    fake_sweep(sweep, tmp_path / "first" / "config.json", figures)
+
+    # the same recipe: another seed, more logging and evaluation change no figure of the recipe
+    s = run(*common, "--seed", 5, "--eval-every", 2, "--log-every", 2, "--out-dir", tmp_path / "same")
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("bits per byte")) + 1
+    assert "this run (seed 5) beside the committed sweep" in lines[at - 1]
+    assert lines[at].startswith(f"{runs.display_path(sweep)}/results.json (mean [min-max]")
+    assert lines[at + 1].split() == ["context", "this", "run:", "carope", "rope,", "seeds", "1-3", "carope,", "seeds",
+                                     "1-3"]  # nope is not shown: neither RoPE, CARoPE nor this run's encoding
+    for row, L in zip(lines[at + 2:at + 5], (T, 2 * T, 4 * T)):
+        cells = [f"{L}", f"({L // T}x)", f"{s['val'][L]['bpb']:.3f}"]
+        for pe in ("rope", "carope"):
+            v = [figures[pe, seed][L] for seed in (1, 2, 3)]
+            cells += [f"{np.mean(v):.3f}", f"[{min(v):.3f}-{max(v):.3f}]"]
+        assert row.split() == cells, (row, cells)
+    assert not lines[at + 5].strip()  # the table ends there
+    assert s["val"] != first["val"]  # seed 5 is a run of its own: its figures are its own, not the first run's
+
+    # this run's encoding is shown too when it is neither rope nor carope
+    run(*common, "--pe", "nope", "--out-dir", tmp_path / "nope")
+    assert "nope, seeds 1-3" in capsys.readouterr().out
+
+    # another recipe: one line naming the difference, no figure of the sweep
+    run(*common[:-1], 4, "--out-dir", tmp_path / "longer")
+    printed = capsys.readouterr().out
+    assert "this run:" not in printed and f"{figures['rope', 1][T]:.3f}" not in printed.split("validation")[1]
+    assert [line for line in printed.splitlines() if "committed" in line] == [
+        f"{runs.display_path(sweep)}'s committed figures are not shown: that sweep's recipe is another "
+        f"(--lr-decay-steps 4 here, 3 there; --max-steps 4 here, 3 there)"]
+
+    # a task run never prints the table nor a line about it
+    run(*TASK_TINY, "--max-steps", 2, "--out-dir", tmp_path / "task")
+    assert runs.display_path(sweep) not in capsys.readouterr().out
+
+
+def test_a_bad_committed_sweep_is_one_line_and_a_recipe_that_differs_in_one_run_is_refused(tmp_path):
+    data = make_data(tmp_path / "data")
+    s = run(*TINY, "--data", data, "--max-steps", 2, "--out-dir", tmp_path / "run")
+    config = tmp_path / "run" / "config.json"
+    figures = {(pe, seed): {T: 2.0, 2 * T: 3.0, 4 * T: 4.0} for pe in ("rope", "carope") for seed in (1, 2)}
+    sweep = fake_sweep(tmp_path / "sweep", config, figures)
+    assert len(runs.beside_sweep(str(sweep), config, s["val"])) == 6  # two lines of heading, the header, 3 lengths
+    for text, why in [("{not json", "Expecting property name"), ('{"rows": []}', "no 'runs'"), ("[1, 2]", "list"),
+                      ('{"runs": [{"pe": "rope", "seed": 1, "val": {}}]}', "no '16'"),
+                      ('{"runs": [{"pe": "rope", "seed": 1, "val": {"16": {"bpb": null}}}]}', "None, not a number"),
+                      ('{"runs": [{"pe": "rope", "seed": 1, "val": {"16": {"bpb": NaN}}}]}', "nan, not a number"),
+                      ('{"runs": [{"pe": "alibi", "seed": 1}]}', "holds no run of rope or carope")]:
+        (sweep / "results.json").write_text(text)
+        lines = runs.beside_sweep(str(sweep), config, s["val"])
+        assert len(lines) == 1 and why in lines[0] and "\n" not in lines[0], (text, lines)
+    fake_sweep(sweep, config, figures)
+    edited = json.loads((sweep / "carope-s2" / "config.json").read_text())
+    edited["args"]["lr"] = 0.5  # one run of the sweep trained otherwise: none of its figures compare
+    (sweep / "carope-s2" / "config.json").write_text(json.dumps(edited))
+    lines = runs.beside_sweep(str(sweep), config, s["val"])
+    assert len(lines) == 1 and "--lr 0.0015 here, 0.5 there" in lines[0]
+    (sweep / "carope-s2" / "config.json").unlink()
+    lines = runs.beside_sweep(str(sweep), config, s["val"])
+    assert len(lines) == 1 and "cannot be read (No such file or directory)" in lines[0]
