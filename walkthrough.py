@@ -372,10 +372,9 @@ check(extra == {"carope-static": cfg.n_head, "carope": cfg.n_head * cfg.n_embd +
 # ## 9. Train a little, then look at what f learned
 # A character-level model of Genesis (from the embedded King James corpus): 2 layers x 2 heads x
 # 64 wide, 300 steps of 16 windows of 64 characters, with the model's own AdamW
-# (`configure_optimizers`). Why not `train.py`: its default (the nano model on UTF-8 bytes, 1,000
-# steps) takes minutes, and `--preset nano` uses GPT-2's 50,304 tokens, whose output layer
-# dominates a small model's step on a CPU; a 100-step run of this size there still ended near
-# loss 6.2. With 71 characters a step is cheap. `python train.py` is the real run (README).
+# (`configure_optimizers`). Why not `train.py`: its default run trains a 4-layer model on bytes for
+# 1,000 steps (minutes); this step must take seconds. With 71 characters a step is cheap.
+# `python train.py` is the real run (README).
 #
 # Below, under each passage, f(x_t) of each layer and head for every character: digit d means
 # d/10 <= f < (d+1)/10, and training started from 5 (θ₁ = 0.5623 at D = 32). A character with a
@@ -537,15 +536,15 @@ save(fig, "clock.png")
 # %% [markdown]
 # ## 10. Where to go next
 # - carope.py, top to bottom: the code behind every step above, the paper's equations beside it.
-# - The README's Exercises: which tokens slow the clock (compare.py draws f along a passage), what
-#   x_t should be, the initialisation, carope against carope-static at scale, the pair layout,
-#   the fused kernel's backward, TAPA's exponent, and a parity task for the rotary encodings.
+# - docs/exercises.md: which tokens slow the clock, what x_t should be, the initialisation,
+#   carope against carope-static, the pair layout, the fused kernel's backward, TAPA's exponent,
+#   and the synthetic tasks; each with its command and a measured outcome to check against.
 # - tasks.py: four synthetic tasks on which the encodings part ways (copy, flip-flop, counting,
 #   parity), each trained at one length and tested at longer ones; `python tasks.py` prints an
 #   example of each; `python train.py --task copy` trains on one, with accuracy by length.
-# - `python train.py` (about 5 minutes on a 2-core CPU: its bits per byte at 1x..16x beside RoPE's
-#   and CARoPE's from the committed byte sweep), `python compare.py --pe rope,carope` (a table
-#   with spread), `python sample.py --ckpt out/ckpt.pt` (text, with the KV cache of step 7).
+# - `python train.py` (CARoPE on bytes, its bits per byte at 1x..16x beside RoPE's and CARoPE's
+#   from the committed byte sweep), `python compare.py --pe rope,carope` (a table with spread),
+#   `python sample.py --ckpt out/ckpt.pt` (text, with the KV cache of step 7).
 
 # %%
 print("\n10. Where to go next")
