@@ -215,6 +215,8 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2"
         if lock and (removed := remove_stale_temps(out_dir)):
             say(f"note: removed {len(removed)} temp file(s) left by killed runs in {out_dir}: {removed[0].name}...", quiet)
         manifest = _previous_build(out_dir, settings)
+        if lock is None and not (manifest and manifest["complete"]):  # before reading any input
+            _read_only(out_dir, read_only)
         files, read = _source(source, inputs, max_files, cache_dir, endpoint, manifest, quiet)
         if manifest and [f["sha256"] for f in manifest["inputs"]] != [f["sha256"] for f in files]:
             raise ValueError(f"{out_dir} was built from other input files (their sha256 differ); "
@@ -228,8 +230,7 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2"
                 return manifest
             manifest.update(shards=shards, complete=False)
         if lock is None:
-            raise OSError(f"{out_dir}: cannot write in it ({read_only.strerror}), and it holds no finished build of "
-                          "these settings: pass a writable --out-dir")
+            _read_only(out_dir, read_only)
         if not manifest:
             manifest = _new_manifest(settings, tok, files, read, quiet)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +239,11 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2"
     finally:
         if lock:
             lock.release()
+
+
+def _read_only(out_dir, error):
+    raise OSError(f"{out_dir}: cannot write in it ({error.strerror}), and it holds no finished build of these "
+                  "settings: pass a writable --out-dir")
 
 
 def _check_out_dir(out_dir):

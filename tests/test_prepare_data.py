@@ -1090,5 +1090,8 @@ def test_a_finished_build_in_a_read_only_folder_needs_no_lock(tmp_path, monkeypa
     assert "nothing to do" in capsys.readouterr().out and mtimes(tmp_path / "out") == before
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(dict(manifest, complete=False)))
-    with pytest.raises(OSError, match="cannot write in it \\(Read-only file system\\), and it holds no finished build"):
-        pd.prepare(tmp_path / "out", "local", [str(tmp_path / "a.txt")], **args)
+    for out in (tmp_path / "out", tmp_path / "new"):
+        with pytest.raises(OSError, match="cannot write in it \\(Read-only file system\\), and it holds no finished "
+                                          "build of these settings: pass a writable --out-dir"):
+            pd.prepare(out, "local", [str(tmp_path / "a.txt")], **args)
+    assert not (tmp_path / "new").exists()
