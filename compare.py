@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from support import checkpoints, cli, shards, tokenizer
+from support import checkpoints, cli, runs, shards, tokenizer
 from support.runs import sweep_run_dir as run_dir  # DIR/<pe>-s<seed>
 import train
 from carope import GPT, GPTConfig, PE_CHOICES
@@ -68,11 +69,12 @@ def parse_args(argv):
         p.error(f"--pe {args.pe!r}: unknown encoding(s) {', '.join(bad) or '(none given)'}; "
                 f"choose from {', '.join(PE_CHOICES)}")
     try:
-        args.seeds = [int(s) for s in args.seeds.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
-        args.seeds = []
-    if not args.seeds or min(args.seeds) < 0:
+        seeds = []
+    if not seeds or min(seeds) < 0:
         p.error(f"--seeds {args.seeds!r}: give comma-separated non-negative integers, e.g. 1,2,3")
+    args.seeds = seeds
     args.pe = sorted(dict.fromkeys(pes), key=lambda pe: pe != "rope")  # RoPE first: the reference
     args.seeds = list(dict.fromkeys(args.seeds))  # --seeds 1,1 is one seed, not two
     own = [a for a in recipe if a.split("=")[0] in OWN_FLAGS]
@@ -120,15 +122,27 @@ def check_out(out):
                          "folder") from None
 
 
+def settings(recipe):
+    """A recipe as a set of settings, as it reads back from JSON (tuples -> lists): --task-option flags in any
+    order are one recipe (the last value of a name wins, as in tasks.py), and --data names its folder whatever
+    the path's spelling."""
+    s = json.loads(json.dumps(recipe))
+    if "task_option" in s:
+        s["task_option"] = sorted({o.split("=")[0]: o for o in s["task_option"]}.values())
+    if "data" in s:
+        s["data"] = os.path.realpath(s["data"])
+    return s
+
+
 def check_recipe(out, given):
     """A sweep folder holds one recipe: refuse another with one line naming the difference."""
     path = os.path.join(out, "recipe.json")
     want = json.loads(json.dumps(given))  # as it reads back from JSON (tuples -> lists)
     if os.path.exists(path):
-        have = read_recipe(path)
-        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        have, now = settings(read_recipe(path)), settings(want)
+        diff = sorted(k for k in set(have) | set(now) if have.get(k) != now.get(k))
         if diff:
-            what = "; ".join(f"--{k.replace('_', '-')} {have.get(k, '(unset)')} there, {want.get(k, '(unset)')} here"
+            what = "; ".join(f"--{k.replace('_', '-')} {have.get(k, '(unset)')} there, {now.get(k, '(unset)')} here"
                              for k in diff)
             raise SystemExit(f"compare.py: {out} holds runs of another recipe ({what}): pass the same flags "
                              f"to continue it, or choose another --out")
@@ -144,12 +158,30 @@ def read_recipe(path):
     return dict(sorted(have.items()))
 
 
-def record_recipe(out, want, d):
-    """recipe.json, once a run has begun (its config.json is written): a sweep whose first run failed on a
-    typo in a flag records nothing, so the corrected command is not taken for another recipe."""
-    path = os.path.join(out, "recipe.json")
-    if not os.path.exists(path) and os.path.exists(os.path.join(d, "config.json")):
+def claim_recipe(out, given):
+    """check_recipe, and recipe.json written before the first run starts, both under the folder's lock: a second
+    sweep with another recipe, started while this one runs, is refused. Returns (recipe, whether we wrote it)."""
+    lock = shards.FolderLock(out, "compare.py").acquire(wait=True)  # held for a moment, not for the sweep
+    try:
+        want = check_recipe(out, given)
+        path = os.path.join(out, "recipe.json")
+        if os.path.exists(path):
+            return want, False
         shards.atomic_write(path, lambda f: f.write(json.dumps(want, indent=1).encode()))
+        return want, True
+    finally:
+        lock.release()
+
+
+def unclaim_recipe(out):
+    """A sweep that wrote recipe.json and in which no run began (none wrote its config.json: say a typo in --data)
+    removes it again, so the corrected command is a new sweep, not 'another recipe'."""
+    lock = shards.FolderLock(out, "compare.py").acquire(wait=True)
+    try:
+        if not any(os.path.isfile(os.path.join(out, d, "config.json")) for d in os.listdir(out)):
+            os.remove(os.path.join(out, "recipe.json"))
+    finally:
+        lock.release()
 
 
 # -----------------------------------------------------------------------------
@@ -239,7 +271,7 @@ def git_commit():
 COMMIT = git_commit()
 
 
-def sweep(args, recipe, want):
+def sweep(args, recipe):
     """Every (pe, seed) in turn; finished runs are skipped, a failed run is reported and the rest go on."""
     failed = []
     for seed in args.seeds:  # all encodings of seed 1 first: an early stop still compares like with like
@@ -262,8 +294,6 @@ def sweep(args, recipe, want):
             except Exception as e:  # a crash in one run must not cost the others
                 failed.append(f"{pe} seed {seed}: {type(e).__name__}: {e}")
                 print(f"compare.py: {pe} seed {seed} crashed: {type(e).__name__}: {e}", file=sys.stderr)
-            finally:
-                record_recipe(args.out, want, d)
     return failed
 
 
@@ -628,16 +658,23 @@ def summarise_safely(out, given):
     """summarise; a full disk or Ctrl-C is one line: the runs are kept, each summary file is the previous one or
     the new one whole (atomic writes), and --plot-only writes the summary again."""
     redo = cli.command("python", "compare.py", "--out", out, "--plot-only")
+    for folder in [out] + [os.path.join(out, d) for d in sorted(os.listdir(out))]:  # temps of a killed summary
+        shards.remove_stale_temps(folder)
+    interrupts = runs.Interrupts().install()  # SIGTERM and SIGHUP too: the temp file goes, the line is said
     try:
         summarise(out, given)
     except KeyboardInterrupt:
-        print(f"\ncompare.py: interrupted while writing the summary; the runs are kept: {redo} writes it",
+        signum = interrupts.signum or signal.SIGINT
+        name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+        print(f"\ncompare.py: interrupted{name} while writing the summary; the runs are kept: {redo} writes it",
               file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(128 + signum) from None
     except OSError as e:
         raise SystemExit(f"compare.py: cannot write the summary in {out} ({e.strerror or e}); the runs are kept "
                          f"and every summary file is whole, the previous one or the new one: make room, then {redo}"
                          ) from None
+    finally:
+        interrupts.uninstall()
 
 
 def main(argv=None):
@@ -651,9 +688,13 @@ def main(argv=None):
         summarise_safely(args.out, given)
         return 0
     recipe, given = resolve_recipe(recipe)
-    want = check_recipe(args.out, given)
+    given, wrote = claim_recipe(args.out, given)
     t0 = time.time()
-    failed = sweep(args, recipe, want)
+    try:
+        failed = sweep(args, recipe)
+    finally:
+        if wrote:
+            unclaim_recipe(args.out)
     if failed and not collect(args.out):  # nothing to summarise: say why, not "no finished runs"
         print(f"compare.py: no run has finished; {len(failed)} failed:\n  " + "\n  ".join(failed)
               + "\ncompare.py: fix that, then run again", file=sys.stderr)
@@ -671,8 +712,9 @@ def recipe_flag(key, value):
     flag = "--" + key.replace("_", "-")
     if value is True:
         return [flag]
-    if value is False:
-        return [f"--no-{key.replace('_', '-')}"] if key == "compile" else []
+    if value is False:  # --no-compile, --no-fused-carope: the flags that have a --no- form
+        negative = f"--no-{key.replace('_', '-')}"
+        return [negative] if negative in train.parser._option_string_actions else []
     if key == "task_option":  # repeatable: --task-option a=1 --task-option b=2
         return [w for v in value for w in (flag, v)]
     return [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]

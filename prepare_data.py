@@ -18,10 +18,12 @@ machinery lives in support modules: readers.py (input formats), tokenizer.py, hu
 """
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -148,9 +150,13 @@ def build_shards(out_dir, manifest, read, tok, workers, quiet):
     bar = tqdm(total=settings["max_tokens"], initial=resumed_at, unit="tok", unit_scale=True, desc="tokenising",
                disable=quiet)
     pool, n_proc = make_pool(tok, workers, sum(f["size"] for f in files[start[0]:]))
+    done = threading.Event()  # set when the build stops: the pool is fed no more documents
     try:
-        documents = _tokenised(files, read, start, partial(encode_all, tok=tok, pool=pool), reading)
+        documents = _tokenised(files, read, start, partial(encode_all, tok=tok, pool=pool, done=done), reading)
         stop = fill_shards(writer, documents, start, settings["max_tokens"], bar)
+        if not shards and not writer.filled:
+            raise ValueError(f"no text in the input: every document of {', '.join(f['name'] for f in files[:3])}"
+                             f"{', ...' if len(files) > 3 else ''} is empty or null")
         if not shards and writer.filled:
             raise ValueError(f"the corpus has only {writer.filled:,} tokens, all of which would go to validation "
                              f"(target {manifest['val_tokens_target']:,}); pass a smaller --val-tokens")
@@ -161,8 +167,9 @@ def build_shards(out_dir, manifest, read, tok, workers, quiet):
                              f"and delete {out_dir} first")
     finally:
         bar.close()
+        done.set()
         if pool is not None:
-            pool.terminate()  # also on Ctrl-C: workers hold nothing that needs saving
+            close_pool(pool)
     manifest.update(complete=True, stopped_at_max_tokens=stop, total_tokens=writer.written,
                     val_tokens=sum(s["tokens"] for s in shards if s["split"] == "val"),
                     train_tokens=sum(s["tokens"] for s in shards if s["split"] == "train"))
@@ -199,11 +206,17 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2"
     out_dir = Path(out_dir or default_dir(SOURCES[source], tok.name))
     settings = dict(source=source, max_files=max_files, max_tokens=max_tokens, val_tokens=val_tokens,
                     shard_tokens=shard_tokens, tokenizer=tok.name)
-    lock = FolderLock(out_dir, "prepare_data.py").acquire(wait)  # one build per folder at a time
+    _check_out_dir(out_dir)
     try:
-        if removed := remove_stale_temps(out_dir):
+        lock = FolderLock(out_dir, "prepare_data.py").acquire(wait)  # one build per folder at a time
+    except OSError as e:  # a read-only folder (a mount): a finished, verified build needs no lock to be read
+        lock, read_only = None, e
+    try:
+        if lock and (removed := remove_stale_temps(out_dir)):
             say(f"note: removed {len(removed)} temp file(s) left by killed runs in {out_dir}: {removed[0].name}...", quiet)
         manifest = _previous_build(out_dir, settings)
+        if lock is None and not (manifest and manifest["complete"]):  # before reading any input
+            _read_only(out_dir, read_only)
         files, read = _source(source, inputs, max_files, cache_dir, endpoint, manifest, quiet)
         if manifest and [f["sha256"] for f in manifest["inputs"]] != [f["sha256"] for f in files]:
             raise ValueError(f"{out_dir} was built from other input files (their sha256 differ); "
@@ -216,13 +229,31 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2"
                 print(f"{out_dir}: complete, {manifest['total_tokens']:,} tokens in {len(shards)} shards; nothing to do")
                 return manifest
             manifest.update(shards=shards, complete=False)
-        else:
+        if lock is None:
+            _read_only(out_dir, read_only)
+        if not manifest:
             manifest = _new_manifest(settings, tok, files, read, quiet)
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(out_dir / "manifest.json", manifest)  # records inputs and settings before any work
         return build_shards(out_dir, manifest, read, tok, workers, quiet)
     finally:
-        lock.release()
+        if lock:
+            lock.release()
+
+
+def _read_only(out_dir, error):
+    raise OSError(f"{out_dir}: cannot write in it ({error.strerror}), and it holds no finished build of these "
+                  "settings: pass a writable --out-dir")
+
+
+def _check_out_dir(out_dir):
+    """One line for an --out-dir that is a file, or lies under one, rather than [Errno 17] File exists."""
+    parent = out_dir.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"--out-dir {out_dir}: {'it' if parent == out_dir.absolute() else parent} is a file, not a "
+                         "folder; pass a folder's name")
 
 
 def prepare_embedded(out_dir=None, *, tokenizer="gpt2", quiet=False, wait=False):
@@ -349,12 +380,22 @@ def _init_worker(tok):
     tok.encode("")  # inherited under fork; loaded once per worker under spawn (macOS, Windows)
 
 
-def encode_all(texts, tok, pool):
-    """Token arrays of the texts, in order."""
+def encode_all(texts, tok, pool, done):
+    """Token arrays of the texts, in order; once `done` is set, the pool is fed no more of them."""
     if pool is None:
         return map(partial(encode_document, tok), texts)
+    # the pool's feeder thread reads the texts ahead of us; takewhile stops it when the build stops early
+    texts = itertools.takewhile(lambda _: not done.is_set(), texts)
     # chunks of 16 documents amortise the inter-process round trip; imap keeps the input order
     return pool.imap(partial(encode_document, tok), texts, chunksize=16)
+
+
+def close_pool(pool):
+    """Let the workers finish the few chunks already sent to them, then exit. Not Pool.terminate: it can kill a
+    worker while that worker sends a result, holding the result queue's lock, and then waits forever for the pool's
+    feeder thread, which needs that lock (a build stopped by --max-tokens hung so about one time in 12-15)."""
+    pool.close()
+    pool.join()
 
 
 def say(msg, quiet=False):  # progress chatter goes to stderr next to tqdm's bars; stdout keeps the summary

@@ -56,6 +56,9 @@ def load_model(path, device):
         ckpt = checkpoints.load_checkpoint(path, flag="--ckpt")  # one-line errors naming --ckpt
     except SystemExit as e:
         exit_with(e.code)
+    if task := ckpt["train_args"].get("task"):
+        exit_with(f"--ckpt {path}: a model of the {task} task, which reads that task's symbols, not text; "
+                  f"evaluate it with python train.py --eval-only --resume {path}")
     try:
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
@@ -66,12 +69,29 @@ def load_model(path, device):
     return model.to(device).eval(), ckpt["step"], tok
 
 
+def prompt_ids(tok, prompt, vocab_size, path):
+    """The tokens that start each sample: the prompt's, else the end-of-text token; one line if the model has no
+    embedding row for one of them (a run trained with a --vocab-size below its tokenizer's)."""
+    if prompt is None:
+        ids = [tok.eot]
+    elif tok.name == "bytes":  # bytes that are not UTF-8 reach argv as surrogates (surrogateescape): read them back
+        ids = list(prompt.encode("utf-8", errors="surrogateescape"))
+    else:
+        ids = tok.encode(prompt)  # tiktoken reads such a surrogate as U+FFFD
+    if max(ids) >= vocab_size:
+        what = (f"the end-of-text token {tok.eot} that starts a new document" if prompt is None else
+                f"token {max(ids)} of the prompt")
+        exit_with(f"--ckpt {path}: the model has {vocab_size} embedding rows (its --vocab-size), none for {what} "
+                  f"({tok.name}); pass a --prompt whose {tok.name} tokens are all below {vocab_size}")
+    return ids
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
     model, step, tok = load_model(args.ckpt, device)
     cfg = model.config
-    ids = [tok.eot] if args.prompt is None else tok.encode(args.prompt)
+    ids = prompt_ids(tok, args.prompt, cfg.vocab_size, args.ckpt)
     if cfg.pe == "learned" and len(ids) > cfg.block_size:  # generate would use the same window
         print(f"note: pe=learned sees {cfg.block_size} positions; the prompt is cropped to its last "
               f"{cfg.block_size} of {len(ids)} tokens")

@@ -61,6 +61,13 @@ def check_writable(path):
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         sys.exit(f"bench.py: --json {path} is a directory; give a file name, e.g. {os.path.join(path, 'bench.json')}")
+    try:
+        if shards.in_place(path):  # /dev/null or a pipe: written in place, never replaced
+            if not os.access(path, os.W_OK):
+                sys.exit(f"bench.py: --json {path}: not writable; choose a writable path")
+            return
+    except OSError as e:
+        sys.exit(f"bench.py: --json {path}: {e.strerror}")
     if not os.path.isdir(folder):
         sys.exit(f"bench.py: --json {path}: directory {folder} does not exist; create it or choose another path")
     try:
@@ -363,7 +370,8 @@ def main(argv=None):
     encodings = list(dict.fromkeys((args.pe or ",".join(known)).split(",")))
     unknown = [pe for pe in encodings if pe not in known]
     if unknown:
-        sys.exit(f"bench.py: unknown encoding(s) {', '.join(unknown)} for --mode {args.mode}; "
+        names = ", ".join(pe or "'' (an empty name: a stray comma?)" for pe in unknown)
+        sys.exit(f"bench.py: --pe {args.pe!r}: unknown encoding(s) {names} for --mode {args.mode}; "
                  f"choose from {', '.join(known)}")
     encodings.sort(key=lambda pe: pe != "rope")  # RoPE first: the reference
     args.pe = ",".join(encodings)  # what ran, for the JSON

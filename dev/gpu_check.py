@@ -372,6 +372,10 @@ def parse_args(argv):
         folder = os.path.dirname(os.path.abspath(args.json))
         if os.path.isdir(args.json) or not os.path.isdir(folder):
             p.error(f"--json {args.json}: not a file in an existing directory; give one, e.g. gpu_check.json")
+        try:
+            shards.in_place(args.json)  # a device or a pipe is written in place; a block device is refused
+        except OSError as e:
+            p.error(f"--json {args.json}: {e.strerror}")
     return args
 
 

@@ -126,6 +126,12 @@ def _jsonl_text(path, lineno, line):
         raise ValueError(f'{path}:{lineno}: no "text" field (each line must be a JSON object like {{"text": "..."}})')
     if obj["text"] is not None and not isinstance(obj["text"], str):
         raise ValueError(f'{path}:{lineno}: "text" must be a string, got {type(obj["text"]).__name__}')
+    if "\\u" in line and obj["text"]:  # only a \u escape can make a lone surrogate, which UTF-8 cannot hold
+        try:
+            obj["text"].encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f'{path}:{lineno}: "text" holds a lone surrogate (\\u{ord(obj["text"][e.start]):04x}, '
+                             "half of a UTF-16 pair, no character): fix or delete that line") from None
     return obj["text"]
 
 

@@ -13,15 +13,18 @@ then train_000001.bin, train_000002.bin, ... and usually a manifest.json written
 it lists are read.
 
 Every file is written atomically (a temp file NAME.carope-save-PID.tmp, then a rename), so a killed process leaves
-either the old file or the new one, never half of one; remove_stale_temps clears the temp files it leaves.
+either the old file or the new one, never half of one; remove_stale_temps clears the temp files it leaves. Only
+regular files are replaced so: a device or a pipe given as a file name (/dev/null) is written in place.
 Only numpy and the standard library are needed here.
 """
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shlex
+import stat
 import sys
 from pathlib import Path
 
@@ -60,8 +63,13 @@ def sha256_file(path):
 def atomic_write(path, write):
     """Call write(f) on a temp file in path's directory, fsync, then rename it to path, so that path is
     either absent/old or complete, never half-written (os.replace is atomic within one filesystem).
-    train.py saves its checkpoints through this too."""
-    path = Path(path)
+    train.py saves its checkpoints through this too. Only a regular file is replaced: a symlink's target is, and
+    a character device or a pipe (/dev/null, a terminal, >(...)) is written in place; anything else is refused."""
+    if in_place(path):
+        with open(path, "wb") as f:
+            write(f)
+        return
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)  # the link stays a link
     tmp = path.with_name(f"{path.name}.{TEMP_TAG}-{os.getpid()}.tmp")  # a name only this project writes
     try:
         with open(tmp, "wb") as f:
@@ -72,6 +80,21 @@ def atomic_write(path, write):
     except BaseException:  # Ctrl-C included: leave no temp file behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def in_place(path):
+    """True if path is a character device or a pipe, which a rename would replace (as root, --json /dev/null would
+    replace the system's /dev/null); False for a regular file or none; OSError for a folder or a block device."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there (yet): a new regular file
+        return False
+    if stat.S_ISREG(mode):
+        return False
+    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+        return True
+    what = "a folder" if stat.S_ISDIR(mode) else "a block device" if stat.S_ISBLK(mode) else "a socket"
+    raise OSError(errno.EEXIST, f"{what}, not a file: give a file name", str(path))
 
 
 def _atomic_write(path, chunks):

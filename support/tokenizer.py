@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from support.shards import DATA_DIR, _atomic_write, load_manifest, sha256_file
+from support.shards import DATA_DIR, _atomic_write, list_shards, load_manifest, read_shard, sha256_file
 
 TOKENIZERS = ("gpt2", "bytes")
 EOT = 50256          # GPT-2's <|endoftext|>
@@ -80,19 +80,42 @@ class Bytes:
 
 
 def data_tokenizer(data_dir, wanted, why):
-    """(tokenizer name, vocab_size or None) of a data folder by its manifest: the one `wanted` asks for (if
-    any) must be the folder's, else one line saying so (`why`: who wants it)."""
+    """(tokenizer name, vocab_size or None) of a data folder by its manifest, else by its tokens (see
+    shards_tokenizer): the one `wanted` asks for (if any) must be the folder's, else one line saying so (`why`:
+    who wants it)."""
     try:
         manifest = load_manifest(data_dir) or {}
     except ValueError as e:
         raise SystemExit(str(e))
     found = manifest.get("tokenizer")
+    if not manifest and wanted != "gpt2":  # bytes is certain to be wrong for an id above 256
+        found = shards_tokenizer(data_dir, ask=not wanted)
     if found is not None and found not in TOKENIZERS:
         raise SystemExit(f"{data_dir}/manifest.json: unknown tokenizer {found!r}; re-make it with prepare_data.py")
     if wanted and found and found != wanted:
         raise SystemExit(f"{data_dir} holds {found} tokens, but {why} {wanted} tokens: pass --data with {wanted} "
                          f"shards (python prepare_data.py --tokenizer {wanted} ...)")
     return wanted or found or "gpt2", manifest.get("vocab_size")
+
+
+def shards_tokenizer(data_dir, ask=True):
+    """The tokenizer of a folder of shards without a manifest, where its tokens make it certain: an id above 256
+    is GPT-2's (bytes has none); no such id, and the delimiter 256 first (it precedes each document), is bytes'
+    (GPT-2's data starts with its delimiter, 50256). Else one line naming --tokenizer (ask), or None; None also
+    for a folder without shards (opening it says what is missing)."""
+    try:
+        val, train = list_shards(data_dir)
+        tokens = [read_shard(p) for p in val[:1] + train[:1]]
+    except (OSError, ValueError):
+        return None
+    if any(t.size and int(t.max()) > Bytes.eot for t in tokens):
+        return "gpt2"
+    if tokens[0].size and tokens[0][0] == Bytes.eot:
+        return "bytes"
+    if ask:
+        raise SystemExit(f"{data_dir} has no manifest.json, and its tokens do not say which tokenizer made them (no "
+                         f"id above 256, no delimiter 256 first): pass --tokenizer gpt2 or --tokenizer bytes")
+    return None
 
 
 def get_tokenizer(name):

@@ -109,6 +109,7 @@ BAD_ARGS = [
     (["--mode", "rotation", "--no-fused-carope"], "--no-fused-carope: for --mode train or eval"),
     (["--pe", "alibi"], "unknown encoding(s) alibi"),
     (["--mode", "rotation", "--pe", "tapa"], "unknown encoding(s) tapa"),
+    (["--pe", "rope,"], "--pe 'rope,': unknown encoding(s) '' (an empty name: a stray comma?)"),
     (["--case", "rope"], "--case rope: must be PE:T"), (["--case", "rope:x"], "--case rope:x: must be PE:T"),
     (["--case", "alibi:16"], "--case alibi:16"), (["--case", "rope:0"], "--case rope:0"),
     (["--case", "carope-fused:16"], "PE one of nope, learned"),  # a rotation case, not a model one

@@ -141,6 +141,7 @@ def test_a_sweep_that_failed_before_any_run_records_no_recipe(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--pe", "alibi", "--out", "x"], "unknown encoding(s) alibi"),
     (["--seeds", "a,b", "--out", "x"], "--seeds"),
+    (["--seeds", "1,,2", "--out", "x"], "--seeds '1,,2': give comma-separated"),  # the input, not []
     (["--out", "x", "--seed", "3"], "--seed is set per run by compare.py"),
     (["--out", "x", "--max-steps", "-3"], "train.py rejects the recipe"),
 ])
@@ -209,6 +210,45 @@ def test_the_recorded_command_is_the_same_after_a_sweep_and_after_plot_only(tmp_
     assert compare.main(["--out", str(out), "--plot-only"]) == 0
     assert command() == after_sweep
     assert compare.main(shlex.split(after_sweep.split("`")[1])[2:]) == 0  # it replays: the runs are skipped
+
+
+def test_a_second_sweep_with_another_recipe_is_refused_while_the_first_runs(tmp_path, monkeypatch):
+    """recipe.json is written, under the folder's lock, before the first run starts: the same command with another
+    --max-steps, started while the first run trains, is refused instead of mixing 12- and 6-step runs in one table."""
+    data, out = make_data(tmp_path / "data"), tmp_path / "sweep"
+    second = []
+
+    def first_run(out_, pe, seed, recipe):
+        os.makedirs(compare.run_dir(out_, pe, seed), exist_ok=True)
+        open(os.path.join(compare.run_dir(out_, pe, seed), "config.json"), "w").close()  # the run has begun
+        if not second:  # meanwhile, the same sweep with another --max-steps
+            second.append(None)
+            with pytest.raises(SystemExit) as e:
+                compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), "--data", data, *RECIPE,
+                              "--max-steps", "6"])
+            second[0] = str(e.value.code)
+        raise SystemExit("stopped here")
+    monkeypatch.setattr(compare, "train_one", first_run)
+    assert compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), "--data", data, *RECIPE,
+                         "--max-steps", "12"]) == 1
+    assert "holds runs of another recipe (--max-steps 12 there, 6 here)" in second[0]
+    assert json.loads((out / "recipe.json").read_text())["max_steps"] == 12
+
+
+def test_recipes_compare_as_settings_and_the_recorded_command_replays(tmp_path):
+    """--no-fused-carope is in the recorded command, so that command replays; --task-option flags in another order
+    (and --data spelled another way) are the same recipe, not another one."""
+    out = tmp_path / "sweep"
+    flags = ["--task", "counting", "--task-option", "variables=2", "--task-option", "max_value=5", "--pe", "rope",
+             "--seeds", "1", "--out", str(out), "--max-steps", "2", "--n-layer", "1", "--n-embd", "16",
+             "--micro-batch", "4", "--device", "cpu", "--no-fused-carope"]
+    assert compare.main(flags) == 0
+    command = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("Command"))
+    assert "--no-fused-carope" in command
+    assert compare.main(shlex.split(command.split("`")[1])[2:]) == 0  # it replays: the run is skipped
+    swapped = flags[:2] + flags[4:6] + flags[2:4] + flags[6:]  # max_value=5 first
+    assert swapped != flags and compare.main(swapped) == 0
+    assert compare.settings({"data": "data/kjv"}) == compare.settings({"data": os.path.abspath("data/kjv/")})
 
 
 def test_a_sweep_whose_every_run_failed_says_why_not_plot_only(tmp_path, monkeypatch, capfd):
@@ -322,3 +362,36 @@ def test_the_preset_is_recorded_and_a_sweep_recorded_without_it_ran_nano(tmp_pat
         compare.main(["--pe", "rope", "--seeds", "2", "--out", str(out), "--max-steps", "2",
                       *[a for a in RECIPE if a not in ("--preset", "nano")]])
     assert "another recipe" in str(e.value.code) and "--preset nano there, bytes here" in str(e.value.code)
+
+
+def test_sigterm_during_the_summary_is_one_line_and_leaves_no_temp_file(finished_sweep, tmp_path):
+    """SIGTERM while loss.png is half-written: one line and exit 143, no NAME.carope-save-PID.tmp; a temp file
+    that a killed summary left (its process gone) is removed by the next --plot-only."""
+    out = finished_sweep
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f"results.md.carope-save-{dead.pid}.tmp"
+    stale.write_bytes(b"half")
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {REPO!r})
+import compare
+from support import shards
+real = shards.atomic_write
+def terminated_half_way(path, write):
+    if os.path.basename(path) != "loss.png":
+        return real(path, write)
+    def half(f):
+        f.write(b"half a file")
+        os.kill(os.getpid(), signal.SIGTERM)
+        f.write(b"never")
+    return real(path, half)
+shards.atomic_write = terminated_half_way
+sys.exit(compare.main(["--out", {str(out)!r}, "--plot-only"]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 143, r.stderr[-2000:]
+    assert r.stderr.strip() == (f"compare.py: interrupted (SIGTERM) while writing the summary; the runs are kept: "
+                                f"python compare.py --out {out} --plot-only writes it")
+    assert not [p.name for p in out.rglob("*.tmp")]  # the one cut short, and the stale one

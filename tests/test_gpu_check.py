@@ -131,3 +131,28 @@ def test_registers_of_both_kernels_without_a_gpu():
     lines = run.stdout.strip().splitlines()
     assert len(lines) == 5 and all(line.startswith("PASS registers rotate_") for line in lines[:4])
     assert all("spills 0 B stored / 0 B loaded (sm_90a" in line for line in lines[:4])
+
+
+def test_json_to_a_device_or_a_pipe_is_written_in_place(tmp_path, monkeypatch):
+    """--json /dev/null must not rename a regular file over the device (as root, over the system's /dev/null):
+    a pipe given as --json receives the report and stays a pipe; a block device (a disk) is refused in one line."""
+    import threading
+    report = gpu_check.Report()
+    report.add("PASS", "stand-in", "a check")
+    monkeypatch.setattr(gpu_check, "registers", lambda *a: report)  # no ptxas needed
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert gpu_check.main(["--registers", "--json", str(fifo)]) == 0
+    reader.join(timeout=10)
+    assert fifo.is_fifo() and json.loads(got[0])["checks"][0]["name"] == "stand-in"
+    try:
+        os.mknod(tmp_path / "disk", 0o600 | __import__("stat").S_IFBLK, os.makedev(7, 0))  # root only
+    except OSError:
+        return
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--registers", "--json", str(tmp_path / "disk")])
+    assert str(e.value.code) == f"gpu_check.py: --json {tmp_path / 'disk'}: a block device, not a file: give a file name"
+    assert (tmp_path / "disk").is_block_device()

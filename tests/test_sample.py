@@ -146,3 +146,52 @@ def test_a_gpu_torch_cannot_use_stops_in_one_line(ckpt, monkeypatch):
     msg = str(e.value.code)
     assert msg.startswith("sample.py: an NVIDIA GPU is here (NVIDIA H100 PCIe, driver 550.54.15)") and "\n" not in msg
     assert "R580" in msg and "--device cpu" in msg
+
+
+def test_a_task_checkpoint_is_one_line(tmp_path):
+    """A task model has no text tokenizer: one line naming train.py --eval-only, not an IndexError on GPT-2's EOT."""
+    train.main(["--task", "copy", "--max-steps", "1", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                "--micro-batch", "2", "--eval-lens", "8", "--sample-tokens", "0", "--device", "cpu", "--no-compile",
+                "--out-dir", str(tmp_path / "copy")])
+    path = str(tmp_path / "copy" / "ckpt.pt")
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", path, "--sample-tokens", "2"])
+    assert e.value.code == (f"sample.py: --ckpt {path}: a model of the copy task, which reads that task's symbols, "
+                            f"not text; evaluate it with python train.py --eval-only --resume {path}")
+
+
+def small_vocab_checkpoint(ckpt, tmp_path, vocab_size, tokenizer_name):
+    """ckpt's run as a model of vocab_size rows (as --vocab-size would make it), on tokenizer_name's data."""
+    from support import checkpoints
+    from carope import GPT, GPTConfig
+    state = checkpoints.load_checkpoint(ckpt)
+    state["model_config"] = dict(state["model_config"], vocab_size=vocab_size)
+    state["model"] = GPT(GPTConfig(**state["model_config"])).state_dict()
+    state["train_args"] = dict(state["train_args"], tokenizer=tokenizer_name, vocab_size=vocab_size)
+    path = tmp_path / f"{tokenizer_name}-{vocab_size}.pt"
+    checkpoints.save_checkpoint(path, state)
+    return str(path)
+
+
+def test_tokens_the_model_has_no_row_for_are_one_line(ckpt, tmp_path):
+    """--vocab-size 128 on GPT-2 data: GPT-2's end-of-text token 50256 (or a prompt's token) has no row."""
+    path = small_vocab_checkpoint(ckpt, tmp_path, 128, "gpt2")
+    for prompt, what in ((None, "the end-of-text token 50256 that starts a new document"),
+                         ("And God said", "token 1870 of the prompt")):
+        with pytest.raises(SystemExit) as e:
+            sample.main(["--ckpt", path, "--sample-tokens", "2"] + (["--prompt", prompt] if prompt else []))
+        assert e.value.code == (f"sample.py: --ckpt {path}: the model has 128 embedding rows (its --vocab-size), "
+                                f"none for {what} (gpt2); pass a --prompt whose gpt2 tokens are all below 128")
+
+
+def test_a_prompt_that_is_not_utf8_reaches_a_bytes_model_as_its_bytes(ckpt, tmp_path, capsys):
+    """$'ab\\xffcd' arrives in argv as 'ab\\udcffcd' (surrogateescape): a bytes model reads the bytes 0x61 0x62 0xff
+    0x63 0x64, as it would any byte; no UnicodeEncodeError."""
+    path = small_vocab_checkpoint(ckpt, tmp_path, 320, "bytes")
+    text = samples(capsys, ["--ckpt", path, "--prompt", "ab\udcffcd", "--sample-tokens", "3", "--num-samples", "1"])
+    assert text.splitlines()[1].startswith("ab\ufffdcd")  # the byte 0xff shown as U+FFFD, as decode does
+    assert sample.prompt_ids(tokenizer.get_tokenizer("bytes"), "ab\udcffcd", 320, path) == [97, 98, 255, 99, 100]
+    r = subprocess.run([sys.executable, "sample.py", "--ckpt", path, "--prompt", b"ab\xffcd", "--sample-tokens", "3",
+                        "--num-samples", "1"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       capture_output=True)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr[-500:]

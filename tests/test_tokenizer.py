@@ -191,3 +191,28 @@ def test_token_bytes_sum_to_the_texts_utf8_length(name):
         assert lengths[[tok.eot] + tok.encode(doc)].sum() == len(doc.encode("utf-8"))
     if name == "bytes":
         assert lengths.tolist() == [1] * 256 + [0]
+
+
+def test_shards_without_a_manifest_say_their_tokenizer_where_certain(tmp_path):
+    """Byte shards without manifest.json are read as bytes, not as GPT-2 (where 256 is b' t'); an id above 256 is
+    GPT-2's, and bytes asked for on it is refused; tokens that tell neither ask for --tokenizer in one line."""
+    from support import shards
+
+    def folder(name, val, train):
+        (tmp_path / name).mkdir()
+        shards.write_shard(tmp_path / name / "val_000000.bin", val)
+        shards.write_shard(tmp_path / name / "train_000001.bin", train)
+        return str(tmp_path / name)
+    text = [256, *b"In the beginning", 256, *b"God"]
+    as_bytes = folder("bytes", text, [*b"created", 256, *b"the heaven"])
+    assert tk.data_tokenizer(as_bytes, None, "") == ("bytes", None)
+    assert tk.data_tokenizer(as_bytes, "bytes", "") == ("bytes", None)
+    gpt2 = folder("gpt2", [50256, 818, 262, 3726], [50256, 256])
+    assert tk.data_tokenizer(gpt2, None, "") == ("gpt2", None)
+    with pytest.raises(SystemExit, match="holds gpt2 tokens, but --tokenizer asks for bytes"):
+        tk.data_tokenizer(gpt2, "bytes", "--tokenizer asks for")
+    unclear = folder("unclear", [72, 105, 256, 33], [1, 2, 3])
+    with pytest.raises(SystemExit, match="do not say which tokenizer made them .*pass --tokenizer gpt2 or "
+                                         "--tokenizer bytes"):
+        tk.data_tokenizer(unclear, None, "")
+    assert tk.data_tokenizer(unclear, "gpt2", "") == ("gpt2", None)  # asked for: as before
