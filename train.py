@@ -199,15 +199,26 @@ def resolve_args(argv=None):
     return argparse.Namespace(**s), given, ckpt
 
 
+TEXT_ONLY = ("data", "tokenizer", "data_order", "val_tokens", "num_samples", "sample_tokens")  # what a task ignores
+TRAINING_ONLY = ("lr", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
+                 "max_steps", "total_batch", "data_order", "seed", "ckpt_every", "eval_every", "log_every", "out_dir",
+                 "overwrite", "num_samples", "sample_tokens")  # what --eval-only ignores
+
+
 def check_data_flags(given, task, ckpt_path):
-    """A flag that would be ignored silently is refused: --task-option without a task, text's flags with one."""
+    """A flag that would be ignored silently is refused: --task-option without a task, text's flags with one,
+    training's with --eval-only."""
     if "task_option" in given and not task:
         raise SystemExit("--task-option sets an option of a --task: add --task NAME (python tasks.py shows each "
                          "task's options), or drop --task-option")
-    if task and (text := [f"--{k}" for k in ("data", "tokenizer") if k in given]):
+    asked = [k for k in given if given[k] != 0 or k not in ("num_samples", "sample_tokens")]  # "no samples" is true
+    if task and (text := [f"--{k.replace('_', '-')}" for k in TEXT_ONLY if k in asked]):
         who = f"{ckpt_path} is a checkpoint of --task {task}, which" if ckpt_path else f"--task {task}"
-        raise SystemExit(f"{' and '.join(text)} name{'s' * (len(text) == 1)} the text a language model reads, but {who} draws its own "
-                         f"rows: drop {' and '.join(text)}")
+        raise SystemExit(f"{' and '.join(text)} {'is' if len(text) == 1 else 'are'} for a language model's text, but "
+                         f"{who} draws its own rows: drop {' and '.join(text)}")
+    if given.get("eval_only") and (ignored := [f"--{k.replace('_', '-')}" for k in TRAINING_ONLY if k in asked]):
+        raise SystemExit(f"--eval-only evaluates the checkpoint as it is and writes nothing: {' and '.join(ignored)} "
+                         f"would change nothing; drop {'it' if len(ignored) == 1 else 'them'}")
 
 
 def check_eval_options(task, options, lengths):

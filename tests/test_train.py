@@ -863,8 +863,15 @@ def test_flags_that_would_be_ignored_or_blamed_wrongly_are_one_line(tmp_path):
     message = expect_exit(["--preset", "bytes", "--data", data, "--out-dir", out], "--preset bytes trains on bytes")
     assert "--tokenizer" not in message.split(":")[0]
     expect_exit(TINY + ["--data", data, "--task-option", "max_len=3", "--out-dir", out], "--task-option", "--task NAME")
-    for flags in (["--data", "/nonexistent"], ["--data", data], ["--tokenizer", "bytes"]):
-        expect_exit(COPY_TINY + flags + ["--out-dir", out], flags[0], "--task copy draws its own rows")
+    for flags in (["--data", "/nonexistent"], ["--data", data], ["--tokenizer", "bytes"], ["--data-order", "random"],
+                  ["--val-tokens", "100"], ["--sample-tokens", "5"]):
+        expect_exit(COPY_TINY + flags + ["--max-steps", "1", "--out-dir", out], flags[0], "--task copy draws its own rows")
+    run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "lm")
+    before = files_of(tmp_path / "lm")
+    for flags in (["--lr", "1e-3"], ["--max-steps", "9"], ["--out-dir", out], ["--seed", "3"]):
+        expect_exit(["--eval-only", "--resume", tmp_path / "lm" / "ckpt.pt"] + flags, "--eval-only", flags[0],
+                    "change nothing")
+    assert files_of(tmp_path / "lm") == before
     (tmp_path / "afile").write_text("x")
     expect_exit(TINY + ["--data", tmp_path / "afile", "--out-dir", out], "is a file, not a folder")
     message = expect_exit(["--task", "counting", "--task-option", "max_value=20", "--block-size", "66",
