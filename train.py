@@ -195,6 +195,9 @@ def resolve_args(argv=None):
                          f"processes = {B} x {T} x {world} = {B * T * world}")
     s["min_lr"] = s["lr"] / 10 if s["min_lr"] is None else s["min_lr"]
     s["lr_decay_steps"] = s["max_steps"] if s["lr_decay_steps"] is None else s["lr_decay_steps"]
+    if max(s["lr"], s["min_lr"]) / (1 - s["beta1"]) > torch.finfo(torch.float32).max:  # AdamW's first step size
+        raise SystemExit(f"--lr {s['lr']:g} / --min-lr {s['min_lr']:g}: AdamW's step (lr / (1 - beta1)) overflows "
+                         f"float32; choose a learning rate below 1e30 (the presets use 1e-3 or so)")
     s["derived"] = [k for k in derived if s[k] is not None]
     return argparse.Namespace(**s), given, ckpt
 

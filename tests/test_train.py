@@ -874,6 +874,7 @@ def test_flags_that_would_be_ignored_or_blamed_wrongly_are_one_line(tmp_path):
     assert files_of(tmp_path / "lm") == before
     (tmp_path / "afile").write_text("x")
     expect_exit(TINY + ["--data", tmp_path / "afile", "--out-dir", out], "is a file, not a folder")
+    expect_exit(TINY + ["--data", data, "--lr", "1e38", "--out-dir", out], "--lr 1e+38", "overflows float32")
     message = expect_exit(["--task", "counting", "--task-option", "max_value=20", "--block-size", "66",
                            "--out-dir", out], "test length 64", "--eval-lens")
     assert not message.startswith("tasks: counting: T=64")
