@@ -278,7 +278,8 @@ def with_options(task, options=(), T=None, lengths=None):
 
 
 def parse_options(task, options):
-    """{name: value} of NAME=VALUE texts, each value of the type of the task's own (int, float, a bool as true/false)."""
+    """{name: value} of NAME=VALUE texts, each value of the type of the task's own (int, float, a bool as
+    true/false)."""
     task, chosen = get_task(task), {}
     for text in options or ():
         name, _, value = text.partition("=")

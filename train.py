@@ -448,7 +448,8 @@ def open_data(args, ckpt, model, rank, world, device, autocast, log):
         lens = eval_lengths(args.eval_lens, cfg, log, lambda n: task.at(n)[0], "length")
         evaluate_at = lambda some: tasks.evaluate(model, task, some, B, device, autocast)  # noqa: E731
         return (tasks.Loader(task, B, T, rank, world, args.seed), lens, evaluate_at,
-                f"task {task.name}: {task.what}; {tasks.TEST_ROWS} test rows at each length", task.trained(T, task.train))
+                f"task {task.name}: {task.what}; {tasks.TEST_ROWS} test rows at each length",
+                task.trained(T, task.train))
     if args.data is None:  # the default run trains on the embedded corpus; building it is idempotent
         if rank == 0:
             import prepare_data  # only here: it brings in the hub client and the tokenizers' packages

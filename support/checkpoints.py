@@ -96,7 +96,8 @@ def data_sha256(manifest):
     listed = (manifest or {}).get("shards") or []
     if not listed or not all(s.get("sha256") for s in listed):
         return None
-    return hashlib.sha256(repr([(s["file"], s["split"], s["tokens"], s["sha256"]) for s in listed]).encode()).hexdigest()
+    entries = [(s["file"], s["split"], s["tokens"], s["sha256"]) for s in listed]
+    return hashlib.sha256(repr(entries).encode()).hexdigest()
 
 
 def check_same_data(saved, args, path):

@@ -146,7 +146,8 @@ def cpu_compiler_missing():
     try:
         cpp_builder.get_cpp_compiler()
     except Exception as e:  # InvalidCxxCompiler, or whatever else keeps inductor from finding one
-        return f"torch.compile on a CPU needs a C++ compiler and found none ({type(e).__name__}; install g++ or set CXX)"
+        return (f"torch.compile on a CPU needs a C++ compiler and found none ({type(e).__name__}; install g++ or "
+                "set CXX)")
     return None
 
 

@@ -852,8 +852,8 @@ def test_a_full_disk_under_torch_saves_runtime_error_is_called_disk_full(tmp_pat
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
     monkeypatch.setattr(torch, "save", full_the_second_time)
     expect_exit(TINY + ["--data", data, "--max-steps", 6, "--ckpt-every", 2, "--out-dir", out],
-                f"disk full: cannot write {out}", "No space left on device", f"last good checkpoint is {out / 'ckpt.pt'} "
-                "(step 2)")
+                f"disk full: cannot write {out}", "No space left on device",
+                f"last good checkpoint is {out / 'ckpt.pt'} (step 2)")
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
 
 
@@ -865,7 +865,8 @@ def test_flags_that_would_be_ignored_or_blamed_wrongly_are_one_line(tmp_path):
     expect_exit(TINY + ["--data", data, "--task-option", "max_len=3", "--out-dir", out], "--task-option", "--task NAME")
     for flags in (["--data", "/nonexistent"], ["--data", data], ["--tokenizer", "bytes"], ["--data-order", "random"],
                   ["--val-tokens", "100"], ["--sample-tokens", "5"]):
-        expect_exit(COPY_TINY + flags + ["--max-steps", "1", "--out-dir", out], flags[0], "--task copy draws its own rows")
+        expect_exit(COPY_TINY + flags + ["--max-steps", "1", "--out-dir", out], flags[0],
+                    "--task copy draws its own rows")
     run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "lm")
     before = files_of(tmp_path / "lm")
     for flags in (["--lr", "1e-3"], ["--max-steps", "9"], ["--out-dir", out], ["--seed", "3"]):
