@@ -326,6 +326,9 @@ class GPTConfig:
         if self.pe in ROTARY_PE and self.head_dim % 2 != 0:
             raise ValueError(f"pe={self.pe!r} rotates pairs of dims, but the head size n_embd/n_head="
                              f"{self.head_dim} is odd; choose an even head size")
+        if self.pe in ROTARY_PE and not self.rope_base > 1:  # theta_i = base^(-2i/D) must fall with i
+            raise ValueError(f"rope_base={self.rope_base:g}: pe={self.pe!r} turns pair i at rope_base^(-2i/D), which "
+                             f"needs a base above 1 (RoPE's is 10000); choose --rope-base > 1")
         if self.pe == "sinusoidal" and self.n_embd % 2 != 0:
             raise ValueError(f"pe='sinusoidal' needs an even n_embd (sin/cos pairs), got {self.n_embd}")
         if self.pe == "tapa" and not 1 <= round(self.tapa_theta * self.head_dim) < self.head_dim:

@@ -209,9 +209,8 @@ def run_entry(d, pe, seed, summary):
     steps = train_records(d)
     wall = sum(r["ms"] for r in steps) / 1000  # training steps only, over every resumed segment
     tokens = steps[-1]["tokens"] if steps else 0
-    task = info["args"].get("task")  # a task's lengths are its own (copy: the string), the first one trained on
-    return dict(pe=pe, seed=seed, preset=info["args"]["preset"], task=task,
-                context=min(summary["eval_lens"]) if task else info["model"]["block_size"],
+    task = info["args"].get("task")  # a task's lengths are its own (copy: the string's)
+    return dict(pe=pe, seed=seed, preset=info["args"]["preset"], task=task, context=summary["trained_at"],
                 data=info["args"]["data_dir"],
                 tokenizer=info["args"].get("tokenizer", "gpt2"), tokens=tokens,
                 params=info["num_params"], tokens_per_s=tokens / wall if wall else None, wall_s=round(wall, 1),

@@ -204,6 +204,16 @@ def copy_length(length):
     return 2 * length + 2, dict(min_len=length, max_len=length)
 
 
+def row_length(T, train):
+    """The length a task trains at: its rows' T (train: the training split's options)."""
+    return T
+
+
+def copy_trained(T, train):
+    """Copy trains at its longest string, max_len, however long the rows that hold the strings."""
+    return train["max_len"]
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -214,12 +224,13 @@ class Task:
     train: dict  # the training split's options
     test: dict = field(default_factory=dict)  # what the test split changes
     at: Callable = same_length  # length -> (T, options) of the test row at that length
+    trained: Callable = row_length  # (T, train options) -> the length it trains at, on the scale of `lengths`
     what: str = ""
 
 
 TASKS = {t.name: t for t in (
     Task("copy", copy_rows, COPY_VOCAB, T=64, lengths=(8, 16, 32),
-         train=dict(min_len=1, max_len=8, letters=26), at=copy_length,
+         train=dict(min_len=1, max_len=8, letters=26), at=copy_length, trained=copy_trained,
          what="copy a string: strings of 1-8 letters, tested at 8, 16 and 32"),
     Task("flip-flop", flipflop_rows, FLIPFLOP_VOCAB, T=64, lengths=(64, 128, 256),
          train=dict(p_i=0.8), test=dict(p_i=0.98),
@@ -249,6 +260,26 @@ def with_options(task, options=(), T=None, lengths=None):
     """The task with NAME=VALUE options (train.py --task-option) in both splits: with_options("counting",
     ["variables=3"]); the test split still changes what it changes (p_i, full). One row is drawn at the
     training length T and at each test length, so what cannot be made is refused now, in one line."""
+    task = get_task(task)
+    if chosen := parse_options(task, options):
+        task = replace(task, train={**task.train, **chosen}, what=f"{task.what} ({', '.join(options)})")
+    T, lengths = T or task.T, lengths or task.lengths
+    where = f"training rows of T={T} tokens"
+    try:
+        batch(task, 1, T, 0)
+        for length in lengths:
+            T_test, test_options = task.at(length)
+            where = (f"test length {length}{f' (rows of T={T_test})' if T_test != length else ''}, one of the test "
+                     f"lengths {','.join(map(str, lengths))} (train.py --eval-lens)")
+            batch(task, 1, T_test, 0, "test", **test_options)
+    except SystemExit as e:  # the generator's own line, with which row it could not make
+        refuse(f"{where}: {str(e.code).removeprefix('tasks: ')}")
+    return task
+
+
+def parse_options(task, options):
+    """{name: value} of NAME=VALUE texts, each value of the type of the task's own (int, float, a bool as
+    true/false)."""
     task, chosen = get_task(task), {}
     for text in options or ():
         name, _, value = text.partition("=")
@@ -256,16 +287,11 @@ def with_options(task, options=(), T=None, lengths=None):
         if name not in task.train or not value:
             refuse(f"--task-option {text!r}: {task.name}'s options are "
                    f"{', '.join(f'{k}={v}' for k, v in task.train.items()) or 'none'} (NAME=VALUE)")
-        try:  # the type of the task's own value: int, float, or a bool as true/false
+        try:
             chosen[name] = {"true": True, "false": False}[value.lower()] if kind is bool else kind(value)
         except (KeyError, ValueError):
             refuse(f"--task-option {text!r}: {name} takes {'true or false' if kind is bool else kind.__name__ + 's'}")
-    if chosen:
-        task = replace(task, train={**task.train, **chosen}, what=f"{task.what} ({', '.join(options)})")
-    batch(task, 1, T or task.T, 0)
-    for T_test, test_options in map(task.at, lengths or task.lengths):
-        batch(task, 1, T_test, 0, "test", **test_options)
-    return task
+    return chosen
 
 
 def batch(task, B, T, rng, split="train", **options):

@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from contextlib import nullcontext
@@ -30,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from support import checkpoints, cli, devices, runs, shards
+from support import carope_triton, checkpoints, cli, devices, runs, shards
 import tasks
 from support import tokenizer
 from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
@@ -71,6 +72,9 @@ NOT_INHERITED = ("device", "dtype", "compile", "fused_carope", "eval_only", "res
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "rope_base")
 # the committed compare.py sweep of a preset's recipe: a run of that very recipe ends beside its figures
 COMMITTED = dict(bytes=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bytes-kjv"))
+# settings that follow from another when not given (min_lr = lr / 10, ...): on --resume they follow it again
+# when that flag changes, rather than keep the value the checkpoint derived from the old one
+DERIVED = dict(min_lr=("lr",), lr_decay_steps=("max_steps",), total_batch=("micro_batch",), eval_lens=("task",))
 
 
 def per_preset(key):
@@ -155,33 +159,44 @@ g.add_argument("--fused-carope", action=argparse.BooleanOptionalAction, help="CA
 def resolve_args(argv=None):
     """The run's settings, resolved once: returns (args, the flags given, the --resume checkpoint or None).
     Each setting comes from the first layer that has it: the flags; on --resume the checkpoint's settings,
-    except NOT_INHERITED; the preset's recipe; DEFAULTS. Then what follows from them is filled in."""
+    except NOT_INHERITED and what it derived from a flag now changed; the preset's recipe; DEFAULTS. Then what
+    follows from them is filled in."""
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     if given.get("eval_only") and "resume" not in given:
         raise SystemExit("--eval-only needs a checkpoint: --eval-only --resume out/ckpt.pt")
+    if "resume" in given:  # a link to a run's checkpoint: the run is in the folder the link points into
+        given["resume"] = checkpoints.real_path(given["resume"])
     ckpt = checkpoints.load_checkpoint(given["resume"]) if "resume" in given else None
     saved = {k: v for k, v in (ckpt["train_args"] if ckpt else {}).items() if k not in NOT_INHERITED}
     if ckpt is not None:
         saved.setdefault("tokenizer", "gpt2")  # checkpoints from before the byte tokenizer are all GPT-2's
+        saved = checkpoints.continued(given["resume"], saved, given, DERIVED, tasks.parse_options)
     task = given.get("task") or saved.get("task")
     preset = given.get("preset") or saved.get("preset") or ("task" if task else DEFAULTS["preset"])
+    check_data_flags(given, task, given.get("resume") if "task" not in given else None)
     s = {**DEFAULTS, **RECIPES[preset], **{k: None for k in MODEL_KEYS}, **saved, **given, "preset": preset}
+    derived = [k for k in DERIVED if s[k] is None or (k in s.get("derived", ()) and k not in given)]  # saved
     if ckpt is not None and "out_dir" not in given:  # a resumed run continues in its checkpoint's folder
         s["out_dir"] = os.path.dirname(given["resume"]) or "."
     if task:  # the task's vocabulary, its rows and the lengths it is tested at
         t = tasks.TASKS[task]
         s.update(vocab_size=s["vocab_size"] or len(t.vocab), block_size=s["block_size"] or t.T, data_dir=None,
                  eval_lens=s["eval_lens"] or list(t.lengths), tokenizer=None)
+        if s["eval_only"] and "task_option" in given:
+            check_eval_options(t, given["task_option"], s["eval_lens"])
     else:  # the data folder's tokenizer, which must be the model's, and the vocabulary it needs
-        s["data_dir"] = str(s["data"] or shards.default_dir("kjv", s["tokenizer"] or "gpt2"))
+        s["data_dir"] = data_folder(s, given, ckpt["train_args"] if ckpt else {})
         default = "" if "preset" in given else " (the default; --preset nano reads GPT-2 tokens)"
-        why = f"the checkpoint {s['resume']} was trained on" if ckpt else "--tokenizer asks for" if "tokenizer" in \
-            given else f"--preset {preset}{default} asks for"
+        why = (f"the checkpoint {s['resume']} was trained on" if ckpt else "--tokenizer asks for"
+               if "tokenizer" in given else f"--preset {preset}{default} trains on")
         s["tokenizer"], vocab = tokenizer.data_tokenizer(s["data_dir"], s["tokenizer"], why)
         if s["vocab_size"] is None and ckpt is None:  # padded to a multiple of 64, as GPT-2's 50257 to 50304
             s["vocab_size"] = -(-(vocab or tokenizer.get_tokenizer(s["tokenizer"]).vocab_size) // 64) * 64
     cfg = model_config(argparse.Namespace(**s), given, ckpt)
     s.update({k: getattr(cfg, k) for k in ("pe",) + MODEL_KEYS})  # the model as built
+    if task and cfg.vocab_size < len(tasks.TASKS[task].vocab):  # --eval-only on another task's checkpoint
+        raise SystemExit(f"{s['resume']}: its model reads {cfg.vocab_size} token ids, task {task} has "
+                         f"{len(tasks.TASKS[task].vocab)}: it cannot be evaluated on {task}")
     B, T, world = s["micro_batch"], cfg.block_size, int(os.environ.get("WORLD_SIZE", 1))
     s["total_batch"] = s["total_batch"] or B * T * world  # total_batch = B * T * world * grad_accum_steps
     if s["total_batch"] % (B * T * world):
@@ -189,12 +204,68 @@ def resolve_args(argv=None):
                          f"processes = {B} x {T} x {world} = {B * T * world}")
     s["min_lr"] = s["lr"] / 10 if s["min_lr"] is None else s["min_lr"]
     s["lr_decay_steps"] = s["max_steps"] if s["lr_decay_steps"] is None else s["lr_decay_steps"]
+    if max(s["lr"], s["min_lr"]) / (1 - s["beta1"]) > torch.finfo(torch.float32).max:  # AdamW's first step size
+        raise SystemExit(f"--lr {s['lr']:g} / --min-lr {s['min_lr']:g}: AdamW's step (lr / (1 - beta1)) overflows "
+                         f"float32; choose a learning rate below 1e30 (the presets use 1e-3 or so)")
+    s["derived"] = [k for k in derived if s[k] is not None]
     return argparse.Namespace(**s), given, ckpt
+
+
+TEXT_ONLY = ("data", "tokenizer", "data_order", "val_tokens", "num_samples", "sample_tokens")  # what a task ignores
+TRAINING_ONLY = ("lr", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
+                 "max_steps", "total_batch", "data_order", "seed", "ckpt_every", "eval_every", "log_every", "out_dir",
+                 "overwrite", "num_samples", "sample_tokens")  # what --eval-only ignores
+
+
+def check_data_flags(given, task, ckpt_path):
+    """A flag that would be ignored silently is refused: --task-option without a task, text's flags with one,
+    training's with --eval-only."""
+    if "task_option" in given and not task:
+        raise SystemExit("--task-option sets an option of a --task: add --task NAME (python tasks.py shows each "
+                         "task's options), or drop --task-option")
+    asked = [k for k in given if given[k] != 0 or k not in ("num_samples", "sample_tokens")]  # "no samples" is true
+    if task and (text := [f"--{k.replace('_', '-')}" for k in TEXT_ONLY if k in asked]):
+        who = f"{ckpt_path} is a checkpoint of --task {task}, which" if ckpt_path else f"--task {task}"
+        raise SystemExit(f"{' and '.join(text)} {'is' if len(text) == 1 else 'are'} for a language model's text, but "
+                         f"{who} draws its own rows: drop {' and '.join(text)}")
+    if given.get("eval_only") and (ignored := [f"--{k.replace('_', '-')}" for k in TRAINING_ONLY if k in asked]):
+        raise SystemExit(f"--eval-only evaluates the checkpoint as it is and writes nothing: {' and '.join(ignored)} "
+                         f"would change nothing; drop {'it' if len(ignored) == 1 else 'them'}")
+
+
+def check_eval_options(task, options, lengths):
+    """--eval-only reports the test split: an option the test rows set themselves would change nothing."""
+    fixed = {**task.test, **{k: "the test length" for n in lengths for k in task.at(n)[1]}}
+    for text in options:
+        name = text.partition("=")[0]
+        if name in fixed and name in tasks.parse_options(task, [text]):
+            raise SystemExit(f"--eval-only --task-option {text}: {task.name}'s test rows set {name} themselves "
+                             f"({name}={fixed[name]}), so the figures would not change; drop it (it shapes "
+                             f"training only)")
+
+
+def data_folder(s, given, trained):
+    """The shards' folder, absolute: a checkpoint names its data wherever the run is resumed from."""
+    if "data" in given:
+        d = os.path.abspath(s["data"])
+    elif s["data"] is not None:  # the checkpoint's (absolute since this was written; older ones as they were)
+        d = trained.get("data_dir") or s["data"]
+        if not os.path.isdir(d):
+            raise SystemExit(f"{s['resume']} was trained on {d}, which is not there now: pass --data with the "
+                             f"folder that data is in now")
+    else:  # the embedded corpus: built on first use, the same wherever the repository is
+        return str(shards.default_dir("kjv", s["tokenizer"] or "gpt2"))
+    if os.path.exists(d) and not os.path.isdir(d):
+        make = f"; make shards of it with python prepare_data.py --input {shlex.quote(d)} --out-dir DIR" \
+            if d.lower().endswith(shards.TEXT_FORMATS) else ""
+        raise SystemExit(f"--data {d} is a file, not a folder of token shards: pass the folder prepare_data.py "
+                         f"wrote (its --out-dir){make}")
+    return str(d)
 
 
 def model_config(args, given, ckpt):
     """The model's config: from the checkpoint on --resume (model flags may only repeat it), else the preset."""
-    fused = {} if args.fused_carope is None else dict(fused_carope=args.fused_carope)
+    fused = dict(fused_carope=args.fused_carope is not False)  # the machine's choice, never the checkpoint's
     if ckpt is not None:
         return checkpoints.model_config(ckpt, args.resume, given, ("pe", "preset") + MODEL_KEYS, GPTConfig, **fused)
     try:
@@ -228,11 +299,12 @@ def run(args, given, ckpt, rank, world, device):
 
     # ---- the data: training batches, and the same validation data for every run
     B, T = args.micro_batch, cfg.block_size
-    loader, lens, evaluate_at, about = open_data(args, model, rank, world, device, autocast, log)
+    loader, lens, evaluate_at, about, trained_at = open_data(args, ckpt, model, rank, world, device, autocast, log)
     if args.eval_only:  # the checkpoint's loss at each length, nothing trained or written
         log(f"evaluating {args.resume} (step {ckpt['step']}, pe={cfg.pe}) on {about}")
-        print_eval(log, results := evaluate_at(lens), T)
-        return dict(step=ckpt["step"], val=results, eval_lens=lens, pe=cfg.pe, checkpoint=args.resume)
+        print_eval(log, results := evaluate_at(lens), trained_at)
+        return dict(step=ckpt["step"], val=results, eval_lens=lens, trained_at=trained_at, pe=cfg.pe,
+                    checkpoint=args.resume)
 
     # ---- the optimizer, and on --resume where the run stopped
     # DDP averages gradients over ranks in backward; the raw model keeps the state_dict names clean
@@ -257,7 +329,8 @@ def run(args, given, ckpt, rank, world, device):
                                 start_step, device, autocast)
     return report(args, run, raw_model, evaluate_at, lens, results, losses, dict(
         preset=args.preset, pe=cfg.pe, start_step=start_step, grad_accum_steps=grad_accum_steps,
-        tokens_per_step=args.total_batch, world_size=world), t_start, about, device, autocast, log)
+        tokens_per_step=args.total_batch, world_size=world, trained_at=trained_at), t_start, about, device,
+        autocast, log)
 
 
 def open_run(args, given, raw_model, optimizer, loader, machine, start_step, world, device, grad_accum_steps):
@@ -278,6 +351,11 @@ def build_model(args, given, ckpt, device, world, log):
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
+    if kind == "cpu" and cfg.fused_carope and carope_triton.INTERPRET and "fused_carope" not in given:
+        cfg.fused_carope = False  # Triton's interpreter runs the kernel in Python: CPU steps ~100x slower
+        if cfg.pe.startswith("carope"):
+            log("note: TRITON_INTERPRET=1 is set, but on a CPU CARoPE takes the PyTorch path (the interpreter is "
+                "~100x slower); --fused-carope runs the kernel in the interpreter anyway")
     raw_model = GPT(cfg).to(device)  # the plain module: state_dict, generate, estimate_mfu
     if ckpt is not None:
         checkpoints.load_state(raw_model, ckpt["model"], args.resume)
@@ -349,10 +427,10 @@ def train(args, raw_model, train_model, optimizer, loader, run, evaluate_at, len
         if run.master and ((step + 1) % args.log_every == 0 or step == start_step or step + 1 == args.max_steps):
             print(f"step {step + 1:5d}/{args.max_steps} | loss {loss_val:.4f} | lr {lr:.2e} | norm {norm_val:.3f} "
                   f"| {dt * 1000:7.1f} ms | {args.total_batch / dt:8.0f} tok/s | mfu {'n/a' if mfu is None else f'{mfu:.1%}'}")
+        if step + 1 == args.max_steps or (args.ckpt_every > 0 and (step + 1) % args.ckpt_every == 0):
+            run.save()  # rank 0 writes it (the weights are the same on every rank); before evaluating, which may fail
         if eval_due(step + 1, args):
             results = evaluate_and_log(run, evaluate_at, step + 1, lens, args)
-        if step + 1 == args.max_steps or (args.ckpt_every > 0 and (step + 1) % args.ckpt_every == 0):
-            run.save()  # rank 0 writes it; the weights are the same on every rank
     return losses, results
 
 
@@ -369,15 +447,18 @@ def get_lr(it, args):
 # -----------------------------------------------------------------------------
 # Data: llm.c shards (256 int32 header, then uint16 tokens), memory-mapped.
 
-def open_data(args, model, rank, world, device, autocast, log):
-    """(training batches, eval lengths, evaluate_at(lengths) -> results, a line about the data): llm.c shards,
-    or with --task a synthetic task drawn on the fly (tasks.py). Exits with one line on data it cannot use."""
+def open_data(args, ckpt, model, rank, world, device, autocast, log):
+    """(training batches, eval lengths, evaluate_at(lengths) -> results, a line about the data, the length trained
+    at): llm.c shards, or with --task a synthetic task drawn on the fly (tasks.py). Exits with one line on data it
+    cannot use, or, resuming a run, on data other than the run's."""
     cfg, B, T = model.config, args.micro_batch, model.config.block_size
     if args.task:  # the loop is the same; evaluation measures accuracy on the task's test split
         task = tasks.with_options(args.task, args.task_option, T, args.eval_lens)
+        lens = eval_lengths(args.eval_lens, cfg, log, lambda n: task.at(n)[0], "length")
         evaluate_at = lambda some: tasks.evaluate(model, task, some, B, device, autocast)  # noqa: E731
-        return (tasks.Loader(task, B, T, rank, world, args.seed), list(args.eval_lens), evaluate_at,
-                f"task {task.name}: {task.what}; {tasks.TEST_ROWS} test rows at each length")
+        return (tasks.Loader(task, B, T, rank, world, args.seed), lens, evaluate_at,
+                f"task {task.name}: {task.what}; {tasks.TEST_ROWS} test rows at each length",
+                task.trained(T, task.train))
     if args.data is None:  # the default run trains on the embedded corpus; building it is idempotent
         if rank == 0:
             import prepare_data  # only here: it brings in the hub client and the tokenizers' packages
@@ -385,6 +466,10 @@ def open_data(args, model, rank, world, device, autocast, log):
         if dist.is_initialized():
             dist.barrier()  # the other ranks wait for rank 0 to build it
     val, train, paths, manifest = shards.open_data(args.data_dir)
+    # what the run's checkpoints record of its data, and a resumed run checks: the same shards, not a look-alike
+    args.data_tokens, args.data_sha256 = sum(len(s) for s in train), checkpoints.data_sha256(manifest)
+    if ckpt is not None and not args.eval_only:
+        checkpoints.check_same_data(ckpt["train_args"], args, args.resume)
     if manifest and manifest.get("vocab_size", 0) > cfg.vocab_size:
         raise SystemExit(f"{args.data_dir} was made with a vocabulary of {manifest['vocab_size']} tokens "
                          f"({manifest.get('tokenizer', '?')}) but the model has {cfg.vocab_size} embedding rows: "
@@ -398,7 +483,7 @@ def open_data(args, model, rank, world, device, autocast, log):
     loader = TokenLoader(train, paths, B, T, rank, world, args.data_order, args.seed, cfg.vocab_size)
     return loader, lens, evaluate_at, (f"{args.data_dir}: {sum(len(s) for s in train):,} train tokens in {len(train)} "
                                        f"shard(s), {args.data_order} windows; {len(val_tokens) - 1:,} "
-                                       f"{args.tokenizer} val tokens")
+                                       f"{args.tokenizer} val tokens"), cfg.block_size
 
 
 class TokenLoader:
@@ -468,17 +553,20 @@ class TokenLoader:
 # -----------------------------------------------------------------------------
 # Evaluation: the same validation tokens cut into windows of each length.
 
-def eval_lengths(eval_lens, cfg, log):
+def eval_lengths(eval_lens, cfg, log, row=lambda n: n, word="context"):
+    """The lengths to evaluate at; those whose rows (row(n) tokens) a learned table cannot hold are skipped."""
     lens = list(eval_lens) if eval_lens else [cfg.block_size, 2 * cfg.block_size, 4 * cfg.block_size]
     if cfg.pe == "learned":  # a learned table has no rows past block_size: nothing to evaluate there
-        skipped = [n for n in lens if n > cfg.block_size]
-        lens = [n for n in lens if n <= cfg.block_size]
+        skipped = [n for n in lens if row(n) > cfg.block_size]
+        lens = [n for n in lens if row(n) <= cfg.block_size]
+        rows = "" if word == "context" else f" (rows of {', '.join(str(row(n)) for n in skipped)} tokens)"
         if not lens:
-            raise SystemExit(f"every eval length ({','.join(map(str, skipped))}) is longer than the learned position "
-                             f"table ({cfg.block_size} positions): use --eval-lens {cfg.block_size} or a relative --pe")
+            raise SystemExit(f"every eval length ({','.join(map(str, skipped))}{rows}) is longer than the learned "
+                             f"position table ({cfg.block_size} positions): use --eval-lens "
+                             f"{cfg.block_size if word == 'context' else 'with shorter lengths'} or a relative --pe")
         if skipped:
-            log(f"note: pe=learned has {cfg.block_size} positions; eval at context {', '.join(map(str, skipped))} "
-                f"skipped (the paper's '-')")
+            log(f"note: pe=learned has {cfg.block_size} positions; eval at {word} {', '.join(map(str, skipped))}"
+                f"{rows} skipped (the paper's '-')")
     return lens
 
 
@@ -560,7 +648,7 @@ def report(args, run, raw_model, evaluate_at, lens, results, losses, summary, t_
         results = evaluate_at(lens)
     samples = []
     run.close()
-    T = min(lens) if args.task else raw_model.config.block_size  # a task's lengths are its own (copy: the string's)
+    T = summary["trained_at"]  # a task's lengths are its own (copy: the string's)
     log(f"\nvalidation ({about.split('; ')[-1]}, model trained at {'length' if args.task else 'context'} {T}):")
     print_eval(log, results, T)
     if run.master and args.preset in COMMITTED and not args.task:  # beside the committed sweep of this recipe

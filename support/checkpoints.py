@@ -45,6 +45,73 @@ def load_checkpoint(path, flag="--resume"):
     return ckpt
 
 
+def real_path(path):
+    """path with its links resolved (links/latest.pt -> runs/a/ckpt.pt), so a resumed run writes beside the real
+    checkpoint, in its run's folder; a path without links is kept as given."""
+    real = os.path.realpath(path)
+    if real == os.path.abspath(path):
+        return path
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {path} is a link to {real}: continuing that run, in {os.path.dirname(real)}")
+    return real
+
+
+def continued(path, saved, given, derived_from, parse_options):
+    """The settings a resumed run takes from its checkpoint (train_args), once what the flags would change is
+    checked: another task, or a task on a language model's checkpoint, is refused in one line (--eval-only may
+    evaluate on another task: it writes nothing); a value derived from a flag (derived_from: {setting: flags})
+    is dropped when that flag changes, to be derived again; the checkpoint's other values stay."""
+    saved, eval_only = dict(saved), bool(given.get("eval_only"))
+    old, new = saved.get("task"), given.get("task", saved.get("task"))
+    if new != old and old is None:
+        raise SystemExit(f"{path} is a language model's checkpoint: --task {new} can neither continue nor evaluate "
+                         f"it; train the task in a new run (no --resume)")
+    if new != old and not eval_only:
+        raise SystemExit(f"{path} is a checkpoint of --task {old}, not {new}: drop --task to continue it, train "
+                         f"{new} in a new run (no --resume), or evaluate it on {new} with --eval-only")
+    if new is None and given.get("tokenizer", saved["tokenizer"]) != saved["tokenizer"]:
+        raise SystemExit(f"{path} was trained on {saved['tokenizer']} tokens: its embedding rows are theirs, so "
+                         f"--tokenizer {given['tokenizer']} cannot read with it; drop --tokenizer")
+    if new == old and not eval_only and "task_option" in given and (
+            parse_options(new, given["task_option"]) != parse_options(new, saved.get("task_option"))):
+        raise SystemExit(f"{path} was trained with --task-option {' '.join(saved.get('task_option') or []) or '(none)'}"
+                         f": --task-option {' '.join(given['task_option'])} would change the task mid-run; drop it "
+                         f"to continue, or start a new run")
+    if new != old:
+        saved.pop("task_option", None)  # the old task's
+    derived = saved.pop("derived", None)
+    if derived is None:  # a checkpoint from before "derived" was saved: derived if it equals what would be
+        derived = [k for k, v in (("min_lr", saved.get("lr", 0) / 10), ("lr_decay_steps", saved.get("max_steps")))
+                   if saved.get(k) == v]
+    changed = {k for k, v in given.items() if k in saved and v != saved[k]} | ({"task"} if new != old else set())
+    for key, flags in derived_from.items():
+        if key in derived and changed & set(flags):
+            saved.pop(key, None)
+    saved["derived"] = derived  # still derived, if kept: derived again when its flag changes on a later resume
+    return saved
+
+
+def data_sha256(manifest):
+    """sha256 over the shards a data folder's manifest lists (name, split, tokens, sha256), or None without one."""
+    listed = (manifest or {}).get("shards") or []
+    if not listed or not all(s.get("sha256") for s in listed):
+        return None
+    entries = [(s["file"], s["split"], s["tokens"], s["sha256"]) for s in listed]
+    return hashlib.sha256(repr(entries).encode()).hexdigest()
+
+
+def check_same_data(saved, args, path):
+    """A resumed run trains on the data it was trained on: the same train tokens, and where both folders have a
+    manifest with checksums, the same shards. Checkpoints from before this was saved are not checked."""
+    tokens, sha = saved.get("data_tokens"), saved.get("data_sha256")
+    if tokens is None or (tokens == args.data_tokens and (sha is None or args.data_sha256 in (None, sha))):
+        return
+    mark = lambda digest: f", shards sha256 {digest[:12]}" if digest else ""  # noqa: E731
+    raise SystemExit(f"{path} was trained on {saved.get('data_dir')} ({tokens:,} train tokens{mark(sha)}), but "
+                     f"{args.data_dir} now holds other data ({args.data_tokens:,} train tokens"
+                     f"{mark(args.data_sha256)}): resume on the run's own data (--data), or start a new run")
+
+
 def _wrong_field(ckpt):
     """The first field of a checkpoint that train.py would not have written so, or None."""
     for key, kind in TYPES.items():

@@ -134,7 +134,21 @@ def pick_compile(want, kind):
             return False, "Triton is not installed; running eagerly"
     if want and kind == "mps":
         return False, "torch.compile does not support MPS well yet; running eagerly"
+    if want and kind == "cpu" and (missing := cpu_compiler_missing()):
+        return False, f"{missing}; running eagerly"
     return want, reason
+
+
+def cpu_compiler_missing():
+    """Why inductor cannot compile for the CPU here, or None: it builds C++ with the compiler it finds (g++, or $CXX
+    when torch was imported), and without one fails at the first forward pass, after the run has begun."""
+    from torch._inductor import cpp_builder  # only on a CPU --compile: importing inductor takes seconds
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as e:  # InvalidCxxCompiler, or whatever else keeps inductor from finding one
+        return (f"torch.compile on a CPU needs a C++ compiler and found none ({type(e).__name__}; install g++ or "
+                "set CXX)")
+    return None
 
 
 def keep_freed_memory():

@@ -12,6 +12,7 @@ And a run beside a committed sweep of the same recipe (beside_sweep): compare.py
 run time, so that a run's own figures can be read against the committed ones, and only when they compare.
 """
 
+import errno
 import json
 import math
 import os
@@ -46,6 +47,9 @@ def check_out_dir(d, resume, overwrite):
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(d, f))]
     resuming_here = resume and same_file(os.path.dirname(resume) or ".", d)
     if found and not resuming_here and not overwrite:
+        if "ckpt.pt" not in found:  # it stopped before its first checkpoint: there is nothing to continue
+            raise SystemExit(f"{d} holds a run that ended without a checkpoint ({', '.join(found)}), so it cannot be "
+                             f"continued: start it again with --overwrite, or pass another --out-dir")
         raise SystemExit(f"{d} already holds a run ({', '.join(found)}): continue it with --resume "
                          f"{os.path.join(d, 'ckpt.pt')}, replace it with --overwrite, or pass another --out-dir")
 
@@ -175,11 +179,31 @@ class Run:
             raise SystemExit(f"{self.out_dir}: {e.filename or 'a file'} vanished during the run (was the folder "
                              f"deleted or moved?); {self.kept()}")
         except OSError as e:
-            raise SystemExit(f"disk full / cannot write {self.out_dir}: {e.strerror or e}; {self.kept()}")
-        except RuntimeError as e:  # torch.save's own writer (inline_container.cc) raises this when the disk fills
-            if "write" not in str(e).lower():
+            raise SystemExit(f"{write_failure(e)} {self.out_dir}: {e.strerror or e}; {self.kept()}")
+        except RuntimeError as e:  # torch.save's own writer (inline_container.cc) raises this when the disk fills,
+            cause = next((c for c in causes(e) if isinstance(c, OSError)), None)  # the OSError chained under it
+            if cause is None and "write" not in str(e).lower():
                 raise
-            raise SystemExit(f"disk full / cannot write {self.out_dir}: {str(e).splitlines()[0]}; {self.kept()}")
+            raise SystemExit(f"{write_failure(cause)} {self.out_dir}: "
+                             f"{cause.strerror if cause and cause.strerror else str(e).splitlines()[0]}; {self.kept()}")
+
+
+def causes(e):
+    """e and the exceptions chained under it (raise ... from, or raised while handling another)."""
+    seen = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    return seen
+
+
+def write_failure(e):
+    """What a failed write is called: 'disk full' for ENOSPC (or a quota), 'cannot write' for another errno, both
+    when the error says neither (torch.save's own RuntimeError with nothing chained under it)."""
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return "disk full: cannot write"
+    return "cannot write" if code else "disk full / cannot write"
 
 
 class Interrupts:

@@ -490,7 +490,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeyp
 
     monkeypatch.setattr(torch, "save", fails_the_second_time)
     expect_exit(TINY + ["--data", data, "--max-steps", 6, "--ckpt-every", 2, "--out-dir", out],
-                f"disk full / cannot write {out}", "No space left", "(step 2)")
+                f"disk full: cannot write {out}", "No space left", "(step 2)")
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
     assert sorted(os.listdir(out)) == [".lock", "ckpt.pt", "config.json", "log.jsonl"]  # no temp file left
 
@@ -500,7 +500,13 @@ def test_error_sequential_resume_on_shorter_data(tmp_path):
     run(*TINY, "--data", data, "--max-steps", 3, "--lr-decay-steps", 5, "--data-order", "sequential",
         "--out-dir", tmp_path / "o")  # the loader is at token 3 x 4 x 16 = 192 of its shard
     short = make_data(tmp_path / "short", n_train=150)
-    expect_exit(["--resume", tmp_path / "o" / "ckpt.pt", "--max-steps", 5, "--data", short],
+    ckpt = tmp_path / "o" / "ckpt.pt"
+    expect_exit(["--resume", ckpt, "--max-steps", 5, "--data", short], "20,000 train tokens", "150 train tokens")
+    from support import checkpoints  # a checkpoint from before the data's size was saved: the position tells
+    old = checkpoints.load_checkpoint(str(ckpt))
+    old["train_args"] = {k: v for k, v in old["train_args"].items() if k not in ("data_tokens", "data_sha256")}
+    checkpoints.save_checkpoint(ckpt, old)
+    expect_exit(["--resume", ckpt, "--max-steps", 5, "--data", short],
                 "token 192", "past the end", "--data-order random")
 
 
@@ -836,3 +842,232 @@ def test_a_bad_committed_sweep_is_one_line_and_a_recipe_that_differs_in_one_run_
     (sweep / "carope-s2" / "config.json").unlink()
     lines = runs.beside_sweep(str(sweep), config, s["val"])
     assert len(lines) == 1 and "cannot be read (No such file or directory)" in lines[0]
+
+
+# -----------------------------------------------------------------------------
+# Hardening round 3 (issue 27): no run lost at its last step; resume changes nothing silently; one-line messages.
+
+COPY_TINY = ["--task", "copy", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--micro-batch", "4",
+             "--warmup-steps", "2", "--device", "cpu"]
+
+
+def files_of(out):
+    return {f: (out / f).read_bytes() for f in sorted(os.listdir(out)) if f != ".lock"}
+
+
+def test_a_task_length_a_learned_table_cannot_hold_is_skipped_not_fatal(tmp_path, capsys):
+    """copy at 32 is a row of 66 tokens, past a 64-row learned table: skipped with a note (a '-' in compare.py's
+    tables), where it used to raise after training, before the final save, so no checkpoint was left."""
+    out = tmp_path / "o"
+    s = run(*COPY_TINY, "--pe", "learned", "--max-steps", 2, "--out-dir", out)
+    assert sorted(s["val"]) == [8, 16] and s["eval_lens"] == [8, 16]
+    assert "eval at length 32 (rows of 66 tokens) skipped" in capsys.readouterr().out
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
+
+
+def test_the_last_step_is_saved_before_the_final_evaluation(tmp_path, monkeypatch):
+    """An evaluation that fails at the last step (here by a monkeypatch) no longer costs the trained run."""
+    data = make_data(tmp_path / "data")
+
+    def broken(*a, **k):
+        raise RuntimeError("evaluation broke")
+    monkeypatch.setattr(train, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        run(*TINY, "--data", data, "--max-steps", 3, "--out-dir", tmp_path / "o")
+    assert torch.load(tmp_path / "o" / "ckpt.pt", weights_only=True)["step"] == 3
+
+
+def test_a_run_without_a_checkpoint_never_suggests_resuming_one(tmp_path, monkeypatch):
+    """Stopped by a NaN at step 2 before any save: its message and the rerun's say there is no checkpoint, and
+    the rerun does not name --resume of a ckpt.pt that does not exist."""
+    data = make_data(tmp_path / "data")
+    forward = carope.GPT.forward
+    monkeypatch.setattr(carope.GPT, "forward", lambda self, idx, targets=None: (
+        lambda out: (out[0], out[1] * float("nan")) if self.training else out)(forward(self, idx, targets)))
+    out = tmp_path / "o"
+    expect_exit(TINY + ["--data", data, "--max-steps", 4, "--out-dir", out], "step 1", "no checkpoint was saved yet")
+    monkeypatch.setattr(carope.GPT, "forward", forward)
+    message = expect_exit(TINY + ["--data", data, "--max-steps", 4, "--out-dir", out], "without a checkpoint",
+                          "--overwrite")
+    assert "--resume" not in message and not (out / "ckpt.pt").exists()
+
+
+def test_resume_refuses_another_task_and_eval_only_on_another_task_writes_nothing(tmp_path):
+    data = make_data(tmp_path / "data")
+    run(*COPY_TINY, "--max-steps", 2, "--out-dir", tmp_path / "copy")
+    run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "lm")
+    ckpt, lm = tmp_path / "copy" / "ckpt.pt", tmp_path / "lm" / "ckpt.pt"
+    before = files_of(tmp_path / "copy")
+    expect_exit(["--resume", ckpt, "--task", "flip-flop", "--max-steps", 4], "checkpoint of --task copy, not flip-flop")
+    expect_exit(["--resume", ckpt, "--task", "counting", "--max-steps", 4], "checkpoint of --task copy, not counting")
+    expect_exit(["--resume", ckpt, "--task-option", "max_len=4", "--max-steps", 4], "change the task mid-run")
+    expect_exit(["--resume", ckpt, "--data", data, "--max-steps", 4], "checkpoint of --task copy", "drop --data")
+    expect_exit(["--resume", lm, "--task", "copy", "--max-steps", 4], "language model's checkpoint", "--task copy")
+    expect_exit(["--eval-only", "--resume", lm, "--task", "copy"], "language model's checkpoint")
+    s = run("--eval-only", "--resume", ckpt, "--task", "flip-flop", "--device", "cpu")
+    assert sorted(s["val"]) == [64, 128, 256]  # flip-flop's own lengths, not copy's 8, 16, 32
+    expect_exit(["--eval-only", "--resume", ckpt, "--task", "counting"], "reads 30 token ids", "counting has 32")
+    assert files_of(tmp_path / "copy") == before
+
+
+def test_resume_derives_min_lr_and_decay_steps_again_when_their_flag_changes(tmp_path):
+    data = make_data(tmp_path / "data")
+    run(*TINY, "--data", data, "--lr", "1e-3", "--max-steps", 2, "--out-dir", tmp_path / "o")
+    ckpt = tmp_path / "o" / "ckpt.pt"
+    args = train.resolve_args(["--resume", str(ckpt), "--lr", "2e-4", "--max-steps", "5"])[0]
+    assert (args.lr, args.min_lr, args.lr_decay_steps) == (2e-4, 2e-4 / 10, 5)
+    args = train.resolve_args(["--resume", str(ckpt), "--max-steps", "5"])[0]
+    assert (args.min_lr, args.lr_decay_steps) == (1e-3 / 10, 5)
+    run("--resume", ckpt, "--max-steps", 3, "--device", "cpu")  # lr unchanged: min_lr kept, and still derived
+    args = train.resolve_args(["--resume", str(ckpt), "--lr", "2e-4", "--max-steps", "4"])[0]
+    assert (args.lr, args.min_lr, args.lr_decay_steps) == (2e-4, 2e-4 / 10, 4)
+    run(*TINY, "--data", data, "--min-lr", "5e-5", "--lr-decay-steps", 9, "--max-steps", 2, "--out-dir", tmp_path / "g")
+    args = train.resolve_args(["--resume", str(tmp_path / "g" / "ckpt.pt"), "--lr", "2e-4", "--max-steps", "5"])[0]
+    assert (args.min_lr, args.lr_decay_steps) == (5e-5, 9)  # given, not derived: kept
+
+
+def test_a_linked_checkpoint_resumes_in_its_run_folder(tmp_path, capsys):
+    data = make_data(tmp_path / "data")
+    run(*TINY, "--data", data, "--max-steps", 2, "--lr-decay-steps", 4, "--out-dir", tmp_path / "runs" / "a")
+    os.makedirs(tmp_path / "links")
+    os.symlink(tmp_path / "runs" / "a" / "ckpt.pt", tmp_path / "links" / "latest.pt")
+    s = run("--resume", tmp_path / "links" / "latest.pt", "--max-steps", 4, "--device", "cpu")
+    assert s["out_dir"] == str(tmp_path / "runs" / "a") and "is a link to" in capsys.readouterr().out
+    assert [r["step"] for r in read_log(tmp_path / "runs" / "a")] == [1, 2, 3, 4]
+    assert os.listdir(tmp_path / "links") == ["latest.pt"] and os.path.islink(tmp_path / "links" / "latest.pt")
+
+
+def test_resume_reads_its_own_data_from_any_folder_and_refuses_other_data(tmp_path, monkeypatch):
+    """A relative --data is saved absolute: resumed from another working folder that has a look-alike data/,
+    the run's own data is read; other data (--data, or the folder changed) is one line; a missing one too."""
+    make_data(tmp_path / "first" / "data")
+    monkeypatch.chdir(tmp_path / "first")
+    run(*TINY, "--data", "data", "--max-steps", 2, "--lr-decay-steps", 4, "--out-dir", tmp_path / "o")
+    make_data(tmp_path / "other" / "data", n_train=30_000)  # the look-alike
+    monkeypatch.chdir(tmp_path / "other")
+    ckpt = tmp_path / "o" / "ckpt.pt"
+    args = train.resolve_args(["--resume", str(ckpt)])[0]
+    assert args.data_dir == str(tmp_path / "first" / "data")
+    expect_exit(["--resume", ckpt, "--max-steps", 3, "--data", "data"], "20,000 train tokens", "30,000 train tokens",
+                "other data")
+    run("--resume", ckpt, "--max-steps", 3, "--device", "cpu")
+    os.rename(tmp_path / "first" / "data", tmp_path / "first" / "moved")
+    expect_exit(["--resume", ckpt, "--max-steps", 4], "was trained on", "not there now", "--data")
+
+
+def test_the_training_length_is_the_one_trained_at(tmp_path, capsys):
+    s = run(*TASK_TINY, "--eval-lens", "32,64", "--max-steps", 1, "--out-dir", tmp_path / "ff")
+    printed = capsys.readouterr().out
+    assert s["trained_at"] == 64 and "model trained at length 64" in printed and "32 (0.5x)" in printed
+    assert run(*COPY_TINY, "--max-steps", 1, "--out-dir", tmp_path / "c")["trained_at"] == 8
+    s = run(*COPY_TINY, "--task-option", "max_len=4", "--eval-lens", "2,4,8", "--max-steps", 1,
+            "--out-dir", tmp_path / "c4")
+    assert s["trained_at"] == 4
+
+
+def test_compile_on_a_cpu_without_a_cxx_compiler_runs_eagerly_with_a_note(tmp_path, monkeypatch, capsys):
+    from torch._inductor import config as inductor_config, cpp_builder
+    data = make_data(tmp_path / "data")
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    cpp_builder.cpp_compiler_search.cache_clear()
+    try:
+        run(*TINY, "--data", data, "--compile", "--max-steps", 1, "--out-dir", tmp_path / "o")
+    finally:
+        cpp_builder.cpp_compiler_search.cache_clear()
+    assert "compile off (torch.compile on a CPU needs a C++ compiler" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("base", ["1", "0.5", "1e-5"])
+def test_a_rope_base_of_at_most_one_is_one_line_for_the_rotary_encodings(tmp_path, base):
+    data = make_data(tmp_path / "data")
+    for pe in ("carope", "rope", "selective"):
+        expect_exit(TINY + ["--data", data, "--pe", pe, "--rope-base", base, "--out-dir", tmp_path / "o"],
+                    "--rope-base > 1", f"pe={pe!r}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_full_disk_under_torch_saves_runtime_error_is_called_disk_full(tmp_path, monkeypatch):
+    """torch.save's writer raises RuntimeError('... unexpected pos ...') with the OSError (ENOSPC) chained under
+    it: one line saying disk full, and the checkpoint of step 2 is kept."""
+    data = make_data(tmp_path / "data")
+    out, save, calls = tmp_path / "o", torch.save, []
+
+    def full_the_second_time(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) < 2:
+            return save(obj, f, *a, **k)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    monkeypatch.setattr(torch, "save", full_the_second_time)
+    expect_exit(TINY + ["--data", data, "--max-steps", 6, "--ckpt-every", 2, "--out-dir", out],
+                f"disk full: cannot write {out}", "No space left on device",
+                f"last good checkpoint is {out / 'ckpt.pt'} (step 2)")
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
+
+
+def test_flags_that_would_be_ignored_or_blamed_wrongly_are_one_line(tmp_path):
+    data = make_data(tmp_path / "data")  # GPT-2 tokens
+    out = tmp_path / "o"
+    message = expect_exit(["--preset", "bytes", "--data", data, "--out-dir", out], "--preset bytes trains on bytes")
+    assert "--tokenizer" not in message.split(":")[0]
+    expect_exit(TINY + ["--data", data, "--task-option", "max_len=3", "--out-dir", out], "--task-option", "--task NAME")
+    for flags in (["--data", "/nonexistent"], ["--data", data], ["--tokenizer", "bytes"], ["--data-order", "random"],
+                  ["--val-tokens", "100"], ["--sample-tokens", "5"]):
+        expect_exit(COPY_TINY + flags + ["--max-steps", "1", "--out-dir", out], flags[0],
+                    "--task copy draws its own rows")
+    run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "lm")
+    before = files_of(tmp_path / "lm")
+    for flags in (["--lr", "1e-3"], ["--max-steps", "9"], ["--out-dir", out], ["--seed", "3"]):
+        expect_exit(["--eval-only", "--resume", tmp_path / "lm" / "ckpt.pt"] + flags, "--eval-only", flags[0],
+                    "change nothing")
+    assert files_of(tmp_path / "lm") == before
+    (tmp_path / "afile").write_text("x")
+    expect_exit(TINY + ["--data", tmp_path / "afile", "--out-dir", out], "is a file, not a folder")
+    expect_exit(TINY + ["--data", data, "--lr", "1e38", "--out-dir", out], "--lr 1e+38", "overflows float32")
+    message = expect_exit(["--task", "counting", "--task-option", "max_value=20", "--block-size", "66",
+                           "--out-dir", out], "test length 64", "--eval-lens")
+    assert not message.startswith("tasks: counting: T=64")
+    assert not out.exists()
+
+
+def test_a_bytes_checkpoint_with_another_tokenizer_names_the_tokenizer(tmp_path):
+    data = make_data(tmp_path / "data")
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps(dict(manifest, tokenizer="bytes", vocab_size=257)))
+    run(*TINY, "--data", data, "--vocab-size", 320, "--max-steps", 1, "--out-dir", tmp_path / "o")
+    message = expect_exit(["--resume", tmp_path / "o" / "ckpt.pt", "--tokenizer", "gpt2"], "trained on bytes tokens",
+                          "drop --tokenizer")
+    assert "--vocab-size" not in message
+
+
+def test_eval_only_task_options_change_the_figures_or_are_refused(tmp_path):
+    run(*TASK_TINY, "--max-steps", 1, "--out-dir", tmp_path / "ff")
+    expect_exit(["--eval-only", "--resume", tmp_path / "ff" / "ckpt.pt", "--task-option", "p_i=0.5"],
+                "test rows set p_i themselves", "p_i=0.98")
+    counting = ["--task", "counting", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--device", "cpu"]
+    run(*counting, "--max-steps", 1, "--out-dir", tmp_path / "c")
+    ckpt = tmp_path / "c" / "ckpt.pt"
+    assert run("--eval-only", "--resume", ckpt, "--task-option", "max_value=2", "--device", "cpu")["val"] != \
+        run("--eval-only", "--resume", ckpt, "--device", "cpu")["val"]
+
+
+def test_triton_interpret_on_a_cpu_takes_the_pytorch_path(tmp_path, monkeypatch, capsys):
+    """TRITON_INTERPRET=1 left in the environment would run CARoPE's kernel in Triton's interpreter on the CPU
+    (about 40x slower a step, measured): train.py takes the PyTorch path and says so; --fused-carope still asks."""
+    from support import carope_triton
+    data = make_data(tmp_path / "data")
+    monkeypatch.setattr(carope_triton, "INTERPRET", True)
+    monkeypatch.setattr(carope, "use_fused", lambda q: True)  # as if the kernel had passed its self-check
+
+    def interpreted(*a):
+        raise AssertionError("the fused kernel ran on the CPU")
+    monkeypatch.setattr(carope, "carope_rotate", interpreted)
+    run(*TINY, "--data", data, "--pe", "carope", "--max-steps", 1, "--out-dir", tmp_path / "o")
+    assert "TRITON_INTERPRET=1 is set" in capsys.readouterr().out
+    args, given, ckpt = train.resolve_args(["--resume", str(tmp_path / "o" / "ckpt.pt")])
+    assert ckpt["model_config"]["fused_carope"] is False  # this machine's choice, not inherited by a resume on a GPU
+    assert train.model_config(args, given, ckpt).fused_carope is True
+    with pytest.raises(AssertionError, match="fused kernel ran"):  # asked for: the kernel
+        run(*TINY, "--data", data, "--pe", "carope", "--fused-carope", "--max-steps", 1, "--out-dir", tmp_path / "f")
