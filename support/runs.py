@@ -278,7 +278,8 @@ def resume_command(ckpt_path, given, world):
 # recorded settings that change neither the weights nor the figures, or that name the run, its encoding and its
 # machine; data_dir is where the data lay on that machine ("data" says which data: None is the embedded corpus)
 NOT_RECIPE = ("pe", "seed", "out_dir", "overwrite", "resume", "eval_only", "device", "compile", "fused_carope",
-              "data_dir", "num_samples", "sample_tokens", "log_every", "eval_every", "ckpt_every")
+              "data_dir", "num_samples", "sample_tokens", "log_every", "eval_every", "ckpt_every",
+              "derived", "data_tokens", "data_sha256")  # the last three: bookkeeping of a resume, not the recipe
 
 
 def sweep_run_dir(out, pe, seed):
