@@ -4,6 +4,7 @@ Compare positional encodings the honest way: one recipe, several seeds, a table 
     python compare.py --pe rope,carope --seeds 1,2,3 --out out-bytes           # train.py's default recipe (bytes)
     python compare.py --preset nano --pe rope,carope --seeds 1,2 --max-steps 100 --out /tmp/cmp   # any train.py flag
     python compare.py --out results/nano-kjv --plot-only                           # redraw from runs
+    python compare.py --summary results                   # CARoPE against RoPE across every committed sweep
 
 Every run is train.py's own `main` (no second training loop) in a folder DIR/<pe>-s<seed>: the
 same data, the same recipe and the same validation tokens for all of them, evaluated at 1x, 2x,
@@ -45,6 +46,7 @@ PASSAGE_TOKENS = 40  # tokens of the validation text shown along the x axis of t
 F_SAMPLE_TOKENS = 8192  # validation tokens whose f(x_t) make the per-layer distributions
 NAMES = dict(ppl="validation perplexity", bpb="validation bits per byte", acc="test accuracy (whole answers)")
 DIGITS = dict(ppl=2, bpb=4, acc=3)  # decimals of a value in results.md
+ROBUST_SEEDS = 5  # from this many seeds of one encoding, results.md adds medians, quartiles and seed counts
 POSITION_POINTS = 128  # the loss by position is kept as the means of this many equal spans of the window
 
 
@@ -58,11 +60,21 @@ def parse_args(argv):
     p.add_argument("--pe", default="rope,carope,carope-static", help="comma-separated encodings "
                    f"(default rope,carope,carope-static; any of {','.join(PE_CHOICES)})")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
-    p.add_argument("--out", "--out-dir", dest="out", required=True, metavar="DIR",
+    p.add_argument("--out", "--out-dir", dest="out", metavar="DIR",
                    help="the sweep's folder: one sub-folder per run")
+    p.add_argument("--summary", metavar="ROOT", help="no training: CARoPE against RoPE in every sweep folder under "
+                   "ROOT, as ROOT/summary.md and ROOT/summary.png (python compare.py --summary results)")
     p.add_argument("--plot-only", action="store_true", help="redraw results.md and the plots from the runs "
                    "in --out without training")
     args, recipe = p.parse_known_args(argv)
+    if args.summary is not None:
+        if args.out or recipe:
+            p.error("--summary reads committed sweeps and trains nothing: give it alone")
+        if not os.path.isdir(args.summary):
+            p.error(f"--summary {args.summary}: no such folder")
+        return args, recipe
+    if args.out is None:
+        p.error("the following arguments are required: --out (or --summary ROOT)")
     pes = [s for s in args.pe.split(",") if s]
     bad = [s for s in pes if s not in PE_CHOICES]
     if not pes or bad:
@@ -395,6 +407,9 @@ def write_markdown(out, runs, command, train_len):
     if "rope" in groups:
         for m in metrics:
             lines += paired_table(groups, lens, head, rule, m, NAMES[m])
+    if max(len(rs) for rs in groups.values()) >= ROBUST_SEEDS:
+        for m in metrics:
+            lines += robust_table(groups, lens, head, rule, m, NAMES[m])
     speed = [f"{pe} {np.mean([r['tokens_per_s'] for r in rs]):,.0f}" for pe, rs in groups.items()
              if all(r["tokens_per_s"] for r in rs)]
     first = runs[0]
@@ -459,6 +474,102 @@ def paired_table(groups, lens, head, rule, metric="ppl", title="validation perpl
                          + (" **every seed**" if agree else "") if change else "–")
         lines.append(f"| {pe} | {n} | " + " | ".join(cells) + " |")
     return lines
+
+
+def robust_table(groups, lens, head, rule, metric, title):
+    """Median and interquartile range over seeds, and in how many seeds pe beats RoPE at the same seed: past
+    the training length a small model's task accuracy is chaotic (a rerun on another CPU can move one run by
+    tens of points), so with many seeds the median and the count say more than the mean."""
+    better = (lambda a, b: a > b) if metric == "acc" else (lambda a, b: a < b)
+    rope = {r["seed"]: r["val"] for r in groups.get("rope", [])}
+    lines = ["", f"**{title}**: median [interquartile range] over seeds; after it, in how many seeds pe beats RoPE "
+             "at the same seed.", "", head, rule]
+    for pe, rs in groups.items():
+        cells = []
+        for T in lens:
+            v = values(rs, T, metric)
+            if not v:
+                cells.append("–")
+                continue
+            q1, q2, q3 = np.percentile(v, [25, 50, 75])
+            d = DIGITS[metric]
+            cell = f"{q2:.{d}f} [{q1:.{d}f}–{q3:.{d}f}]"
+            pairs = [(r["val"][str(T)][metric], rope[r["seed"]][str(T)][metric]) for r in rs
+                     if pe != "rope" and r["seed"] in rope and str(T) in r["val"] and str(T) in rope[r["seed"]]]
+            if pairs:
+                cell += f" ({sum(better(a, b) for a, b in pairs)}/{len(pairs)})"
+            cells.append(cell)
+        lines.append(f"| {pe} | {len(rs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# -----------------------------------------------------------------------------
+# Every sweep at a glance: CARoPE against RoPE across the committed comparisons (--summary)
+
+def paired_change(runs, pe="carope"):
+    """CARoPE's change against RoPE at the same seed at the longest length tested up to 16x the training length
+    (4x for a task): bits per byte (else perplexity) in %, accuracy in points. None without both encodings."""
+    train_len = runs[0].get("context") or min(int(T) for T in runs[0]["val"])
+    task = bool(runs[0].get("task"))
+    metric = "acc" if task else "bpb" if all("bpb" in v for r in runs for v in r["val"].values()) else "ppl"
+    rope = {r["seed"]: r["val"] for r in runs if r["pe"] == "rope"}
+    mine = [r for r in runs if r["pe"] == pe and r["seed"] in rope]
+    lens = sorted({int(T) for r in mine for T in r["val"] if int(T) <= (4 if task else 16) * train_len})
+    if not mine or not lens:
+        return None
+    T = str(lens[-1])
+    change = [difference(r["val"][T][metric], rope[r["seed"]][T][metric], metric) for r in mine
+              if T in r["val"] and T in rope[r["seed"]]]
+    return dict(metric=metric, ratio=int(T) / train_len, change=change, task=task) if change else None
+
+
+def summary(root):
+    """root/summary.md and root/summary.png: CARoPE against RoPE in every sweep folder under root that has both."""
+    rows = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name, "results.json")
+        if os.path.isfile(path):
+            c = paired_change(read_json(path)["runs"])
+            if c:
+                rows.append((name, c))
+    if not rows:
+        raise SystemExit(f"compare.py: no sweep under {root} has both rope and carope runs; nothing to summarise")
+    lines = [f"# CARoPE against RoPE, every committed comparison", "",
+             "Paired by seed: CARoPE's figure against RoPE's at the same seed, at the longest length tested up to 16x the "
+             "training length (4x for a task). Bits per byte (or perplexity): CARoPE / RoPE - 1, negative is better. "
+             "Accuracy: CARoPE - RoPE in points, positive is better. Written by `python compare.py --summary "
+             f"{root}` from each folder's results.json.", "",
+             "| sweep | at | metric | seeds | mean | median | min | max | seeds better |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for name, c in rows:
+        v, unit = c["change"], " pt" if c["task"] else " %"
+        better = sum(x > 0 for x in v) if c["task"] else sum(x < 0 for x in v)
+        lines.append(f"| [{name}]({name}/results.md) | {c['ratio']:g}x | {c['metric']} | {len(v)} | {np.mean(v):+.1f}{unit} "
+                     f"| {np.median(v):+.1f}{unit} | {min(v):+.1f}{unit} | {max(v):+.1f}{unit} | {better}/{len(v)} |")
+    shards.atomic_write(os.path.join(root, "summary.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = [[r for r in rows if not r[1]["task"]], [r for r in rows if r[1]["task"]]]
+    groups = [g for g in groups if g]
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 0.5 * max(map(len, groups)) + 1.8), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        task = g[0][1]["task"]
+        for y, (name, c) in enumerate(g):
+            v = c["change"]
+            ax.plot([min(v), max(v)], [y, y], color="tab:blue", lw=2, alpha=0.4)
+            ax.scatter(v, [y] * len(v), color="tab:blue", s=14, alpha=0.7)
+            ax.scatter([np.mean(v)], [y], color="black", marker="|", s=300, zorder=3)
+        ax.axvline(0, color="grey", lw=1)
+        ax.set_yticks(range(len(g)), [f"{name} ({c['ratio']:g}x, {len(c['change'])} seeds)" for name, c in g])
+        ax.invert_yaxis()
+        ax.set_xlabel("CARoPE - RoPE, accuracy points (right is better)" if task else
+                      "CARoPE / RoPE - 1, bits per byte or perplexity, % (left is better)")
+        ax.set_title("synthetic tasks, at 4x the training length" if task else "language modelling, at 16x the training context")
+    fig.suptitle("CARoPE against RoPE, paired by seed (dots: seeds; bar: mean; line: min-max)")
+    fig.tight_layout()
+    save(plt, fig, root, "summary.png")
+    print("\n".join(lines))
+    print(f"\ncompare.py: {len(rows)} sweep(s) -> {root}/summary.md, summary.png")
 
 
 # -----------------------------------------------------------------------------
@@ -678,6 +789,9 @@ def summarise_safely(out, given):
 
 def main(argv=None):
     args, recipe = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.summary is not None:
+        summary(args.summary)
+        return 0
     check_out(args.out)
     if args.plot_only:
         path = os.path.join(args.out, "recipe.json")

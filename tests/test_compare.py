@@ -182,6 +182,48 @@ def test_every_seed_needs_two_or_more_seeds_of_one_strict_sign(carope, marked):
     assert row.startswith("| carope | 1 |") and "every seed" not in row, row  # one seed agrees with itself
 
 
+def test_robust_table_gives_median_quartiles_and_the_seeds_that_beat_rope():
+    """Medians and quartiles of a task's accuracy over seeds, and the count of seeds above RoPE at the same seed
+    (a tie is not a win), against numpy and a hand count."""
+    rope = [0.9, 0.2, 0.5, 0.7, 0.3]
+    carope = [0.95, 0.2, 0.4, 0.8, 0.9]  # seeds 1, 4, 5 above; 2 a tie; 3 below
+    runs = [dict(pe=pe, seed=i + 1, val={"64": dict(acc=a)}) for pe, accs in (("rope", rope), ("carope", carope))
+            for i, a in enumerate(accs)]
+    lines = compare.robust_table(compare.by_pe(runs), [64], "head", "rule", "acc", "accuracy")
+    q1, q2, q3 = np.percentile(carope, [25, 50, 75])
+    assert f"| carope | 5 | {q2:.3f} [{q1:.3f}–{q3:.3f}] (3/5) |" in lines
+    row = [line for line in lines if line.startswith("| rope")][0]
+    assert row.startswith(f"| rope | 5 | {np.median(rope):.3f} [") and "(" not in row  # RoPE is not counted against itself
+    loss = compare.robust_table(compare.by_pe([dict(r, val={"64": dict(ppl=1 + r["val"]["64"]["acc"])}) for r in runs]),
+                                [64], "head", "rule", "ppl", "perplexity")
+    assert [line for line in loss if line.startswith("| carope")][0].endswith("(1/5) |")  # lower is better: seed 3 only
+
+
+def test_summary_pairs_carope_with_rope_at_16x_or_4x_in_every_sweep(tmp_path):
+    """--summary: for each folder with rope and carope, CARoPE against RoPE at the same seed at the longest length
+    up to 16x (text, in %) or 4x (a task, in points), with the seeds that are better; folders without both skipped."""
+    def sweep(name, task, figures):
+        (tmp_path / name).mkdir()
+        runs = [dict(pe=pe, seed=seed, context=64, task=task, val={str(T): {("acc" if task else "bpb"): v, "ppl": 1.0}
+                                                                  for T, v in vals.items()})
+                for (pe, seed), vals in figures.items()]
+        (tmp_path / name / "results.json").write_text(json.dumps(dict(runs=runs)))
+    sweep("text", None, {("rope", 1): {64: 2.0, 1024: 4.0, 2048: 1.0}, ("rope", 2): {64: 2.0, 1024: 5.0, 2048: 1.0},
+                         ("carope", 1): {64: 2.0, 1024: 3.0, 2048: 9.0}, ("carope", 2): {64: 2.0, 1024: 5.5, 2048: 9.0}})
+    sweep("task", "copy", {("rope", 1): {64: 1.0, 256: 0.25, 512: 0.0}, ("carope", 1): {64: 1.0, 256: 0.75, 512: 0.0}})
+    sweep("no-carope", None, {("rope", 1): {64: 2.0}, ("nope", 1): {64: 3.0}})
+    assert compare.main(["--summary", str(tmp_path)]) == 0
+    md = (tmp_path / "summary.md").read_text()
+    assert "| [text](text/results.md) | 16x | bpb | 2 | -7.5 % | -7.5 % | -25.0 % | +10.0 % | 1/2 |" in md
+    assert "| [task](task/results.md) | 4x | acc | 1 | +50.0 pt | +50.0 pt | +50.0 pt | +50.0 pt | 1/1 |" in md
+    assert "no-carope" not in md and (tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--summary", str(empty)])
+    assert "nothing to summarise" in str(e.value.code)
+
+
 def test_a_task_sweep_tabulates_accuracy_by_length(tmp_path):
     out = tmp_path / "sweep"
     assert compare.main(["--task", "parity", "--pe", "rope,nope", "--seeds", "1", "--out", str(out), "--max-steps", "3",
