@@ -282,3 +282,25 @@ def test_a_full_disk_or_ctrl_c_during_the_summary_keeps_the_previous_one(finishe
         data = (out / name).read_bytes()
         assert data.endswith(b"IEND\xaeB`\x82") if name.endswith(".png") else data.endswith(b"\n") or json.loads(data)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_f_by_token_against_a_hand_computation():
+    """Exercise 8's helper: the mean of f(x_t)_h = 1/(softplus(x_t W + b)_h + 1) over each kind of token,
+    computed by hand for a one-layer model (x_t = ln_1 of the token embedding), absent tokens left out."""
+    import torch
+    import torch.nn.functional as F
+    from carope import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=16, pe="carope")).eval()
+    rotary = model.transformer.h[0].attn.rotary
+    with torch.no_grad():
+        rotary.weight.normal_(0, 0.5)  # W = 0 would give every token theta_1: no test
+    idx = torch.tensor([[0, 3, 2, 2, 0, 3], [2, 2, 2, 0, 3, 3]])  # tokens 1 and 4 never occur
+    got = compare.f_by_token(model, idx, ("w", "r", "i", "0", "1"))
+    assert list(got) == ["w", "i", "0"]
+    with torch.no_grad():
+        x = model.transformer.h[0].ln_1(model.transformer.wte.weight)  # x_t of each token id: (5, C)
+        f = 1 / (F.softplus(x.double() @ rotary.weight.double().T + rotary.bias.double()) + 1)  # (5, H)
+    for word, token in (("w", 0), ("i", 2), ("0", 3)):
+        assert got[word].shape == (1, 2)  # (L, H)
+        assert torch.allclose(got[word][0].double(), f[token], rtol=1e-6, atol=0), word
