@@ -90,10 +90,10 @@ g.add_argument("--vocab-size", type=cli.positive, metavar="V", help="embedding r
                "to a multiple of 64: 50304 for GPT-2, 320 for bytes)")
 g.add_argument("--dropout", type=cli.fraction, metavar="RATE", help="dropout rate (default: 0.0)")
 g.add_argument("--rope-base", type=cli.rate, metavar="BASE", help="RoPE's base; CARoPE starts as RoPE (default: 1e4)")
-g.add_argument("--carope-init", choices=CAROPE_INITS, help="CARoPE's initial bias b: rope (its ratio f starts at "
-               "RoPE's theta_1 = base^(-2/D)) or zero (b = 0, f = 1/(1 + ln 2) = 0.591) (default: rope)")
-g.add_argument("--tapa-alpha", type=cli.amount, metavar="ALPHA", help="TAPA's distance exponent: |m - n|^alpha in "
-               "its phase; 0 = no distance, 1 = linear (default: 0.1)")
+g.add_argument("--carope-init", choices=CAROPE_INITS, help="the carope encodings' initial bias b: rope (the ratio f "
+               "starts at RoPE's theta_1 = base^(-2/D)) or zero (b = 0, f = 1/(1 + ln 2) = 0.591) (default: rope)")
+g.add_argument("--tapa-alpha", type=cli.amount, metavar="ALPHA", help="--pe tapa: the exponent of the distance "
+               "|m - n|^alpha in its phase; 0 = no distance, 1 = linear (default: 0.1)")
 g = parser.add_argument_group("data")
 g.add_argument("--data", metavar="DIR", help="folder of shards from prepare_data.py (default: the embedded King "
                "James corpus, data/kjv or data/kjv-bytes, built on first use)")
