@@ -37,6 +37,7 @@ from support.devices import peak_flops  # the GPU's peak bf16 flop/s, for MFU
 
 PE_CHOICES = ("nope", "learned", "sinusoidal", "rope", "carope", "carope-static", "carope-embed", "tapa", "selective")
 ROTARY_PE = ("rope", "carope", "carope-static", "carope-embed", "selective")  # the ones that rotate q and k
+CAROPE_INITS = ("rope", "zero")  # CARoPE's initial bias b: RoPE's ratio theta_1, or b = 0 (exercise 3)
 SINUSOIDAL_SCALE = 0.02  # the fixed table's amplitude relative to Vaswani's (see GPT.forward)
 
 
@@ -119,7 +120,9 @@ class CARoPE(nn.Module):
     also feeds the q/k/v projection, and each layer has its own W and b.
     Reading (i):   pairs i = 0 .. P - 1, so pair 0 turns 1 rad per token, as in RoPE.
     Reading (init): W = 0 and b = softplus^-1(base^(2/D) - 1), so f = base^(-2/D) = theta_1 for
-                   every token and the model starts as the RoPE model exactly.
+                   every token and the model starts as the RoPE model exactly. carope_init="zero"
+                   starts from b = 0 instead, f = 1/(1 + ln 2) = 0.591: RoPE with the ratio 0.591,
+                   near theta_1 = 0.562 at D = 32 but far from theta_1 = 0.750 at D = 64.
     input_dependent=False is the "carope-static" ablation: f_h = 1/(softplus(b_h) + 1), a learned
     per-head ratio with no W, initialised the same way. "carope-embed" is the paper's literal words,
     "the embedding of the token at position t": every layer computes f from the token embedding
@@ -134,7 +137,7 @@ class CARoPE(nn.Module):
         softplus_b = config.rope_base ** (2.0 / head_dim) - 1.0  # softplus(b) = 1/f - 1 with f = theta_1
         # softplus^-1(y) = log(e^y - 1) = y + log(1 - e^-y), the second form without overflow for a huge base;
         # -0.9267 for D=64, base 1e4
-        b0 = softplus_b + math.log(-math.expm1(-softplus_b))
+        b0 = softplus_b + math.log(-math.expm1(-softplus_b)) if config.carope_init == "rope" else 0.0
         self.bias = nn.Parameter(torch.full((n_head,), b0))
         self.weight = nn.Parameter(torch.zeros(n_head, config.n_embd)) if input_dependent else None
         self.register_buffer("i", torch.arange(head_dim // 2, dtype=torch.float32), persistent=False)
@@ -304,6 +307,7 @@ class GPTConfig:
     n_embd: int = 512
     pe: str = "carope"  # one of PE_CHOICES
     rope_base: float = 10000.0
+    carope_init: str = "rope"  # CARoPE's b at init: "rope" (f = theta_1, RoPE's start) or "zero" (b = 0)
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
     tapa_theta: float = 0.5  # TAPA: share of each head's dims that form the amplitude part
@@ -329,6 +333,8 @@ class GPTConfig:
         if self.pe in ROTARY_PE and not self.rope_base > 1:  # theta_i = base^(-2i/D) must fall with i
             raise ValueError(f"rope_base={self.rope_base:g}: pe={self.pe!r} turns pair i at rope_base^(-2i/D), which "
                              f"needs a base above 1 (RoPE's is 10000); choose --rope-base > 1")
+        if self.carope_init not in CAROPE_INITS:
+            raise ValueError(f"unknown carope_init={self.carope_init!r}; choose one of: {', '.join(CAROPE_INITS)}")
         if self.pe == "sinusoidal" and self.n_embd % 2 != 0:
             raise ValueError(f"pe='sinusoidal' needs an even n_embd (sin/cos pairs), got {self.n_embd}")
         if self.pe == "tapa" and not 1 <= round(self.tapa_theta * self.head_dim) < self.head_dim:

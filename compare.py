@@ -314,11 +314,8 @@ def sweep(args, recipe):
 @torch.no_grad()
 def analyse_carope(d):
     """f(x_t)_h of every layer on a passage and on F_SAMPLE_TOKENS validation tokens -> DIR/carope_f.json."""
-    ckpt = checkpoints.load_checkpoint(os.path.join(d, "ckpt.pt"))
-    cfg = GPTConfig(**ckpt["model_config"])
-    model = GPT(cfg)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    model, ckpt = load_model(os.path.join(d, "ckpt.pt"))
+    cfg = model.config
     data_dir = ckpt["train_args"]["data_dir"]
     val = shards.read_shard(shards.list_shards(data_dir)[0][0])
     tok = tokenizer.get_tokenizer(ckpt["train_args"].get("tokenizer", "gpt2"))
@@ -338,6 +335,22 @@ def analyse_carope(d):
                     mean=f_sample.mean(dim=(1, 2)).tolist(),  # (L, H)
                     device=device_name("cpu"), torch=torch.__version__)  # where f was computed (the model runs on CPU here)
     shards.atomic_write(os.path.join(d, "carope_f.json"), lambda fh: fh.write(json.dumps(analysis).encode()))
+
+
+def load_model(path):
+    """The model of a train.py checkpoint, on the CPU in eval mode, and the checkpoint itself."""
+    ckpt = checkpoints.load_checkpoint(path)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+@torch.no_grad()
+def f_by_token(model, idx, vocab):
+    """Mean f(x_t)_h over each kind of token in rows idx (B, T): {token name: (L, H) tensor}, for the
+    tokens that occur. vocab names the ids (a task's vocab, e.g. tasks.FLIPFLOP_VOCAB). Exercise 8."""
+    f = layer_frequencies(model, idx)  # (L, B, T, H)
+    return {word: f[:, idx == i].mean(dim=1) for i, word in enumerate(vocab) if (idx == i).any()}  # (L, H) each
 
 
 def layer_frequencies(model, idx):

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from support import carope_triton, checkpoints, cli, devices, runs, shards
 import tasks
 from support import tokenizer
-from carope import GPT, GPTConfig, PE_CHOICES, PRESETS
+from carope import CAROPE_INITS, GPT, GPTConfig, PE_CHOICES, PRESETS
 from support.runs import RUN_FILES  # noqa: F401  (what a run leaves in its --out-dir)
 
 # -----------------------------------------------------------------------------
@@ -69,7 +69,8 @@ DEFAULTS = dict(preset="bytes", pe="carope", data=None, task=None, task_option=N
 # the machine and this invocation's mode are never taken from a checkpoint
 NOT_INHERITED = ("device", "dtype", "compile", "fused_carope", "eval_only", "resume", "data_dir", "out_dir",
                  "overwrite")
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "rope_base")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "rope_base", "carope_init",
+              "tapa_alpha")
 # the committed compare.py sweep of a preset's recipe: a run of that very recipe ends beside its figures
 COMMITTED = dict(bytes=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bytes-kjv"))
 # settings that follow from another when not given (min_lr = lr / 10, ...): on --resume they follow it again
@@ -101,6 +102,10 @@ g.add_argument("--vocab-size", type=cli.positive, metavar="V", help="embedding r
                "to a multiple of 64: 50304 for GPT-2, 320 for bytes)")
 g.add_argument("--dropout", type=cli.fraction, metavar="RATE", help="dropout rate (default: 0.0)")
 g.add_argument("--rope-base", type=cli.rate, metavar="BASE", help="RoPE's base; CARoPE starts as RoPE (default: 1e4)")
+g.add_argument("--carope-init", choices=CAROPE_INITS, help="the carope encodings' initial bias b: rope (the ratio f "
+               "starts at RoPE's theta_1 = base^(-2/D)) or zero (b = 0, f = 1/(1 + ln 2) = 0.591) (default: rope)")
+g.add_argument("--tapa-alpha", type=cli.amount, metavar="ALPHA", help="--pe tapa: the exponent of the distance "
+               "|m - n|^alpha in its phase; 0 = no distance, 1 = linear (default: 0.1)")
 g = parser.add_argument_group("data")
 g.add_argument("--data", metavar="DIR", help="folder of shards from prepare_data.py (default: the embedded King "
                "James corpus, built on first use: data/kjv-bytes, or data/kjv with --preset nano)")

@@ -437,3 +437,42 @@ sys.exit(compare.main(["--out", {str(out)!r}, "--plot-only"]))
     assert r.stderr.strip() == (f"compare.py: interrupted (SIGTERM) while writing the summary; the runs are kept: "
                                 f"python compare.py --out {out} --plot-only writes it")
     assert not [p.name for p in out.rglob("*.tmp")]  # the one cut short, and the stale one
+
+
+def test_f_by_token_against_a_hand_computation():
+    """Exercise 8's helper: the mean of f(x_t)_h = 1/(softplus(x_t W + b)_h + 1) over each kind of token,
+    computed by hand for a one-layer model (x_t = ln_1 of the token embedding), absent tokens left out."""
+    import torch
+    import torch.nn.functional as F
+    from carope import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=16, pe="carope")).eval()
+    rotary = model.transformer.h[0].attn.rotary
+    with torch.no_grad():
+        rotary.weight.normal_(0, 0.5)  # W = 0 would give every token theta_1: no test
+    idx = torch.tensor([[0, 3, 2, 2, 0, 3], [2, 2, 2, 0, 3, 3]])  # tokens 1 and 4 never occur
+    got = compare.f_by_token(model, idx, ("w", "r", "i", "0", "1"))
+    assert list(got) == ["w", "i", "0"]
+    with torch.no_grad():
+        x = model.transformer.h[0].ln_1(model.transformer.wte.weight)  # x_t of each token id: (5, C)
+        f = 1 / (F.softplus(x.double() @ rotary.weight.double().T + rotary.bias.double()) + 1)  # (5, H)
+    for word, token in (("w", 0), ("i", 2), ("0", 3)):
+        assert got[word].shape == (1, 2)  # (L, H)
+        assert torch.allclose(got[word][0].double(), f[token], rtol=1e-6, atol=0), word
+
+
+def test_the_exercises_commands_parse():
+    """Every train.py and compare.py command in docs/exercises.md's code blocks is one the scripts accept:
+    a renamed or removed flag (--carope-init, --tapa-alpha, ...) fails here, not in a student's hands."""
+    import re
+    import train
+    text = open(os.path.join(REPO, "docs", "exercises.md"), encoding="utf-8").read()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    lines = [line for block in blocks for line in block.splitlines() if re.match(r"python (train|compare)\.py ", line)]
+    assert len(lines) >= 15
+    for line in lines:
+        script, *argv = shlex.split(line, comments=True)[1:]
+        if script == "compare.py":
+            args, argv = compare.parse_args(argv)
+            argv += ["--pe", args.pe[0]]
+        train.parser.parse_args(argv)  # SystemExit with one line on a flag train.py does not have

@@ -76,6 +76,25 @@ def test_carope_init_bias_gives_rope_base():
     assert torch.count_nonzero(carope.weight) == 0
 
 
+@pytest.mark.parametrize("pe", ["carope", "carope-static"])
+@pytest.mark.parametrize("n_head", [4, 2])  # head size 32 (the CPU presets') and 64 (exercise 3's)
+def test_carope_init_rope_starts_at_theta_1_and_zero_at_b_0(pe, n_head):
+    # carope_init="rope": b = softplus^-1(base^(2/D) - 1), so f = theta_1 = base^(-2/D) (the RoPE model);
+    # carope_init="zero": b = 0, so f = 1/(softplus(0) + 1) = 1/(1 + ln 2) whatever D.
+    rope = CARoPE(GPTConfig(n_embd=128, n_head=n_head, pe=pe))
+    zero = CARoPE(GPTConfig(n_embd=128, n_head=n_head, pe=pe, carope_init="zero"))
+    x = torch.randn(2, 5, 128)
+    D = 128 // n_head
+    assert torch.allclose(rope.frequencies(x), torch.full((2, 5, n_head), 10000 ** (-2 / D)), rtol=1e-6, atol=0)
+    assert torch.count_nonzero(zero.bias) == 0
+    assert torch.allclose(zero.frequencies(x), torch.full((2, 5, n_head), 1 / (1 + math.log(2))), rtol=1e-6, atol=0)
+
+
+def test_carope_init_unknown_is_one_line():
+    with pytest.raises(ValueError, match=r"^unknown carope_init='one'; choose one of: rope, zero$"):
+        GPTConfig(carope_init="one")
+
+
 def test_carope_phase_equals_direct_sum():
     # phi_i^h(m) = sum_{t<=m} f(x_t)_h^i with f(x_t)_h = 1/(softplus(x_t W + b)_h + 1), by loops.
     cfg = GPTConfig(**{**TINY, "pe": "carope"})

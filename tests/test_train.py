@@ -1071,3 +1071,40 @@ def test_triton_interpret_on_a_cpu_takes_the_pytorch_path(tmp_path, monkeypatch,
     assert train.model_config(args, given, ckpt).fused_carope is True
     with pytest.raises(AssertionError, match="fused kernel ran"):  # asked for: the kernel
         run(*TINY, "--data", data, "--pe", "carope", "--fused-carope", "--max-steps", 1, "--out-dir", tmp_path / "f")
+
+
+def test_carope_init_and_tapa_alpha_reach_the_model_and_stay_with_the_checkpoint(tmp_path):
+    """--carope-init and --tapa-alpha are model settings: they build the model, the checkpoint keeps
+    them (a resumed run, an evaluation and sample.py rebuild the same model), and a resume that asks
+    for another value is one line; a bad value is one line before anything is written."""
+    data = make_data(tmp_path / "data")
+    run(*TINY, "--data", data, "--carope-init", "zero", "--max-steps", 1, "--out-dir", tmp_path / "zero")
+    ckpt = torch.load(tmp_path / "zero" / "ckpt.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model_config"]["carope_init"] == "zero"
+    args, given, saved = train.resolve_args(["--resume", str(tmp_path / "zero" / "ckpt.pt")])
+    assert train.model_config(args, given, saved).carope_init == "zero"
+    expect_exit(["--resume", tmp_path / "zero" / "ckpt.pt", "--carope-init", "rope"], "another config",
+                "carope_init=zero", "carope_init=rope")
+    args, given, saved = train.resolve_args([*TINY, "--data", data, "--carope-init", "zero"])
+    model = carope.GPT(train.model_config(args, given, saved))
+    assert all(torch.count_nonzero(b.attn.rotary.bias) == 0 for b in model.transformer.h)  # b = 0 at init
+    expect_exit(TINY + ["--data", data, "--carope-init", "one", "--out-dir", tmp_path / "bad"], "--carope-init",
+                "'one'", "rope", "zero")
+    assert not (tmp_path / "bad").exists()
+
+    # --tapa-alpha: the exponent of |m - n| in TAPA's phase; at 1 the same weights score otherwise than at 0.1
+    run(*TINY, "--data", data, "--pe", "tapa", "--tapa-alpha", "1", "--max-steps", 1, "--out-dir", tmp_path / "tapa")
+    ckpt = torch.load(tmp_path / "tapa" / "ckpt.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model_config"]["tapa_alpha"] == 1.0
+    models = {}
+    for alpha in ("0.1", "1"):
+        args, given, saved = train.resolve_args([*TINY, "--data", data, "--pe", "tapa", "--tapa-alpha", alpha])
+        models[alpha] = carope.GPT(train.model_config(args, given, saved)).eval()
+        assert models[alpha].transformer.h[0].attn.tapa[1] == float(alpha)
+    models["1"].load_state_dict(ckpt["model"])
+    models["0.1"].load_state_dict(ckpt["model"])
+    idx = torch.randint(0, VOCAB, (2, T))
+    with torch.no_grad():
+        assert not torch.allclose(models["1"](idx)[0], models["0.1"](idx)[0], rtol=0, atol=1e-4)
+    expect_exit(TINY + ["--data", data, "--pe", "tapa", "--tapa-alpha", "-1", "--out-dir", tmp_path / "bad"],
+                "--tapa-alpha", ">= 0")
