@@ -287,19 +287,20 @@ def sweep_run_dir(out, pe, seed):
     return os.path.join(out, f"{pe}-s{seed}")
 
 
-def recipe_differences(mine, theirs):
+def recipe_differences(mine, theirs, defaults=None):
     """[(setting, mine, theirs)] where two runs' config.json differ, NOT_RECIPE left out. A setting only one
-    of them records counts as unset (None) in the other: an option added since, left unset, changes nothing."""
+    of them records has its default there (defaults: {part: {setting: value}}), else counts as unset (None):
+    an option added since, left at its default, changes nothing."""
     diff = {}
     for part in ("args", "model"):
-        a, b = mine.get(part) or {}, theirs.get(part) or {}
+        a, b, d = mine.get(part) or {}, theirs.get(part) or {}, (defaults or {}).get(part, {})
         for k in sorted(set(a) | set(b)):
-            if k not in NOT_RECIPE and a.get(k) != b.get(k):
-                diff.setdefault(k, (k, a.get(k), b.get(k)))
+            if k not in NOT_RECIPE and a.get(k, d.get(k)) != b.get(k, d.get(k)):
+                diff.setdefault(k, (k, a.get(k, d.get(k)), b.get(k, d.get(k))))
     return list(diff.values())
 
 
-def beside_sweep(sweep, config_path, results, shown=("rope", "carope")):
+def beside_sweep(sweep, config_path, results, shown=("rope", "carope"), defaults=None):
     """Lines that set this run's bits per byte at each length (results: {T: {"bpb": ...}}) beside a committed
     sweep's, mean [min-max] over its seeds, for the encodings `shown` and this run's own. They are printed
     only when every run shown has this run's recipe (its config.json against theirs, recipe_differences);
@@ -316,7 +317,7 @@ def beside_sweep(sweep, config_path, results, shown=("rope", "carope")):
         for pe in pes:
             for r in groups[pe]:
                 theirs = read_json(os.path.join(sweep_run_dir(sweep, pe, r["seed"]), "config.json"))
-                if diff := recipe_differences(mine, theirs):
+                if diff := recipe_differences(mine, theirs, defaults):
                     what = "; ".join(f"--{k.replace('_', '-')} {setting(k, a)} here, {setting(k, b)} there"
                                      for k, a, b in diff[:3]) + ("; ..." if diff[3:] else "")
                     return [f"{label}'s committed figures are not shown: that sweep's recipe is another ({what})"]
