@@ -657,7 +657,8 @@ def report(args, run, raw_model, evaluate_at, lens, results, losses, summary, t_
     log(f"\nvalidation ({about.split('; ')[-1]}, model trained at {'length' if args.task else 'context'} {T}):")
     print_eval(log, results, T)
     if run.master and args.preset in COMMITTED and not args.task:  # beside the committed sweep of this recipe
-        defaults = dict(model=vars(GPTConfig()))  # a model setting added since the sweep ran: its default there
+        model = vars(GPTConfig())  # a model setting (and its flag) added since the sweep ran: its default there
+        defaults = dict(args=model, model=model)
         log("\n" + "\n".join(runs.beside_sweep(COMMITTED[args.preset], run.config_path, results, defaults=defaults)))
     if run.master:
         samples = generate_samples(raw_model, args, device, autocast)

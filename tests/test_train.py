@@ -129,7 +129,8 @@ def test_the_default_is_the_committed_bytes_recipe_and_nano_is_one_flag_away():
         for seed in (1, 2, 3):
             with open(os.path.join(sweep, f"{pe}-s{seed}", "config.json")) as f:
                 theirs = json.load(f)  # recorded before --carope-init and --tapa-alpha existed: their defaults
-                assert runs.recipe_differences(mine, theirs, dict(model=vars(carope.GPTConfig()))) == [], (pe, seed)
+                defaults = vars(carope.GPTConfig())
+                assert runs.recipe_differences(mine, theirs, dict(args=defaults, model=defaults)) == [], (pe, seed)
                 assert {k for k, _, _ in runs.recipe_differences(mine, theirs)} == {"carope_init", "tapa_alpha"}
     nano, _, _ = train.resolve_args(["--preset", "nano"])
     assert (nano.preset, nano.pe, nano.tokenizer, nano.block_size, nano.max_steps) == ("nano", "carope", "gpt2", 128, 350)
