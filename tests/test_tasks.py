@@ -116,6 +116,66 @@ def test_flipflop_targets_are_the_last_written_bit():
         assert w[(101 - 1) // 2 * 2] == "r", "the last whole pair is a read"
 
 
+def recall(stream):
+    """An MQAR reader: walk the tokens; a key's first `k v` is its pair, a later `k` is a query, answered by
+    the pair's value. Returns {place of a query's key: its value}, the pairs and the queried keys in order."""
+    pairs, queried, answers, t = {}, [], {}, 0
+    while t < len(stream):
+        k = stream[t]
+        if k == "*":
+            t += 1
+            continue
+        assert k in tasks.KEYS, f"a value with no key before it at {t}: {stream[t - 1:t + 2]}"
+        if k in pairs:  # a query: its answer is not in the stream, a "*" follows
+            assert k not in queried, "each key is queried at most once"
+            queried.append(k)
+            answers[t] = pairs[k]
+            assert stream[t + 1:t + 2] in ([], ["*"]), "the answer is hidden from x"
+        else:
+            assert not queried, "every pair comes before the first query"
+            assert stream[t + 1] in tasks.VALUES, "a pair's key is followed by its value"
+            pairs[k] = stream[t + 1]
+            t += 1
+        t += 1
+    return answers, pairs, queried
+
+
+@pytest.mark.parametrize("length", tasks.TASKS["mqar"].lengths)
+@pytest.mark.parametrize("options", [{}, dict(pairs=7, queries=3)])
+def test_mqar_answer_is_the_value_paired_with_the_queried_key(length, options):
+    task = tasks.TASKS["mqar"]
+    T, at = task.at(length)
+    x, y, answer = tasks.batch(task, B, T, 5, "test", **at, **options)
+    P, Q = options.get("pairs", 4), options.get("queries", 4)
+    for b in range(B):
+        w = words(task, x[b])
+        answers, pairs, queried = recall(w)
+        targets = {t: task.vocab[int(y[b, t])] for t in range(T) if y[b, t] >= 0}
+        assert targets == answers, "a target after each query's key, its pair's value; -1 elsewhere"
+        assert len(pairs) == P and len(queried) == Q, "the same pairs and queries at every length"
+        assert w.count("*") == T - 2 * P - Q, "every other place is filler"
+        assert set(answer[b][y[b] >= 0].tolist()) == {b}, "a row's queries are one answer (per-row accuracy)"
+
+
+def test_mqar_longer_rows_put_the_same_pairs_further_from_their_queries():
+    """The probe: at 4x the length, a query is about 4x as far from its key; what is remembered is the same."""
+    task = tasks.TASKS["mqar"]
+
+    def distances(length):
+        x, y, _ = tasks.batch(task, 256, length, 0, "test")
+        out = []
+        for b in range(256):
+            w = words(task, x[b])
+            for t in (y[b] >= 0).nonzero().flatten().tolist():
+                out.append(t - w.index(w[t]))  # the query's key back to its pair's key
+        return np.array(out)
+
+    short, long = distances(64), distances(256)
+    assert len(short) == len(long) == 256 * 4
+    assert short.max() < 64 and long.max() > 128
+    assert 3 < long.mean() / short.mean() < 5, (short.mean(), long.mean())
+
+
 # ----------------------------------------------------------------------------- layout of targets and answers
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
@@ -152,7 +212,7 @@ def test_lengths_train_at_the_first_test_longer():
         assert list(task.lengths) == sorted(task.lengths) and len(task.lengths) >= 2
         assert task.lengths[-1] >= 4 * task.lengths[0]
     assert tasks.TASKS["parity"].lengths[::2] == (64, 256)
-    for name in ("flip-flop", "counting", "parity"):
+    for name in ("flip-flop", "counting", "parity", "mqar"):
         assert tasks.TASKS[name].lengths[0] == tasks.TASKS[name].T
 
 
@@ -235,6 +295,9 @@ def test_the_same_seed_gives_the_same_batch(name):
     (lambda: tasks.batch("counting", 2, 200, 0, max_value=21), "choose 0 to 20"),
     (lambda: tasks.batch("flip-flop", 2, 64, 0, p_i=1.0), "must be in [0, 1)"),
     (lambda: tasks.batch("parity", 0, 64, 0), "B=0, T=64: both must be >= 1"),
+    (lambda: tasks.batch("mqar", 2, 64, 0, pairs=17), "pairs=17: choose 1 to 16"),
+    (lambda: tasks.batch("mqar", 2, 64, 0, pairs=3), "queries=4: choose 1 to pairs=3"),
+    (lambda: tasks.batch("mqar", 2, 62, 0, pairs=16, queries=16), "use T >= 63"),
 ])
 def test_bad_input_is_one_line(call, message):
     with pytest.raises(SystemExit, match=None) as error:
@@ -258,6 +321,16 @@ def test_task_options_reach_both_splits_with_their_types():
     assert tasks.with_options("flip-flop", ["p_i=0.5"]).train["p_i"] == 0.5
     assert tasks.with_options("counting", ["full=true"]).train["full"] is True
     assert tasks.with_options("parity") is tasks.TASKS["parity"]
+    mqar = tasks.with_options("mqar", ["pairs=8", "queries=2"])
+    for split in ("train", "test"):
+        y = tasks.batch(mqar, 64, 64, 0, split)[1]
+        assert ((y >= 0).sum(dim=1) == 2).all(), "2 queries a row"
+
+
+def test_mqar_shortest_row_the_error_names_fits():
+    x, y, _ = tasks.batch("mqar", 2, 63, 0, pairs=16, queries=16)  # the T the message above asks for
+    assert tasks.decode(tasks.MQAR_VOCAB, x[0].tolist()).split().count("*") == 15, "no filler: the hidden answers"
+    assert int((y[0] >= 0).sum()) == 16
 
 
 @pytest.mark.parametrize("options, T, message", [
@@ -281,7 +354,7 @@ def test_main_prints_every_task(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["tasks.py", "--seed", "3"])
     runpy.run_path(os.path.join(REPO, "tasks.py"), run_name="__main__")
     out = capsys.readouterr().out
-    assert all(f"{name}: " in out for name in tasks.TASKS) and "print a" in out
+    assert all(f"{name}: " in out for name in tasks.TASKS) and "print a" in out and "mqar: " in out
 
 
 # ----------------------------------------------------------------------------- the targets can be learned
