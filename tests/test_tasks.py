@@ -295,7 +295,8 @@ def test_the_same_seed_gives_the_same_batch(name):
     (lambda: tasks.batch("counting", 2, 200, 0, max_value=21), "choose 0 to 20"),
     (lambda: tasks.batch("flip-flop", 2, 64, 0, p_i=1.0), "must be in [0, 1)"),
     (lambda: tasks.batch("parity", 0, 64, 0), "B=0, T=64: both must be >= 1"),
-    (lambda: tasks.batch("mqar", 2, 64, 0, pairs=17), "pairs=17: choose 1 to 16"),
+    (lambda: tasks.batch("mqar", 2, 64, 0, keys=17), "keys=17: choose 1 to 16 (a..p)"),
+    (lambda: tasks.batch("mqar", 2, 64, 0, keys=3), "pairs=4: choose 1 to keys=3"),
     (lambda: tasks.batch("mqar", 2, 64, 0, pairs=3), "queries=4: choose 1 to pairs=3"),
     (lambda: tasks.batch("mqar", 2, 62, 0, pairs=16, queries=16), "use T >= 63"),
 ])
@@ -321,10 +322,12 @@ def test_task_options_reach_both_splits_with_their_types():
     assert tasks.with_options("flip-flop", ["p_i=0.5"]).train["p_i"] == 0.5
     assert tasks.with_options("counting", ["full=true"]).train["full"] is True
     assert tasks.with_options("parity") is tasks.TASKS["parity"]
-    mqar = tasks.with_options("mqar", ["pairs=8", "queries=2"])
+    mqar = tasks.with_options("mqar", ["pairs=8", "queries=2", "keys=8"])
     for split in ("train", "test"):
-        y = tasks.batch(mqar, 64, 64, 0, split)[1]
+        x, y, _ = tasks.batch(mqar, 64, 64, 0, split)
         assert ((y >= 0).sum(dim=1) == 2).all(), "2 queries a row"
+        keys = {w for row in x.tolist() for w in words(mqar, torch.tensor(row)) if w in tasks.KEYS}
+        assert keys == set("abcdefgh"), "8 pairs of 8 keys: every row has a..h"
 
 
 def test_mqar_shortest_row_the_error_names_fits():
@@ -383,3 +386,31 @@ def test_tiny_copy_is_learned():
         torch.set_num_threads(threads)
     assert result["answers"] == 256  # one example of 11 tokens a row
     assert result["answer"] >= 0.95, result
+
+
+def test_tiny_mqar_learns_to_answer_with_a_value_of_its_row():
+    """Two pairs, two queries: in 100 steps a 2-layer RoPE model answers with a value of its row, ~0.52 of the
+    queries (seeds 0, 1, 2) against 0.1 by chance, so the targets are the row's values where the queries are.
+    Reading: that is the key-blind level, (1 + 1/10)/2 = 0.55. Finding the queried key's own value did not
+    come in seconds: at width 64 the loss stayed at the key-blind level through 3,000 steps, so no test asks it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        T, options = 16, dict(pairs=2, queries=2)
+        task = tasks.TASKS["mqar"]
+        model = GPT(GPTConfig(vocab_size=len(task.vocab), block_size=T, n_layer=2, n_head=2, n_embd=32, pe="rope"))
+        optimizer = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), "cpu")
+        for step in range(100):
+            x, y, _ = tasks.batch(task, 64, T, step, **options)
+            _, loss = model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        x, y, answer = tasks.batch(task, 256, T, 10_000, "test", **options)
+        with torch.no_grad():
+            result = tasks.accuracy(model(x)[0], y, answer)
+    finally:
+        torch.set_num_threads(threads)
+    assert result["tokens"] == 512 and result["answers"] == 256, "two queries a row, one answer a row"
+    assert result["token"] >= 0.4, result
