@@ -1,10 +1,11 @@
 """
-Four synthetic tasks on which positional encodings part ways, each small enough to learn in CPU minutes:
+Five synthetic tasks on which positional encodings part ways, each small enough to learn in CPU minutes:
 
     copy       repeat a string: find the next letter by where it sits        (Jelassi et al. 2024)
     flip-flop  recall the last bit written, past any amount of noise        (Liu et al. 2023)
     counting   count the statements that matter, not the tokens between     (CoPE, Golovneva et al. 2024)
     parity     carry one bit of state along every token                     (Selective RoPE's S2)
+    mqar       recall the value paired with a key, however far back         (Zoology, Arora et al. 2023)
 
 Each trains at one length and is tested at longer ones: does what the model learnt carry over?
 RoPE's angle between two tokens is their distance; CARoPE's and Selective RoPE's is a sum over the
@@ -44,6 +45,8 @@ FLIPFLOP_VOCAB = ("w", "r", "i", "0", "1")  # write, read, ignore; the bits
 VARIABLES = tuple("abcde")
 COUNTING_VOCAB = ("*",) + VARIABLES + ("=", ";", "++", "pass", "print") + tuple(str(v) for v in range(21))  # 32
 PARITY_VOCAB = ("0", "1")
+KEYS, VALUES = tuple("abcdefghijklmnop"), tuple("0123456789")
+MQAR_VOCAB = ("*",) + KEYS + VALUES  # 27: a filler, then keys below values, as Zoology's
 
 
 def ids(vocab, words):
@@ -190,6 +193,56 @@ def parity_rows(rng, B, T):
     return x, y, np.zeros((B, T), dtype=np.int64)
 
 
+def mqar_rows(rng, B, T, pairs, queries, keys):
+    """MQAR, multi-query associative recall: key-value pairs, then queries; after a queried key, its value.
+
+        x  * c 7 * * a 2 * f 2 * * * a * * * * f * * c * * *
+        y  _ _ _ _ _ _ _ _ _ _ _ _ _ 2 _ _ _ _ 2 _ _ 7 _ _ _      (_: no target)
+
+    A row holds `pairs` pairs `k v` (distinct keys from the first `keys` of a..p; values 0..9, drawn
+    with replacement), then `queries` of those keys, each once, in random order. After a queried key
+    the answer is its value, in y only: x shows `*` there (Zoology's inputs show noise), so no query
+    is answered by elimination from the answers before it. A key's first `k v` is its pair, a later
+    `k` a query: only a model that finds the earlier `k` and reads the token after it gets the value.
+    The row is full: `*` fillers take every place the pairs and queries leave, at random among them.
+    What a longer row changes: only the number of `*`. The same pairs and queries, so the same
+    things to remember, lie further apart: at 4x a query sits about 4x as far from its pair. So the
+    test probes the distance between a query and its key, not the number of things to remember.
+    Reading: 16 keys for a few pairs, so which keys a row holds is random; values with replacement,
+    so two keys can share one. Chance is 1/10 a query; a model that ignores the key and picks a value
+    of its row gets (1 + (pairs - 1) / 10) / pairs, 0.325 at 4 pairs. A row's queries are one answer:
+    the token accuracy is per query, the answer accuracy per row (every query right).
+    Reading: the task recipe does not learn it. `python train.py --task mqar --pe rope` (or carope)
+    answers 0.383 (0.389) of the queries at 64 and the same to 256, near the key-blind level; 8 pairs
+    (0.301 against 0.21) and --max-steps 3000 (0.390) did not change that (a 2-core CPU, 64 x 64).
+    """
+    if not 1 <= keys <= len(KEYS):
+        refuse(f"mqar: keys={keys}: choose 1 to {len(KEYS)} (a..p)")
+    if not 1 <= pairs <= keys:
+        refuse(f"mqar: pairs={pairs}: choose 1 to keys={keys} (each pair has its own key)")
+    if not 1 <= queries <= pairs:
+        refuse(f"mqar: queries={queries}: choose 1 to pairs={pairs} (each key is queried at most once)")
+    items = pairs + queries  # 2 tokens each: `k v`, or a query's `k` and its hidden answer
+    if T + 1 < 2 * items:
+        refuse(f"mqar: T={T} is too short for {pairs} pairs and {queries} queries: use T >= {2 * items - 1}")
+    fillers = T + 1 - 2 * items
+    first_key, first_value = MQAR_VOCAB.index("a"), MQAR_VOCAB.index("0")
+    tokens = np.zeros((B, T + 1), dtype=np.int64)  # "*" is id 0
+    answer = np.full((B, T + 1), -1, dtype=np.int64)
+    for b in range(B):
+        key = first_key + rng.choice(keys, pairs, replace=False)
+        value = first_value + rng.integers(0, len(VALUES), pairs)
+        asked = rng.choice(pairs, queries, replace=False)  # which pairs are queried, in order
+        slot = np.sort(rng.choice(items + fillers, items, replace=False))  # the items' places among fillers
+        start = slot + np.arange(items)  # each item before it is 2 tokens, not 1
+        tokens[b, start] = np.concatenate((key, key[asked]))
+        tokens[b, start + 1] = np.concatenate((value, value[asked]))
+        answer[b, start[pairs:] + 1] = 0  # the queries' values, predicted from their keys: one answer
+    x, y, answer = next_token(tokens, answer)
+    x[:, 1:][y[:, :-1] >= 0] = 0  # each answer in y only: a "*" follows the query's key in x
+    return x, y, answer
+
+
 # -----------------------------------------------------------------------------
 # The tasks, with the lengths and options they train and test at
 
@@ -240,6 +293,8 @@ TASKS = {t.name: t for t in (
          what="count one variable's ++ up to 10; the test rows are full: only more pass"),
     Task("parity", parity_rows, PARITY_VOCAB, T=64, lengths=(64, 128, 256), train={},
          what="the running parity of a bit string, trained at 64, tested to 256"),
+    Task("mqar", mqar_rows, MQAR_VOCAB, T=64, lengths=(64, 128, 256), train=dict(pairs=4, queries=4, keys=16),
+         what="recall the value of each queried key: 4 pairs and 4 queries; longer rows, only more *"),
 )}
 
 
@@ -299,7 +354,8 @@ def batch(task, B, T, rng, split="train", **options):
 
     rng: a seed or a numpy Generator (the same seed gives the same batch). split "train" or "test"
     picks the task's options; **options override them (copy: min_len, max_len, letters; flip-flop:
-    p_i; counting: variables, max_value, full). Answer ids are unique over the batch, in reading order.
+    p_i; counting: variables, max_value, full; mqar: pairs, queries, keys). Answer ids are unique over
+    the batch, in reading order.
     """
     task = get_task(task)
     if split not in ("train", "test"):
