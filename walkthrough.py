@@ -549,11 +549,10 @@ save(fig, "clock.png")
 # %%
 print("\n10. Where to go next")
 root = Path(carope.__file__).resolve().parent  # the repository
-readme = (root / "README.md").read_text(encoding="utf-8")
+exercises = (root / "docs" / "exercises.md").read_text(encoding="utf-8")
 named = ["carope.py", "tasks.py", "train.py", "compare.py", "sample.py"]
-exercises = readme[readme.index("## Exercises"):].split("\n## ")[0] if "## Exercises" in readme else ""
-n_exercises = len(re.findall(r"^[0-9]+[.] ", exercises, flags=re.M))  # the numbered items
-print(f"README's Exercises: {n_exercises}; files named here:", {name: (root / name).is_file() for name in named})
+n_exercises = len(re.findall(r"^## [0-9]+[.] ", exercises, flags=re.M))  # one heading an exercise
+print(f"docs/exercises.md: {n_exercises} exercises; files named here:", {name: (root / name).is_file() for name in named})
 check(n_exercises > 0 and all((root / name).is_file() for name in named),
-      "the README has its Exercises and the files named here exist")
+      "docs/exercises.md has its exercises and the files named here exist")
 print(f"\nwalkthrough: {len(CHECKS)} checks passed in {time.time() - started:.0f} s")
