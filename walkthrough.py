@@ -539,8 +539,8 @@ save(fig, "clock.png")
 # - docs/exercises.md: which tokens slow the clock, what x_t should be, the initialisation,
 #   carope against carope-static, the pair layout, the fused kernel's backward, TAPA's exponent,
 #   and the synthetic tasks; each with its command and a measured outcome to check against.
-# - tasks.py: four synthetic tasks on which the encodings part ways (copy, flip-flop, counting,
-#   parity), each trained at one length and tested at longer ones; `python tasks.py` prints an
+# - tasks.py: five synthetic tasks on which the encodings part ways (copy, flip-flop, counting,
+#   parity, mqar), each trained at one length and tested at longer ones; `python tasks.py` prints an
 #   example of each; `python train.py --task copy` trains on one, with accuracy by length.
 # - `python train.py` (CARoPE on bytes, its bits per byte at 1x..16x beside RoPE's and CARoPE's
 #   from the committed byte sweep), `python compare.py --pe rope,carope` (a table with spread),
