@@ -577,7 +577,8 @@ def summary(root):
         ax.invert_yaxis()
         ax.set_xlabel("CARoPE - RoPE, accuracy points (right is better)" if task else
                       "CARoPE / RoPE - 1, bits per byte or perplexity, % (left is better)")
-        ax.set_title("synthetic tasks, at 4x the training length" if task else "language modelling, at 16x the training context")
+        ax.set_title("synthetic tasks, at 4x the training length" if task else
+                     "language modelling, at 16x the training context (or the longest tested)")
     fig.suptitle("CARoPE against RoPE, paired by seed (dots: seeds; bar: mean; line: min-max)")
     fig.tight_layout()
     save(plt, fig, root, "summary.png")
