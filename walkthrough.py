@@ -29,6 +29,9 @@ if "ipykernel" not in sys.modules:  # a script: pictures go to files only; a not
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+if os.environ.pop("TRITON_INTERPRET", "0") == "1":  # read when carope's kernel file is imported, just below
+    print("note: TRITON_INTERPRET=1 is set; the walkthrough runs CARoPE's PyTorch path (Triton's interpreter "
+          "would run the fused kernel in Python, ~100x slower on a CPU)")
 import carope
 from support import readers  # for step 9's text: the embedded corpus
 from carope import CARoPE, GPT, GPTConfig, LayerCache, RoPE, rope_frequencies, rotate

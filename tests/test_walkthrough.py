@@ -102,3 +102,15 @@ def test_save_writes_the_file_and_shows_it_only_in_a_notebook(tmp_path, monkeypa
         scope["save"](fig, "a.png")
         assert (tmp_path / "pictures" / "a.png").read_bytes() == b"png"
         assert calls == (["show"] if kernel else ["close"])
+
+
+def test_triton_interpret_left_in_the_environment_is_not_used(tmp_path):
+    """TRITON_INTERPRET=1 (left over from the kernel tests) would run CARoPE's fused kernel in Python on the CPU,
+    ~100x slower: the walkthrough's first cell drops it, with a note, before carope imports the kernel file."""
+    first = next(text for kind, text in cells() if kind == "code")
+    probe = first + "\nfrom support import carope_triton\nprint('interpret', carope_triton.INTERPRET)\n"
+    (tmp_path / "probe.py").write_text(probe)
+    r = subprocess.run([sys.executable, str(tmp_path / "probe.py")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "interpret False" in r.stdout and "note: TRITON_INTERPRET=1 is set" in r.stdout, r.stdout
