@@ -394,7 +394,7 @@ def by_pe(runs):
     return groups
 
 
-def write_markdown(out, runs, command, train_len):
+def write_markdown(out, runs, commands, train_len):
     groups = by_pe(runs)
     lens = sorted({int(T) for r in runs for T in r["val"]})
     word = "len" if runs[0].get("task") else "ctx"
@@ -402,7 +402,8 @@ def write_markdown(out, runs, command, train_len):
     rule = "|---|---:|" + "---:|" * len(lens)
     metrics = [m for m in ("ppl", "bpb", "acc") if all(m in v for r in runs for v in r["val"].values())]
     lines = [f"# {os.path.basename(os.path.normpath(out))}: {' and '.join(NAMES[m] for m in metrics)}, mean over seeds",
-             "", f"Command: `{command}`", "",
+             "", *([f"Command: `{commands[0]}`"] if len(commands) == 1 else
+                  [f"Commands (the tables merge their runs):"] + [f"- `{c}`" for c in commands]), "",
              f"Runs: {len(runs)}; trained at {'length' if word == 'len' else 'context'} {train_len}. Cells: mean ± std "
              "over seeds [min–max]."]
     for m in metrics:
@@ -767,10 +768,13 @@ def summarise(out, given):
         raise SystemExit(f"compare.py: no finished runs in {out}; run without --plot-only first")
     shards.atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(dict(runs=runs), indent=1).encode()))
     train_len = runs[0].get("context") or min(given["eval_lens"])  # older sweeps did not record it
-    pes, seeds = ",".join(by_pe(runs)), ",".join(map(str, sorted({r["seed"] for r in runs})))
     recipe = [a for k, v in given.items() for a in recipe_flag(k, v)]  # the same words after a sweep or --plot-only
-    command = shlex.join(["python", "compare.py", "--pe", pes, "--seeds", seeds, *recipe, "--out", out])
-    write_markdown(out, runs, command, train_len)
+    by_seeds = {}  # encodings run with the same seeds share a command: one command never names runs not made
+    for pe, rs in by_pe(runs).items():
+        by_seeds.setdefault(tuple(sorted(r["seed"] for r in rs)), []).append(pe)
+    commands = [shlex.join(["python", "compare.py", "--pe", ",".join(pes), "--seeds", ",".join(map(str, seeds)),
+                            *recipe, "--out", out]) for seeds, pes in by_seeds.items()]
+    write_markdown(out, runs, commands, train_len)
     written = plots(out, runs, train_len)
     print(f"\ncompare.py: {len(runs)} run(s) -> {out}/results.json, results.md, "
           + ", ".join(os.path.basename(w) for w in written))

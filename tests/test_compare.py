@@ -293,6 +293,24 @@ def test_recipes_compare_as_settings_and_the_recorded_command_replays(tmp_path):
     assert compare.settings({"data": "data/kjv"}) == compare.settings({"data": os.path.abspath("data/kjv/")})
 
 
+def test_encodings_with_other_seeds_get_a_command_each_and_each_replays(tmp_path, monkeypatch):
+    """Two sweeps into one folder (rope, nope at seeds 1, 2; carope at seed 3): results.md names the two commands
+    that made the runs, not one merged command naming runs that were never made, and each replays as is."""
+    out = tmp_path / "sweep"
+    common = ["--task", "parity", "--out", str(out), "--max-steps", "2", "--n-layer", "1", "--n-embd", "16",
+              "--micro-batch", "4", "--device", "cpu"]
+    assert compare.main(["--pe", "rope,nope", "--seeds", "1,2", *common]) == 0
+    assert compare.main(["--pe", "carope", "--seeds", "3", *common]) == 0
+    lines = (out / "results.md").read_text().splitlines()
+    commands = [line.split("`")[1] for line in lines if line.startswith("- `python compare.py")]
+    assert lines[2] == "Commands (the tables merge their runs):" and len(commands) == 2
+    named = [(c.split("--pe ")[1].split()[0], c.split("--seeds ")[1].split()[0]) for c in commands]
+    assert sorted(named) == [("carope", "3"), ("rope,nope", "1,2")]
+    monkeypatch.setattr(compare.train, "main", lambda argv: pytest.fail("a finished run was trained again"))
+    for c in commands:
+        assert compare.main(shlex.split(c)[2:]) == 0  # every run it names is there: all skipped
+
+
 def test_a_sweep_whose_every_run_failed_says_why_not_plot_only(tmp_path, monkeypatch, capfd):
     def busy(out, pe, seed, recipe):
         raise SystemExit("data/kjv-bytes is in use by another prepare_data.py (pid 1): wait until it is done")
