@@ -36,7 +36,7 @@ import time
 import numpy as np
 import torch
 
-from support import checkpoints, cli, runs, shards, tokenizer
+from support import checkpoints, cli, files, runs, shards, tokenizer
 from support.runs import sweep_run_dir as run_dir  # DIR/<pe>-s<seed>
 import train
 from carope import GPT, GPTConfig, PE_CHOICES
@@ -173,13 +173,13 @@ def read_recipe(path):
 def claim_recipe(out, given):
     """check_recipe, and recipe.json written before the first run starts, both under the folder's lock: a second
     sweep with another recipe, started while this one runs, is refused. Returns (recipe, whether we wrote it)."""
-    lock = shards.FolderLock(out, "compare.py").acquire(wait=True)  # held for a moment, not for the sweep
+    lock = files.FolderLock(out, "compare.py").acquire(wait=True)  # held for a moment, not for the sweep
     try:
         want = check_recipe(out, given)
         path = os.path.join(out, "recipe.json")
         if os.path.exists(path):
             return want, False
-        shards.atomic_write(path, lambda f: f.write(json.dumps(want, indent=1).encode()))
+        files.atomic_write(path, lambda f: f.write(json.dumps(want, indent=1).encode()))
         return want, True
     finally:
         lock.release()
@@ -188,7 +188,7 @@ def claim_recipe(out, given):
 def unclaim_recipe(out):
     """A sweep that wrote recipe.json and in which no run began (none wrote its config.json: say a typo in --data)
     removes it again, so the corrected command is a new sweep, not 'another recipe'."""
-    lock = shards.FolderLock(out, "compare.py").acquire(wait=True)
+    lock = files.FolderLock(out, "compare.py").acquire(wait=True)
     try:
         if not any(os.path.isfile(os.path.join(out, d, "config.json")) for d in os.listdir(out)):
             os.remove(os.path.join(out, "recipe.json"))
@@ -212,7 +212,7 @@ def train_one(out, pe, seed, recipe):
     entry = run_entry(d, pe, seed, summary)
     if pe == "carope" and "--task" not in recipe:  # f over text: a task has none
         analyse_carope(d)  # small JSON of f(x_t): the plots redraw from it without the checkpoint
-    shards.atomic_write(os.path.join(d, "result.json"), lambda f: f.write(json.dumps(entry, indent=1).encode()))
+    files.atomic_write(os.path.join(d, "result.json"), lambda f: f.write(json.dumps(entry, indent=1).encode()))
     return entry
 
 
@@ -334,7 +334,7 @@ def analyse_carope(d):
                     f_passage=f_passage[:, 0].tolist(), hist=hist, sample_tokens=n,
                     mean=f_sample.mean(dim=(1, 2)).tolist(),  # (L, H)
                     device=device_name("cpu"), torch=torch.__version__)  # where f was computed (the model runs on CPU here)
-    shards.atomic_write(os.path.join(d, "carope_f.json"), lambda fh: fh.write(json.dumps(analysis).encode()))
+    files.atomic_write(os.path.join(d, "carope_f.json"), lambda fh: fh.write(json.dumps(analysis).encode()))
 
 
 def load_model(path):
@@ -431,7 +431,7 @@ def write_markdown(out, runs, commands, train_len):
               + (f"task: {first['task']}." if first.get("task") else
                f"data: {first['data']} ({first.get('tokenizer', 'gpt2')} tokens)."),
               f"Training tokens/s (mean over seeds, steps only): {'; '.join(speed)}."]
-    shards.atomic_write(os.path.join(out, "results.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    files.atomic_write(os.path.join(out, "results.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 def difference(value, rope, metric):
@@ -559,7 +559,7 @@ def summary(root):
         better = sum(x > 0 for x in v) if c["task"] else sum(x < 0 for x in v)
         lines.append(f"| [{name}]({name}/results.md) | {c['ratio']:g}x | {c['metric']} | {len(v)} | {np.mean(v):+.1f}{unit} "
                      f"| {np.median(v):+.1f}{unit} | {min(v):+.1f}{unit} | {max(v):+.1f}{unit} | {better}/{len(v)} |")
-    shards.atomic_write(os.path.join(root, "summary.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    files.atomic_write(os.path.join(root, "summary.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -754,7 +754,7 @@ def plot_clock(plt, out, a):
 def save(plt, fig, out, name):
     path = os.path.join(out, name)
     try:  # whole or not at all, as every summary file: a full disk or Ctrl-C leaves the previous one
-        shards.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+        files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     finally:
         plt.close(fig)
     return path
@@ -766,7 +766,7 @@ def summarise(out, given):
     runs = collect(out)
     if not runs:
         raise SystemExit(f"compare.py: no finished runs in {out}; run without --plot-only first")
-    shards.atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(dict(runs=runs), indent=1).encode()))
+    files.atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(dict(runs=runs), indent=1).encode()))
     train_len = runs[0].get("context") or min(given["eval_lens"])  # older sweeps did not record it
     recipe = [a for k, v in given.items() for a in recipe_flag(k, v)]  # the same words after a sweep or --plot-only
     by_seeds = {}  # encodings run with the same seeds share a command: one command never names runs not made
@@ -787,7 +787,7 @@ def summarise_safely(out, given):
     the new one whole (atomic writes), and --plot-only writes the summary again."""
     redo = cli.command("python", "compare.py", "--out", out, "--plot-only")
     for folder in [out] + [os.path.join(out, d) for d in sorted(os.listdir(out))]:  # temps of a killed summary
-        shards.remove_stale_temps(folder)
+        files.remove_stale_temps(folder)
     interrupts = runs.Interrupts().install()  # SIGTERM and SIGHUP too: the temp file goes, the line is said
     try:
         summarise(out, given)

@@ -14,14 +14,12 @@ or 256 for bytes. manifest.json records the inputs and their sha256, the tokeniz
 its sha256 and where in the input the next one starts, so that an interrupted build resumes where it stopped.
 
 Read top to bottom: documents -> tokens -> shards, then the build that drives it, then the command line. The
-machinery lives in support modules: readers.py (input formats), tokenizer.py, hub.py, shards.py and manifests.py.
+machinery lives in support modules: readers.py (input formats), tokenizer.py (and the pool that tokenises in
+parallel), hub.py, shards.py, manifests.py and files.py (atomic writes, folder locks).
 """
 
 import argparse
-import itertools
-import multiprocessing as mp
 import os
-import signal
 import sys
 import threading
 import time
@@ -35,8 +33,9 @@ from support import cli
 from support.hub import FINEWEB_REPO, FINEWEB_SUBSET, download_file, hub_endpoint, list_hub_files
 from support.manifests import load_manifest, new_manifest
 from support.readers import KJV_SHA256, iter_documents, kjv_documents, kjv_path, local_inputs
-from support.shards import DATA_DIR, FolderLock, _write_json, default_dir, finished_shards, remove_stale_temps, write_shard
-from support.tokenizer import TOKENIZERS, get_tokenizer
+from support.files import FolderLock, _write_json, check_out_dir, remove_stale_temps
+from support.shards import DATA_DIR, default_dir, finished_shards, write_shard
+from support.tokenizer import TINY_INPUT_BYTES, TOKENIZERS, close_pool, encode_all, get_tokenizer, make_pool
 
 # settings
 DEFAULT_SHARD_TOKENS = 100_000_000
@@ -46,7 +45,6 @@ MIN_SHARD_TOKENS = 100_000
 MAX_SHARD_TOKENS = 2**31 - 1  # the header stores the count as an int32
 FINEWEB_VAL_TOKENS = 100_000_000
 VAL_FRACTION = 0.05  # small corpora: about 5% of the tokens, capped at FINEWEB_VAL_TOKENS
-TINY_INPUT_BYTES = 1 << 20  # below this, tokenise in-process (see make_pool)
 SOURCES = {"fineweb-edu": "fineweb-edu-10BT", "embedded": "kjv", "local": "local"}  # -> data/NAME[-bytes]
 DEFAULT_CACHE_DIR = DATA_DIR / "cache" / "fineweb-edu-10BT"  # the hub's parquet files, for every tokenizer
 
@@ -152,7 +150,8 @@ def build_shards(out_dir, manifest, read, tok, workers, quiet):
     pool, n_proc = make_pool(tok, workers, sum(f["size"] for f in files[start[0]:]))
     done = threading.Event()  # set when the build stops: the pool is fed no more documents
     try:
-        documents = _tokenised(files, read, start, partial(encode_all, tok=tok, pool=pool, done=done), reading)
+        encode = partial(encode_all, encode=partial(encode_document, tok), pool=pool, done=done)
+        documents = _tokenised(files, read, start, encode, reading)
         stop = fill_shards(writer, documents, start, settings["max_tokens"], bar)
         if not shards and not writer.filled:
             raise ValueError(f"no text in the input: every document of {', '.join(f['name'] for f in files[:3])}"
@@ -206,7 +205,7 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2"
     out_dir = Path(out_dir or default_dir(SOURCES[source], tok.name))
     settings = dict(source=source, max_files=max_files, max_tokens=max_tokens, val_tokens=val_tokens,
                     shard_tokens=shard_tokens, tokenizer=tok.name)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     try:
         lock = FolderLock(out_dir, "prepare_data.py").acquire(wait)  # one build per folder at a time
     except OSError as e:  # a read-only folder (a mount): a finished, verified build needs no lock to be read
@@ -244,16 +243,6 @@ def prepare(out_dir=None, source="fineweb-edu", inputs=None, *, tokenizer="gpt2"
 def _read_only(out_dir, error):
     raise OSError(f"{out_dir}: cannot write in it ({error.strerror}), and it holds no finished build of these "
                   "settings: pass a writable --out-dir")
-
-
-def _check_out_dir(out_dir):
-    """One line for an --out-dir that is a file, or lies under one, rather than [Errno 17] File exists."""
-    parent = out_dir.absolute()
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise ValueError(f"--out-dir {out_dir}: {'it' if parent == out_dir.absolute() else parent} is a file, not a "
-                         "folder; pass a folder's name")
 
 
 def prepare_embedded(out_dir=None, *, tokenizer="gpt2", quiet=False, wait=False):
@@ -357,45 +346,6 @@ def _print_summary(out_dir, manifest, new_tokens, work_seconds, n_proc):
     print(f"{out_dir}: {manifest['total_tokens']:,} tokens in {len(manifest['shards'])} shards "
           f"({manifest['val_tokens']:,} val, {manifest['train_tokens']:,} train); tokenised {new_tokens:,} tokens "
           f"in {work_seconds:.1f}s = {rate:,.0f} tokens/s with {n_proc} process(es)")
-
-# =============================================================================
-# Tokenising in parallel, and progress messages
-
-
-def make_pool(tok, workers, input_bytes):
-    """(pool, processes); pool None means tokenise in-process. With workers=None the pool has one process per
-    core, except for tiny inputs: starting workers (~0.1 s each with fork, ~1 s with spawn, which re-imports
-    this file and reloads the BPE) costs more than tokenising under a megabyte of text."""
-    if workers is None:
-        workers = 1 if input_bytes < TINY_INPUT_BYTES else (os.cpu_count() or 1)
-    tok.encode("")  # loads GPT-2's BPE once in the parent, so that forked workers inherit it
-    if workers <= 1:
-        return None, 1
-    return mp.Pool(workers, initializer=_init_worker, initargs=(tok,)), workers
-
-
-def _init_worker(tok):
-    # only the parent handles Ctrl-C (it terminates the pool); otherwise every worker prints a traceback
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tok.encode("")  # inherited under fork; loaded once per worker under spawn (macOS, Windows)
-
-
-def encode_all(texts, tok, pool, done):
-    """Token arrays of the texts, in order; once `done` is set, the pool is fed no more of them."""
-    if pool is None:
-        return map(partial(encode_document, tok), texts)
-    # the pool's feeder thread reads the texts ahead of us; takewhile stops it when the build stops early
-    texts = itertools.takewhile(lambda _: not done.is_set(), texts)
-    # chunks of 16 documents amortise the inter-process round trip; imap keeps the input order
-    return pool.imap(partial(encode_document, tok), texts, chunksize=16)
-
-
-def close_pool(pool):
-    """Let the workers finish the few chunks already sent to them, then exit. Not Pool.terminate: it can kill a
-    worker while that worker sends a result, holding the result queue's lock, and then waits forever for the pool's
-    feeder thread, which needs that lock (a build stopped by --max-tokens hung so about one time in 12-15)."""
-    pool.close()
-    pool.join()
 
 
 def say(msg, quiet=False):  # progress chatter goes to stderr next to tqdm's bars; stdout keeps the summary

@@ -36,7 +36,7 @@ if not __package__:  # run as a file: the repository's root is then not on the i
 
 import torch
 
-from support import cli, devices, shards
+from support import cli, devices, files
 from carope import GPT, GPTConfig, PE_CHOICES, PRESETS, CARoPE, RoPE, rotate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: workers run from there
@@ -62,7 +62,7 @@ def check_writable(path):
     if os.path.isdir(path):
         sys.exit(f"bench.py: --json {path} is a directory; give a file name, e.g. {os.path.join(path, 'bench.json')}")
     try:
-        if shards.in_place(path):  # /dev/null or a pipe: written in place, never replaced
+        if files.in_place(path):  # /dev/null or a pipe: written in place, never replaced
             if not os.access(path, os.W_OK):
                 sys.exit(f"bench.py: --json {path}: not writable; choose a writable path")
             return
@@ -421,7 +421,7 @@ def write_report(path, report):
             os.makedirs(folder)
             print(f"bench.py: note: {folder} was removed while the benchmark ran; made it again for --json",
                   file=sys.stderr)
-        shards.atomic_write(path, lambda f: f.write(text.encode()))
+        files.atomic_write(path, lambda f: f.write(text.encode()))
         return True
     except OSError as e:
         print(text)

@@ -37,7 +37,7 @@ if not __package__:  # run as a file: the repository's root is then not on the i
 
 import torch
 
-from support import cli, devices, shards
+from support import cli, devices, files
 MAX_ERR = {torch.float32: 1e-4, torch.bfloat16: 2 ** -7}  # tests/test_carope_triton.py's tolerances
 
 
@@ -373,7 +373,7 @@ def parse_args(argv):
         if os.path.isdir(args.json) or not os.path.isdir(folder):
             p.error(f"--json {args.json}: not a file in an existing directory; give one, e.g. gpu_check.json")
         try:
-            shards.in_place(args.json)  # a device or a pipe is written in place; a block device is refused
+            files.in_place(args.json)  # a device or a pipe is written in place; a block device is refused
         except OSError as e:
             p.error(f"--json {args.json}: {e.strerror}")
     return args
@@ -410,7 +410,7 @@ def main(argv=None):
           (f"{len(failed)} failed ({', '.join(failed)})" if failed else "none failed"), flush=True)
     if args.json:
         result = dict(passed=not failed, seconds=round(total, 1), environment=env, checks=report.checks)
-        shards.atomic_write(args.json, lambda f: f.write(json.dumps(result, indent=1).encode()))
+        files.atomic_write(args.json, lambda f: f.write(json.dumps(result, indent=1).encode()))
     return 1 if failed else 0
 
 

@@ -6,10 +6,11 @@ tasks.py, sample.py, compare.py) lean on, kept out of the way so that those read
     checkpoints    ckpt.pt: saved atomically with a checksum, loaded with one-line errors
     cli            argparse without abbreviations, one-line errors, the command that was run
     devices        device, precision, compilation, processes, the GPU peaks behind MFU
+    files          atomic writes, the temp files killed writers leave, folder locks, --out-dir's check
     hub            the Hugging Face download client (resumable, checked by sha256)
     manifests      a data folder's manifest.json: made, read and checked
     readers        documents from .txt, .jsonl, .parquet and the embedded King James corpus
     runs           a run folder: config.json, log.jsonl, locks, what a rerun may continue
-    shards         the token shard format (llm.c's), data folders and their locks, atomic writes
-    tokenizer      the GPT-2 BPE and the byte tokenizer, offline
+    shards         the token shard format (llm.c's) and the data folders that hold shards
+    tokenizer      the GPT-2 BPE and the byte tokenizer, offline; the pool that tokenises in parallel
 """

@@ -24,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.util import Retry
 
-from support.shards import sha256_file
+from support.files import sha256_file
 
 HF_ENDPOINT = "https://huggingface.co"
 FINEWEB_REPO = "HuggingFaceFW/fineweb-edu"

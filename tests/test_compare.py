@@ -17,7 +17,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import compare  # noqa: E402
-from support import shards  # noqa: E402
+from support import files  # noqa: E402
 from test_train import default_signals, make_data  # noqa: E402
 
 # a model big enough that a step takes a few milliseconds, so a run can be interrupted mid-way; the nano recipe
@@ -374,7 +374,7 @@ def test_a_full_disk_or_ctrl_c_during_the_summary_keeps_the_previous_one(finishe
     summary file is whole, the previous one or the new one, and no temp file is left."""
     out = finished_sweep
     before = {name: (out / name).read_bytes() for name in SUMMARY}
-    real = shards.atomic_write
+    real = files.atomic_write
 
     def stops_half_way(path, write):
         if os.path.basename(path) != at:
@@ -384,7 +384,7 @@ def test_a_full_disk_or_ctrl_c_during_the_summary_keeps_the_previous_one(finishe
             f.write(b"\x89PNG half a file")
             raise stop
         return real(path, half)
-    monkeypatch.setattr(shards, "atomic_write", stops_half_way)
+    monkeypatch.setattr(files, "atomic_write", stops_half_way)
     capfd.readouterr()
     with pytest.raises(SystemExit) as e:
         compare.main(["--out", str(out), "--plot-only"])
@@ -436,8 +436,8 @@ def test_sigterm_during_the_summary_is_one_line_and_leaves_no_temp_file(finished
 import os, signal, sys
 sys.path.insert(0, {REPO!r})
 import compare
-from support import shards
-real = shards.atomic_write
+from support import files
+real = files.atomic_write
 def terminated_half_way(path, write):
     if os.path.basename(path) != "loss.png":
         return real(path, write)
@@ -446,7 +446,7 @@ def terminated_half_way(path, write):
         os.kill(os.getpid(), signal.SIGTERM)
         f.write(b"never")
     return real(path, half)
-shards.atomic_write = terminated_half_way
+files.atomic_write = terminated_half_way
 sys.exit(compare.main(["--out", {str(out)!r}, "--plot-only"]))
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,

@@ -26,6 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, whatever the cwd
 from support import hub as hub_client  # noqa: E402  (the fixture below is called hub)
 import prepare_data as pd  # noqa: E402
+from support import files  # noqa: E402
 from support import readers  # noqa: E402
 from support import shards  # noqa: E402
 from support import tokenizer as tk  # noqa: E402
@@ -252,7 +253,7 @@ def test_atomic_write_leaves_nothing_when_interrupted(tmp_path):
         yield b"half a shard"
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        shards._atomic_write(tmp_path / "val_000000.bin", chunks())
+        files._atomic_write(tmp_path / "val_000000.bin", chunks())
     assert not list(tmp_path.iterdir())
 
 
@@ -298,7 +299,7 @@ def test_remove_stale_temps(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # reaped: its pid names no process now
     dead, me, parent = child.pid, os.getpid(), os.getppid()
-    tag = shards.TEMP_TAG
+    tag = files.TEMP_TAG
     stale = [tmp_path / f"ckpt.pt.{tag}-{dead}.tmp", tmp_path / f"train_000001.bin.{tag}-{dead}.tmp"]
     kept = [tmp_path / f"ckpt.pt.{tag}-{me}.tmp", tmp_path / f"val_000000.bin.{tag}-{parent}.tmp",
             tmp_path / "notes.tmp", tmp_path / f"thesis.{dead}.tmp",  # a user's file: the pattern of old, not ours
@@ -306,9 +307,9 @@ def test_remove_stale_temps(tmp_path):
     (tmp_path / "sub").mkdir()
     for p in stale + kept:
         p.write_bytes(b"x")
-    assert sorted(shards.remove_stale_temps(tmp_path)) == sorted(stale)
+    assert sorted(files.remove_stale_temps(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
-    assert shards.remove_stale_temps(tmp_path / "absent") == []
+    assert files.remove_stale_temps(tmp_path / "absent") == []
     # a build cleans its output directory first
     (tmp_path / "a.txt").write_text(" ".join(make_texts(30, 0)))
     stale[0].write_bytes(b"x")
@@ -968,7 +969,7 @@ def test_another_tokenizer_into_the_same_folder_is_refused_in_one_line(tmp_path)
 
 def test_one_build_per_folder(tmp_path):
     """While another process builds in a folder, a second build there is refused in one line naming its pid."""
-    with shards.FolderLock(tmp_path / "kjv", "prepare_data.py"):  # as a running build holds it
+    with files.FolderLock(tmp_path / "kjv", "prepare_data.py"):  # as a running build holds it
         with pytest.raises(SystemExit) as e:
             pd.main(["--source", "embedded", "--out-dir", str(tmp_path / "kjv"), "--quiet"])
     assert f"in use by another prepare_data.py (pid {os.getpid()})" in str(e.value.code)
@@ -980,7 +981,7 @@ def test_the_embedded_build_can_wait_for_another(tmp_path, capfd):
     built, instead of stopping every run of a sweep started beside another."""
     import threading
     out = tmp_path / "kjv"
-    other = shards.FolderLock(out, "prepare_data.py").acquire()  # as a running build holds it
+    other = files.FolderLock(out, "prepare_data.py").acquire()  # as a running build holds it
     done = []
     waiter = threading.Thread(target=lambda: done.append(pd.prepare_embedded(out, quiet=True, wait=True)), daemon=True)
     waiter.start()
@@ -1037,22 +1038,22 @@ def test_atomic_write_replaces_only_regular_files(tmp_path):
     got = []
     reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
     reader.start()
-    shards.atomic_write(fifo, lambda f: f.write(b"report"))
+    files.atomic_write(fifo, lambda f: f.write(b"report"))
     reader.join(timeout=10)
     assert got == [b"report"] and fifo.is_fifo()  # the pipe was written, not replaced by a file
     (tmp_path / "real.json").write_text("old")
     (tmp_path / "link.json").symlink_to("real.json")
-    shards.atomic_write(tmp_path / "link.json", lambda f: f.write(b"new"))
+    files.atomic_write(tmp_path / "link.json", lambda f: f.write(b"new"))
     assert (tmp_path / "link.json").is_symlink() and (tmp_path / "real.json").read_text() == "new"
     (tmp_path / "folder").mkdir()
     with pytest.raises(OSError, match="a folder, not a file"):
-        shards.atomic_write(tmp_path / "folder", lambda f: f.write(b"x"))
+        files.atomic_write(tmp_path / "folder", lambda f: f.write(b"x"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "link.json", "pipe", "real.json"]  # no temp
     try:
         os.mknod(tmp_path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null of our own (root only)
     except (PermissionError, OSError):
         return
-    shards.atomic_write(tmp_path / "null", lambda f: f.write(b"gone"))
+    files.atomic_write(tmp_path / "null", lambda f: f.write(b"gone"))
     assert (tmp_path / "null").is_char_device()
 
 
@@ -1085,7 +1086,7 @@ def test_a_finished_build_in_a_read_only_folder_needs_no_lock(tmp_path, monkeypa
 
     def read_only(self, wait=False):
         raise OSError(errno.EROFS, "Read-only file system", str(self.folder / ".lock"))
-    monkeypatch.setattr(shards.FolderLock, "acquire", read_only)
+    monkeypatch.setattr(files.FolderLock, "acquire", read_only)
     assert pd.prepare(tmp_path / "out", "local", [str(tmp_path / "a.txt")], **args) == first
     assert "nothing to do" in capsys.readouterr().out and mtimes(tmp_path / "out") == before
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
