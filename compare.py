@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from support import checkpoints, cli, files, runs, shards, tokenizer
-from support.runs import sweep_run_dir as run_dir  # DIR/<pe>-s<seed>
+from support.sweeps import sweep_run_dir as run_dir  # DIR/<pe>-s<seed>
 import train
 from carope import GPT, GPTConfig, PE_CHOICES
 

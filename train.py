@@ -11,16 +11,15 @@ The loop is build-nanogpt's: gradient accumulation up to a fixed number of token
 AdamW with linear warmup and cosine decay, gradient clipping, bf16 autocast and torch.compile
 on GPUs, DDP through torchrun. The file reads top to bottom: settings, model, data, the loop,
 evaluation, report. The default run (the bytes preset) ends with its bits per byte at 1x..16x the
-training context beside RoPE's and CARoPE's from the committed sweep of the same recipe. What keeps
-a run safe (its folder, checkpoints, Ctrl-C) is in runs.py and checkpoints.py; the machine's choices
-are in devices.py.
+training context beside RoPE's and CARoPE's from the committed sweep of the same recipe (sweeps.py).
+What keeps a run safe (its folder, checkpoints, Ctrl-C) is in runs.py and checkpoints.py; the checks
+of its flags in settings.py; the machine's choices in devices.py.
 """
 
 import argparse
 import math
 import os
 import random
-import shlex
 import sys
 import time
 from contextlib import nullcontext
@@ -31,9 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from support import carope_triton, checkpoints, cli, devices, runs, shards
+from support import carope_triton, checkpoints, cli, devices, runs, settings, shards, sweeps, tokenizer
 import tasks
-from support import tokenizer
 from carope import CAROPE_INITS, GPT, GPTConfig, PE_CHOICES, PRESETS
 from support.runs import RUN_FILES  # noqa: F401  (what a run leaves in its --out-dir)
 
@@ -167,18 +165,10 @@ def resolve_args(argv=None):
     except NOT_INHERITED and what it derived from a flag now changed; the preset's recipe; DEFAULTS. Then what
     follows from them is filled in."""
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    if given.get("eval_only") and "resume" not in given:
-        raise SystemExit("--eval-only needs a checkpoint: --eval-only --resume out/ckpt.pt")
-    if "resume" in given:  # a link to a run's checkpoint: the run is in the folder the link points into
-        given["resume"] = checkpoints.real_path(given["resume"])
-    ckpt = checkpoints.load_checkpoint(given["resume"]) if "resume" in given else None
-    saved = {k: v for k, v in (ckpt["train_args"] if ckpt else {}).items() if k not in NOT_INHERITED}
-    if ckpt is not None:
-        saved.setdefault("tokenizer", "gpt2")  # checkpoints from before the byte tokenizer are all GPT-2's
-        saved = checkpoints.continued(given["resume"], saved, given, DERIVED, tasks.parse_options)
+    ckpt, saved = settings.resumed(given, NOT_INHERITED, DERIVED, tasks.parse_options)  # None, {} without --resume
     task = given.get("task") or saved.get("task")
     preset = given.get("preset") or saved.get("preset") or ("task" if task else DEFAULTS["preset"])
-    check_data_flags(given, task, given.get("resume") if "task" not in given else None)
+    settings.check_data_flags(given, task, given.get("resume") if "task" not in given else None)
     s = {**DEFAULTS, **RECIPES[preset], **{k: None for k in MODEL_KEYS}, **saved, **given, "preset": preset}
     derived = [k for k in DERIVED if s[k] is None or (k in s.get("derived", ()) and k not in given)]  # saved
     if ckpt is not None and "out_dir" not in given:  # a resumed run continues in its checkpoint's folder
@@ -188,15 +178,9 @@ def resolve_args(argv=None):
         s.update(vocab_size=s["vocab_size"] or len(t.vocab), block_size=s["block_size"] or t.T, data_dir=None,
                  eval_lens=s["eval_lens"] or list(t.lengths), tokenizer=None)
         if s["eval_only"] and "task_option" in given:
-            check_eval_options(t, given["task_option"], s["eval_lens"])
+            settings.check_eval_options(t, given["task_option"], s["eval_lens"], tasks.parse_options)
     else:  # the data folder's tokenizer, which must be the model's, and the vocabulary it needs
-        s["data_dir"] = data_folder(s, given, ckpt["train_args"] if ckpt else {})
-        default = "" if "preset" in given else " (the default; --preset nano reads GPT-2 tokens)"
-        why = (f"the checkpoint {s['resume']} was trained on" if ckpt else "--tokenizer asks for"
-               if "tokenizer" in given else f"--preset {preset}{default} trains on")
-        s["tokenizer"], vocab = tokenizer.data_tokenizer(s["data_dir"], s["tokenizer"], why)
-        if s["vocab_size"] is None and ckpt is None:  # padded to a multiple of 64, as GPT-2's 50257 to 50304
-            s["vocab_size"] = -(-(vocab or tokenizer.get_tokenizer(s["tokenizer"]).vocab_size) // 64) * 64
+        s.update(settings.text_data(s, given, ckpt))
     cfg = model_config(argparse.Namespace(**s), given, ckpt)
     s.update({k: getattr(cfg, k) for k in ("pe",) + MODEL_KEYS})  # the model as built
     if task and cfg.vocab_size < len(tasks.TASKS[task].vocab):  # --eval-only on another task's checkpoint
@@ -204,68 +188,11 @@ def resolve_args(argv=None):
                          f"{len(tasks.TASKS[task].vocab)}: it cannot be evaluated on {task}")
     B, T, world = s["micro_batch"], cfg.block_size, int(os.environ.get("WORLD_SIZE", 1))
     s["total_batch"] = s["total_batch"] or B * T * world  # total_batch = B * T * world * grad_accum_steps
-    if s["total_batch"] % (B * T * world):
-        raise SystemExit(f"--total-batch {s['total_batch']} must be a multiple of micro-batch x context x "
-                         f"processes = {B} x {T} x {world} = {B * T * world}")
     s["min_lr"] = s["lr"] / 10 if s["min_lr"] is None else s["min_lr"]
     s["lr_decay_steps"] = s["max_steps"] if s["lr_decay_steps"] is None else s["lr_decay_steps"]
-    if max(s["lr"], s["min_lr"]) / (1 - s["beta1"]) > torch.finfo(torch.float32).max:  # AdamW's first step size
-        raise SystemExit(f"--lr {s['lr']:g} / --min-lr {s['min_lr']:g}: AdamW's step (lr / (1 - beta1)) overflows "
-                         f"float32; choose a learning rate below 1e30 (the presets use 1e-3 or so)")
+    settings.check_batch(s, B, T, world)  # whole micro-batches, and a learning rate AdamW's step can take
     s["derived"] = [k for k in derived if s[k] is not None]
     return argparse.Namespace(**s), given, ckpt
-
-
-TEXT_ONLY = ("data", "tokenizer", "data_order", "val_tokens", "num_samples", "sample_tokens")  # what a task ignores
-TRAINING_ONLY = ("lr", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
-                 "max_steps", "total_batch", "data_order", "seed", "ckpt_every", "eval_every", "log_every", "out_dir",
-                 "overwrite", "num_samples", "sample_tokens")  # what --eval-only ignores
-
-
-def check_data_flags(given, task, ckpt_path):
-    """A flag that would be ignored silently is refused: --task-option without a task, text's flags with one,
-    training's with --eval-only."""
-    if "task_option" in given and not task:
-        raise SystemExit("--task-option sets an option of a --task: add --task NAME (python tasks.py shows each "
-                         "task's options), or drop --task-option")
-    asked = [k for k in given if given[k] != 0 or k not in ("num_samples", "sample_tokens")]  # "no samples" is true
-    if task and (text := [f"--{k.replace('_', '-')}" for k in TEXT_ONLY if k in asked]):
-        who = f"{ckpt_path} is a checkpoint of --task {task}, which" if ckpt_path else f"--task {task}"
-        raise SystemExit(f"{' and '.join(text)} {'is' if len(text) == 1 else 'are'} for a language model's text, but "
-                         f"{who} draws its own rows: drop {' and '.join(text)}")
-    if given.get("eval_only") and (ignored := [f"--{k.replace('_', '-')}" for k in TRAINING_ONLY if k in asked]):
-        raise SystemExit(f"--eval-only evaluates the checkpoint as it is and writes nothing: {' and '.join(ignored)} "
-                         f"would change nothing; drop {'it' if len(ignored) == 1 else 'them'}")
-
-
-def check_eval_options(task, options, lengths):
-    """--eval-only reports the test split: an option the test rows set themselves would change nothing."""
-    fixed = {**task.test, **{k: "the test length" for n in lengths for k in task.at(n)[1]}}
-    for text in options:
-        name = text.partition("=")[0]
-        if name in fixed and name in tasks.parse_options(task, [text]):
-            raise SystemExit(f"--eval-only --task-option {text}: {task.name}'s test rows set {name} themselves "
-                             f"({name}={fixed[name]}), so the figures would not change; drop it (it shapes "
-                             f"training only)")
-
-
-def data_folder(s, given, trained):
-    """The shards' folder, absolute: a checkpoint names its data wherever the run is resumed from."""
-    if "data" in given:
-        d = os.path.abspath(s["data"])
-    elif s["data"] is not None:  # the checkpoint's (absolute since this was written; older ones as they were)
-        d = trained.get("data_dir") or s["data"]
-        if not os.path.isdir(d):
-            raise SystemExit(f"{s['resume']} was trained on {d}, which is not there now: pass --data with the "
-                             f"folder that data is in now")
-    else:  # the embedded corpus: built on first use, the same wherever the repository is
-        return str(shards.default_dir("kjv", s["tokenizer"] or "gpt2"))
-    if os.path.exists(d) and not os.path.isdir(d):
-        make = f"; make shards of it with python prepare_data.py --input {shlex.quote(d)} --out-dir DIR" \
-            if d.lower().endswith(shards.TEXT_FORMATS) else ""
-        raise SystemExit(f"--data {d} is a file, not a folder of token shards: pass the folder prepare_data.py "
-                         f"wrote (its --out-dir){make}")
-    return str(d)
 
 
 def model_config(args, given, ckpt):
@@ -459,7 +386,7 @@ def open_data(args, ckpt, model, rank, world, device, autocast, log):
     cfg, B, T = model.config, args.micro_batch, model.config.block_size
     if args.task:  # the loop is the same; evaluation measures accuracy on the task's test split
         task = tasks.with_options(args.task, args.task_option, T, args.eval_lens)
-        lens = eval_lengths(args.eval_lens, cfg, log, lambda n: task.at(n)[0], "length")
+        lens = settings.eval_lengths(args.eval_lens, cfg, log, lambda n: task.at(n)[0], "length")
         evaluate_at = lambda some: tasks.evaluate(model, task, some, B, device, autocast)  # noqa: E731
         return (tasks.Loader(task, B, T, rank, world, args.seed), lens, evaluate_at,
                 f"task {task.name}: {task.what}; {tasks.TEST_ROWS} test rows at each length",
@@ -479,8 +406,8 @@ def open_data(args, ckpt, model, rank, world, device, autocast, log):
         raise SystemExit(f"{args.data_dir} was made with a vocabulary of {manifest['vocab_size']} tokens "
                          f"({manifest.get('tokenizer', '?')}) but the model has {cfg.vocab_size} embedding rows: "
                          f"re-make the data with prepare_data.py or pass --vocab-size")
-    lens = eval_lengths(args.eval_lens, cfg, log)
-    val_tokens = val_span(val, lens, args.val_tokens, cfg.vocab_size, f"{args.data_dir} (val shard)")
+    lens = settings.eval_lengths(args.eval_lens, cfg, log)
+    val_tokens = settings.val_span(val, lens, args.val_tokens, cfg.vocab_size, f"{args.data_dir} (val shard)")
     token_bytes = tokenizer.get_tokenizer(args.tokenizer).token_bytes()  # UTF-8 bytes per id, for bits per byte
     token_bytes = np.pad(token_bytes, (0, max(0, cfg.vocab_size - len(token_bytes))))  # padding rows: no text
     evaluate_at = lambda some: evaluate(model, val_tokens, some, B * T, device, autocast, rank, world,  # noqa: E731
@@ -558,38 +485,6 @@ class TokenLoader:
 # -----------------------------------------------------------------------------
 # Evaluation: the same validation tokens cut into windows of each length.
 
-def eval_lengths(eval_lens, cfg, log, row=lambda n: n, word="context"):
-    """The lengths to evaluate at; those whose rows (row(n) tokens) a learned table cannot hold are skipped."""
-    lens = list(eval_lens) if eval_lens else [cfg.block_size, 2 * cfg.block_size, 4 * cfg.block_size]
-    if cfg.pe == "learned":  # a learned table has no rows past block_size: nothing to evaluate there
-        skipped = [n for n in lens if row(n) > cfg.block_size]
-        lens = [n for n in lens if row(n) <= cfg.block_size]
-        rows = "" if word == "context" else f" (rows of {', '.join(str(row(n)) for n in skipped)} tokens)"
-        if not lens:
-            raise SystemExit(f"every eval length ({','.join(map(str, skipped))}{rows}) is longer than the learned "
-                             f"position table ({cfg.block_size} positions): use --eval-lens "
-                             f"{cfg.block_size if word == 'context' else 'with shorter lengths'} or a relative --pe")
-        if skipped:
-            log(f"note: pe=learned has {cfg.block_size} positions; eval at {word} {', '.join(map(str, skipped))}"
-                f"{rows} skipped (the paper's '-')")
-    return lens
-
-
-def val_span(val, lens, want, vocab_size, path_hint):
-    """The first `span` (+1 for the targets) val tokens, span a multiple of every eval length."""
-    step = math.lcm(*lens)
-    span = min(want, len(val) - 1) // step * step
-    if span == 0 and want < step:
-        raise SystemExit(f"--val-tokens {want} is fewer than one window of every eval length ({step} tokens for "
-                         f"{','.join(map(str, lens))}): raise --val-tokens or lower --eval-lens")
-    if span == 0:
-        raise SystemExit(f"the val shard has {len(val)} tokens, too few for eval length {max(lens)}: "
-                         f"lower --eval-lens or make more data")
-    tokens = np.asarray(val[:span + 1])
-    shards.check_ids(tokens, vocab_size, path_hint)
-    return torch.from_numpy(tokens.astype(np.int64))
-
-
 @torch.no_grad()
 def evaluate(model, tokens, lens, tokens_per_forward, device, autocast, rank, world, token_bytes=None,
              by_position_at=None):
@@ -659,7 +554,7 @@ def report(args, run, raw_model, evaluate_at, lens, results, losses, summary, t_
     if run.master and args.preset in COMMITTED and not args.task:  # beside the committed sweep of this recipe
         model = vars(GPTConfig())  # a model setting (and its flag) added since the sweep ran: its default there
         defaults = dict(args=model, model=model)
-        log("\n" + "\n".join(runs.beside_sweep(COMMITTED[args.preset], run.config_path, results, defaults=defaults)))
+        log("\n" + "\n".join(sweeps.beside_sweep(COMMITTED[args.preset], run.config_path, results, defaults=defaults)))
     if run.master:
         samples = generate_samples(raw_model, args, device, autocast)
     if samples:

@@ -11,6 +11,8 @@ tasks.py, sample.py, compare.py) lean on, kept out of the way so that those read
     manifests      a data folder's manifest.json: made, read and checked
     readers        documents from .txt, .jsonl, .parquet and the embedded King James corpus
     runs           a run folder: config.json, log.jsonl, locks, what a rerun may continue
+    settings       train.py's flags checked against each other, a resumed checkpoint, the model and the data
     shards         the token shard format (llm.c's) and the data folders that hold shards
+    sweeps         a run beside a committed compare.py sweep of its recipe, when the recipes are the same
     tokenizer      the GPT-2 BPE and the byte tokenizer, offline; the pool that tokenises in parallel
 """

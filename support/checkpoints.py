@@ -4,7 +4,7 @@ Checkpoints (support module): what a run saves, checked when it is read back.
 A checkpoint is a dict: model and optimizer state, the step, the RNG states and data position after
 that step, the model's config and the run's settings, and a sha256 of all of it. torch.load reads
 flipped bytes in tensor data without complaint, so only the checksum tells a damaged file from a good
-one. Files are written atomically (shards.atomic_write): a crash mid-write never leaves a broken ckpt.pt.
+one. Files are written atomically (files.atomic_write): a crash mid-write never leaves a broken ckpt.pt.
 """
 
 import hashlib
@@ -14,7 +14,7 @@ import random
 import numpy as np
 import torch
 
-from support import shards
+from support import files
 
 REQUIRED = {"model", "model_config", "train_args", "step"}
 # what train.py saves under each key: a checkpoint without a checksum (an older or an edited one) is checked by these
@@ -155,7 +155,7 @@ def model_config(ckpt, path, given, keys, config_class, **machine):
 
 def save_checkpoint(path, state):
     state = dict(state, sha256=state_sha256(state))
-    shards.atomic_write(path, lambda f: torch.save(state, f))
+    files.atomic_write(path, lambda f: torch.save(state, f))
 
 
 def state_sha256(state):

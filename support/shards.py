@@ -24,8 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from support.files import _atomic_write, sha256_file
-# train.py, runs.py and checkpoints.py still name these shards.X; they live in files.py
-from support.files import TEMP_TAG, FolderLock, atomic_write, remove_stale_temps  # noqa: F401
 from support.manifests import load_manifest  # the folder's manifest.json, checked
 
 HEADER_MAGIC = 20240520

@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import carope  # noqa: E402
-from support import runs, shards  # noqa: E402
+from support import files, shards, sweeps  # noqa: E402
 from support import tokenizer  # noqa: E402
 import train  # noqa: E402
 
@@ -130,8 +130,8 @@ def test_the_default_is_the_committed_bytes_recipe_and_nano_is_one_flag_away():
             with open(os.path.join(sweep, f"{pe}-s{seed}", "config.json")) as f:
                 theirs = json.load(f)  # recorded before --carope-init and --tapa-alpha existed: their defaults
                 defaults = vars(carope.GPTConfig())
-                assert runs.recipe_differences(mine, theirs, dict(args=defaults, model=defaults)) == [], (pe, seed)
-                assert {k for k, _, _ in runs.recipe_differences(mine, theirs)} == {"carope_init", "tapa_alpha"}
+                assert sweeps.recipe_differences(mine, theirs, dict(args=defaults, model=defaults)) == [], (pe, seed)
+                assert {k for k, _, _ in sweeps.recipe_differences(mine, theirs)} == {"carope_init", "tapa_alpha"}
     nano, _, _ = train.resolve_args(["--preset", "nano"])
     assert (nano.preset, nano.pe, nano.tokenizer, nano.block_size, nano.max_steps) == ("nano", "carope", "gpt2", 128, 350)
     assert nano.data_dir.endswith(os.path.join("data", "kjv")) and nano.vocab_size == 50304
@@ -525,7 +525,7 @@ def test_stale_temp_files_are_removed_at_start(tmp_path, capsys):
     data = make_data(tmp_path / "data")
     os.makedirs(tmp_path / "o")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / "o" / f"ckpt.pt.{shards.TEMP_TAG}-{int(dead.stdout)}.tmp"  # a pid whose process has exited
+    stale = tmp_path / "o" / f"ckpt.pt.{files.TEMP_TAG}-{int(dead.stdout)}.tmp"  # a pid whose process has exited
     theirs = tmp_path / "o" / f"thesis.{int(dead.stdout)}.tmp"  # not ours: kept
     theirs.write_bytes(b"a user's file")
     stale.write_bytes(b"half a checkpoint")
@@ -754,7 +754,7 @@ def test_what_a_failure_is_called(tmp_path, monkeypatch):
 
 
 # -----------------------------------------------------------------------------
-# A run beside the committed sweep of its recipe (train.COMMITTED, runs.beside_sweep): a fake sweep in tmp_path
+# A run beside the committed sweep of its recipe (train.COMMITTED, sweeps.beside_sweep): a fake sweep in tmp_path
 
 def fake_sweep(root, config_path, figures):
     """A compare.py folder whose runs recorded the config.json at config_path (with their pe and seed), and whose
@@ -781,7 +781,7 @@ def test_a_run_of_the_sweeps_recipe_ends_beside_its_figures_and_another_recipe_d
     first = run(*common, "--out-dir", tmp_path / "first")  # the sweep is not there yet: one line, no traceback
     printed = capsys.readouterr().out
     why = "its committed figures cannot be read (No such file or directory), so none are shown"
-    assert [line for line in printed.splitlines() if "committed" in line] == [f"{runs.display_path(sweep)}: {why}"]
+    assert [line for line in printed.splitlines() if "committed" in line] == [f"{sweeps.display_path(sweep)}: {why}"]
     rng = np.random.default_rng(7)  # figures nobody could type in
     figures = {(pe, seed): {L: float(rng.uniform(1, 5)) for L in (T, 2 * T, 4 * T)}
                for pe in ("rope", "carope", "nope") for seed in (1, 2, 3)}
@@ -792,7 +792,7 @@ def test_a_run_of_the_sweeps_recipe_ends_beside_its_figures_and_another_recipe_d
     lines = capsys.readouterr().out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("bits per byte")) + 1
     assert "this run (seed 5) beside the committed sweep" in lines[at - 1]
-    assert lines[at].startswith(f"{runs.display_path(sweep)}/results.json (mean [min-max]")
+    assert lines[at].startswith(f"{sweeps.display_path(sweep)}/results.json (mean [min-max]")
     assert lines[at + 1].split() == ["context", "this", "run:", "carope", "rope,", "seeds", "1-3", "carope,", "seeds",
                                      "1-3"]  # nope is not shown: neither RoPE, CARoPE nor this run's encoding
     for row, L in zip(lines[at + 2:at + 5], (T, 2 * T, 4 * T)):
@@ -813,12 +813,12 @@ def test_a_run_of_the_sweeps_recipe_ends_beside_its_figures_and_another_recipe_d
     printed = capsys.readouterr().out
     assert "this run:" not in printed and f"{figures['rope', 1][T]:.3f}" not in printed.split("validation")[1]
     assert [line for line in printed.splitlines() if "committed" in line] == [
-        f"{runs.display_path(sweep)}'s committed figures are not shown: that sweep's recipe is another "
+        f"{sweeps.display_path(sweep)}'s committed figures are not shown: that sweep's recipe is another "
         f"(--lr-decay-steps 4 here, 3 there; --max-steps 4 here, 3 there)"]
 
     # a task run never prints the table nor a line about it
     run(*TASK_TINY, "--max-steps", 2, "--out-dir", tmp_path / "task")
-    assert runs.display_path(sweep) not in capsys.readouterr().out
+    assert sweeps.display_path(sweep) not in capsys.readouterr().out
 
 
 def test_a_bad_committed_sweep_is_one_line_and_a_recipe_that_differs_in_one_run_is_refused(tmp_path):
@@ -827,23 +827,23 @@ def test_a_bad_committed_sweep_is_one_line_and_a_recipe_that_differs_in_one_run_
     config = tmp_path / "run" / "config.json"
     figures = {(pe, seed): {T: 2.0, 2 * T: 3.0, 4 * T: 4.0} for pe in ("rope", "carope") for seed in (1, 2)}
     sweep = fake_sweep(tmp_path / "sweep", config, figures)
-    assert len(runs.beside_sweep(str(sweep), config, s["val"])) == 6  # two lines of heading, the header, 3 lengths
+    assert len(sweeps.beside_sweep(str(sweep), config, s["val"])) == 6  # two lines of heading, the header, 3 lengths
     for text, why in [("{not json", "Expecting property name"), ('{"rows": []}', "no 'runs'"), ("[1, 2]", "list"),
                       ('{"runs": [{"pe": "rope", "seed": 1, "val": {}}]}', "no '16'"),
                       ('{"runs": [{"pe": "rope", "seed": 1, "val": {"16": {"bpb": null}}}]}', "None, not a number"),
                       ('{"runs": [{"pe": "rope", "seed": 1, "val": {"16": {"bpb": NaN}}}]}', "nan, not a number"),
                       ('{"runs": [{"pe": "alibi", "seed": 1}]}', "holds no run of rope or carope")]:
         (sweep / "results.json").write_text(text)
-        lines = runs.beside_sweep(str(sweep), config, s["val"])
+        lines = sweeps.beside_sweep(str(sweep), config, s["val"])
         assert len(lines) == 1 and why in lines[0] and "\n" not in lines[0], (text, lines)
     fake_sweep(sweep, config, figures)
     edited = json.loads((sweep / "carope-s2" / "config.json").read_text())
     edited["args"]["lr"] = 0.5  # one run of the sweep trained otherwise: none of its figures compare
     (sweep / "carope-s2" / "config.json").write_text(json.dumps(edited))
-    lines = runs.beside_sweep(str(sweep), config, s["val"])
+    lines = sweeps.beside_sweep(str(sweep), config, s["val"])
     assert len(lines) == 1 and "--lr 0.0015 here, 0.5 there" in lines[0]
     (sweep / "carope-s2" / "config.json").unlink()
-    lines = runs.beside_sweep(str(sweep), config, s["val"])
+    lines = sweeps.beside_sweep(str(sweep), config, s["val"])
     assert len(lines) == 1 and "cannot be read (No such file or directory)" in lines[0]
 
 
