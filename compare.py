@@ -121,9 +121,7 @@ def check_out(out):
     """Before any training: --out must be a folder this process can write in, or one it can make."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise SystemExit(f"compare.py: --out {out} is a file, not a folder: choose another --out")
-    parent = os.path.abspath(out)
-    while not os.path.exists(parent):  # the nearest folder that exists: the runs' folders are made in it
-        parent = os.path.dirname(parent)
+    parent = files.nearest_existing(out)  # the runs' folders are made in it
     if not os.path.isdir(parent):
         raise SystemExit(f"compare.py: --out {out}: {parent} is a file, so no folder can be made under it: "
                          "choose another --out")

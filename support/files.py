@@ -157,11 +157,18 @@ class FolderLock:
         self.release()
 
 
+def nearest_existing(path):
+    """The nearest path at or above `path` that exists (absolute): where os.makedirs(path) starts writing, and
+    a file there means no folder can be made."""
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    return parent
+
+
 def check_out_dir(out_dir):
     """One line for an --out-dir that is a file, or lies under one, rather than [Errno 17] File exists."""
-    parent = out_dir.absolute()
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise ValueError(f"--out-dir {out_dir}: {'it' if parent == out_dir.absolute() else parent} is a file, not a "
-                         "folder; pass a folder's name")
+    parent = nearest_existing(out_dir)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        what = "it" if parent == os.path.abspath(out_dir) else parent
+        raise ValueError(f"--out-dir {out_dir}: {what} is a file, not a folder; pass a folder's name")

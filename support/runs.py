@@ -34,9 +34,7 @@ def check_out_dir(d, resume, overwrite):
         raise SystemExit("--out-dir '': an empty name; pass a folder, e.g. --out-dir out")
     if os.path.exists(d) and not os.path.isdir(d):
         raise SystemExit(f"--out-dir {d} is a file, not a folder: pass another --out-dir")
-    parent = os.path.abspath(d)
-    while not os.path.exists(parent):  # the nearest folder that exists is where makedirs starts writing
-        parent = os.path.dirname(parent)
+    parent = files.nearest_existing(d)
     if not os.path.isdir(parent):
         raise SystemExit(f"--out-dir {d}: {parent} is a file, so the folder cannot be made: pass another --out-dir")
     if not os.access(parent, os.W_OK | os.X_OK):
