@@ -64,9 +64,23 @@ def parse_args(argv):
                    help="the sweep's folder: one sub-folder per run")
     p.add_argument("--summary", metavar="ROOT", help="no training: CARoPE against RoPE in every sweep folder under "
                    "ROOT, as ROOT/summary.md and ROOT/summary.png (python compare.py --summary results)")
+    p.add_argument("--sizes", metavar="DIR,DIR,..", help="no training: CARoPE against RoPE at 1x, 4x and 16x against "
+                   "the parameter count, in sweeps whose recipes differ only in the model's size, as model_size.md and "
+                   ".png beside them (python compare.py --sizes results/bytes-kjv-2x64,results/bytes-kjv)")
     p.add_argument("--plot-only", action="store_true", help="redraw results.md and the plots from the runs "
                    "in --out without training")
     args, recipe = p.parse_known_args(argv)
+    if args.sizes is not None:
+        args.sizes = [d.rstrip("/") for d in args.sizes.split(",") if d]
+        if args.out or recipe or args.summary is not None:
+            p.error("--sizes reads committed sweeps and trains nothing: give it alone")
+        missing = [d for d in args.sizes if not os.path.isfile(os.path.join(d, "results.json"))]
+        if len(args.sizes) < 2 or missing:
+            p.error(f"--sizes: give two or more sweep folders that hold a results.json"
+                    + (f" ({', '.join(missing)} holds none)" if missing else ""))
+        if len({os.path.dirname(os.path.abspath(d)) for d in args.sizes}) > 1:
+            p.error("--sizes: the sweeps must sit in one folder (model_size.md is written beside them)")
+        return args, recipe
     if args.summary is not None:
         if args.out or recipe:
             p.error("--summary reads committed sweeps and trains nothing: give it alone")
@@ -518,21 +532,32 @@ def robust_table(groups, lens, head, rule, metric, title):
 # -----------------------------------------------------------------------------
 # Every sweep at a glance: CARoPE against RoPE across the committed comparisons (--summary)
 
+def seed_changes(runs, pe, T, metric):
+    """pe against RoPE at the same seed at length T (a string, as in results.json): one figure per seed."""
+    rope = {r["seed"]: r["val"] for r in runs if r["pe"] == "rope"}
+    return [difference(r["val"][T][metric], rope[r["seed"]][T][metric], metric) for r in runs
+            if r["pe"] == pe and r["seed"] in rope and T in r["val"] and T in rope[r["seed"]]]
+
+
+def metric_of(runs):
+    """accuracy for a task; bits per byte where every figure has it, else perplexity."""
+    if runs[0].get("task"):
+        return "acc"
+    return "bpb" if all("bpb" in v for r in runs for v in r["val"].values()) else "ppl"
+
+
 def paired_change(runs, pe="carope"):
     """CARoPE's change against RoPE at the same seed at the longest length tested up to 16x the training length
     (4x for a task): bits per byte (else perplexity) in %, accuracy in points. None without both encodings."""
     train_len = runs[0].get("context") or min(int(T) for T in runs[0]["val"])
-    task = bool(runs[0].get("task"))
-    metric = "acc" if task else "bpb" if all("bpb" in v for r in runs for v in r["val"].values()) else "ppl"
-    rope = {r["seed"]: r["val"] for r in runs if r["pe"] == "rope"}
-    mine = [r for r in runs if r["pe"] == pe and r["seed"] in rope]
-    lens = sorted({int(T) for r in mine for T in r["val"] if int(T) <= (4 if task else 16) * train_len})
-    if not mine or not lens:
+    task, metric = bool(runs[0].get("task")), metric_of(runs)
+    seeds = {r["seed"] for r in runs if r["pe"] == "rope"}
+    lens = sorted({int(T) for r in runs if r["pe"] == pe and r["seed"] in seeds for T in r["val"]
+                   if int(T) <= (4 if task else 16) * train_len})
+    if not lens:
         return None
-    T = str(lens[-1])
-    change = [difference(r["val"][T][metric], rope[r["seed"]][T][metric], metric) for r in mine
-              if T in r["val"] and T in rope[r["seed"]]]
-    return dict(metric=metric, ratio=int(T) / train_len, change=change, task=task) if change else None
+    change = seed_changes(runs, pe, str(lens[-1]), metric)
+    return dict(metric=metric, ratio=lens[-1] / train_len, change=change, task=task) if change else None
 
 
 def summary(root):
@@ -583,6 +608,85 @@ def summary(root):
     save(plt, fig, root, "summary.png")
     print("\n".join(lines))
     print(f"\ncompare.py: {len(rows)} sweep(s) -> {root}/summary.md, summary.png")
+
+
+SIZE_KEYS = ("n_layer", "n_head", "n_embd")  # what --sizes lets differ between the sweeps it compares
+SIZE_RATIOS = (1, 4, 16)
+
+
+def sizes(dirs):
+    """model_size.md and model_size.png beside the sweeps: CARoPE's and carope-static's change against RoPE,
+    paired by seed, at 1x, 4x and 16x the training context, against the parameter count. The sweeps' recipes
+    must be the same but for the model's size, so that size is the one thing that changes."""
+    recipes = {d: {k: v for k, v in read_recipe(os.path.join(d, "recipe.json")).items() if k not in SIZE_KEYS}
+               for d in dirs}
+    for d in dirs[1:]:
+        diff = sorted(k for k in set(recipes[d]) | set(recipes[dirs[0]]) if recipes[d].get(k) != recipes[dirs[0]].get(k))
+        if diff:
+            raise SystemExit(f"compare.py: --sizes: {d} and {dirs[0]} differ in {', '.join(diff)}, not only in "
+                             f"{', '.join(SIZE_KEYS)}: compare sweeps of one recipe")
+    rows = []
+    for d in dirs:
+        runs = read_json(os.path.join(d, "results.json"))["runs"]
+        rope = [r for r in runs if r["pe"] == "rope"]
+        if not rope or not any(r["pe"] == "carope" for r in runs):
+            raise SystemExit(f"compare.py: --sizes: {d} has no rope and carope runs to pair; nothing to compare")
+        train_len, metric = rope[0]["context"], metric_of(runs)
+        cells = {(pe, k): seed_changes(runs, pe, str(k * train_len), metric)
+                 for pe in ("carope", "carope-static") for k in SIZE_RATIOS}
+        rows.append(dict(name=os.path.basename(d), params=rope[0]["params"], seeds=len(rope), metric=metric,
+                         shape=model_shape(d), cells=cells))
+    rows.sort(key=lambda r: r["params"])
+    root = os.path.dirname(os.path.abspath(dirs[0]))
+    fmt = lambda v: f"{np.mean(v):+.1f} % [{min(v):+.1f}, {max(v):+.1f}]" if v else "–"
+    lines = ["# CARoPE against RoPE as the model grows", "",
+             f"One recipe, only the model's size changed. {rows[0]['metric']} of pe against RoPE at the same seed, "
+             f"pe / RoPE - 1 in %, mean over seeds [min, max]; negative is better. Written by `python compare.py "
+             f"--sizes {','.join(dirs)}`.", "",
+             "| sweep | model | params (rope) | seeds | " + " | ".join(f"{pe} {k}x" for pe in ("carope", "carope-static")
+                                                           for k in SIZE_RATIOS) + " |",
+             "|---|---|---:|---:|" + "---:|" * 2 * len(SIZE_RATIOS)]
+    for r in rows:
+        lines.append(f"| [{r['name']}]({r['name']}/results.md) | {r['shape']} | {r['params']:,} | {r['seeds']} | "
+                     + " | ".join(fmt(r["cells"][pe, k]) for pe in ("carope", "carope-static") for k in SIZE_RATIOS) + " |")
+    files.atomic_write(os.path.join(root, "model_size.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = np.array([r["params"] for r in rows], dtype=float)
+    for i, k in enumerate(SIZE_RATIOS):
+        for pe, style in (("carope", "-"), ("carope-static", ":")):
+            v = [r["cells"][pe, k] for r in rows]
+            if not all(v):
+                continue
+            mean = np.array([np.mean(c) for c in v])
+            err = np.array([[m - min(c) for m, c in zip(mean, v)], [max(c) - m for m, c in zip(mean, v)]])
+            ax.errorbar(x * (1 + 0.04 * (i - 1)), mean, yerr=err, fmt="o" + style, capsize=3, color=f"C{i}",
+                        alpha=1 if pe == "carope" else 0.5, label=f"{pe} at {k}x")
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{r['shape']}\n{r['params'] / 1e6:.2f}M" for r in rows])
+    ax.minorticks_off()
+    ax.set_xlabel("model (layers x width) and parameters")
+    ax.set_ylabel(f"pe / RoPE - 1, {rows[0]['metric']}, % (lower is better)")
+    ax.set_title("CARoPE against RoPE as the model grows (paired by seed; bars: min-max)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save(plt, fig, root, "model_size.png")
+    print("\n".join(lines))
+    print(f"\ncompare.py: {len(rows)} sweeps -> {root}/model_size.md, model_size.png")
+
+
+def model_shape(d):
+    """"layers x width" of a sweep's runs, from one run's config.json."""
+    for name in sorted(os.listdir(d)):
+        path = os.path.join(d, name, "config.json")
+        if os.path.isfile(path):
+            cfg = read_json(path)
+            cfg = cfg.get("model", cfg)
+            return f"{cfg['n_layer']} x {cfg['n_embd']}"
+    return "?"
 
 
 # -----------------------------------------------------------------------------
@@ -807,6 +911,9 @@ def main(argv=None):
     args, recipe = parse_args(sys.argv[1:] if argv is None else argv)
     if args.summary is not None:
         summary(args.summary)
+        return 0
+    if args.sizes is not None:
+        sizes(args.sizes)
         return 0
     check_out(args.out)
     if args.plot_only:

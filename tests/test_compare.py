@@ -224,6 +224,41 @@ def test_summary_pairs_carope_with_rope_at_16x_or_4x_in_every_sweep(tmp_path):
     assert "nothing to summarise" in str(e.value.code)
 
 
+def test_sizes_pairs_carope_with_rope_at_1x_4x_16x_against_the_parameter_count(tmp_path):
+    """--sizes: sweeps of one recipe that differ only in the model's size, one row each in order of parameters,
+    carope and carope-static against RoPE at the same seed at 1x, 4x and 16x; another difference is refused."""
+    def sweep(name, params, layers, figures, **recipe):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "recipe.json").write_text(json.dumps(dict(preset="bytes", n_layer=layers, **recipe)))
+        (d / "rope-s1").mkdir()
+        (d / "rope-s1" / "config.json").write_text(json.dumps(dict(model=dict(n_layer=layers, n_embd=8 * layers))))
+        runs = [dict(pe=pe, seed=seed, context=4, params=params, task=None,
+                     val={str(4 * k): {"bpb": v, "ppl": 1.0} for k, v in zip((1, 4, 16), vals)})
+                for (pe, seed), vals in figures.items()]
+        (d / "results.json").write_text(json.dumps(dict(runs=runs)))
+        return str(d)
+    big = sweep("big", 900, 4, {("rope", 1): (2.0, 3.0, 4.0), ("rope", 2): (2.0, 3.0, 5.0),
+                                ("carope", 1): (2.0, 1.5, 3.0), ("carope", 2): (2.2, 3.0, 4.0),
+                                ("carope-static", 1): (2.0, 3.0, 4.4)})
+    small = sweep("small", 100, 2, {("rope", 1): (2.0, 3.0, 4.0), ("carope", 1): (1.0, 3.3, 2.0)})
+    assert compare.main(["--sizes", f"{big},{small}"]) == 0
+    md = (tmp_path / "model_size.md").read_text().splitlines()
+    rows = [line for line in md if line.startswith("| [")]
+    assert rows == ["| [small](small/results.md) | 2 x 16 | 100 | 1 | -50.0 % [-50.0, -50.0] | +10.0 % [+10.0, +10.0] "
+                    "| -50.0 % [-50.0, -50.0] | – | – | – |",
+                    "| [big](big/results.md) | 4 x 32 | 900 | 2 | +5.0 % [+0.0, +10.0] | -25.0 % [-50.0, +0.0] "
+                    "| -22.5 % [-25.0, -20.0] | +0.0 % [+0.0, +0.0] | +0.0 % [+0.0, +0.0] | +10.0 % [+10.0, +10.0] |"]
+    assert (tmp_path / "model_size.png").read_bytes()[:4] == b"\x89PNG"
+    other = sweep("other", 100, 2, {("rope", 1): (2.0, 3.0, 4.0), ("carope", 1): (1.0, 3.3, 2.0)}, lr=1e-3)
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--sizes", f"{big},{other}"])
+    assert "differ in lr, not only in n_layer, n_head, n_embd" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--sizes", big])
+    assert "give two or more sweep folders" in str(e.value.code)
+
+
 def test_a_task_sweep_tabulates_accuracy_by_length(tmp_path):
     out = tmp_path / "sweep"
     assert compare.main(["--task", "parity", "--pe", "rope,nope", "--seeds", "1", "--out", str(out), "--max-steps", "3",
