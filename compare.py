@@ -44,8 +44,10 @@ from carope import GPT, GPTConfig, PE_CHOICES
 OWN_FLAGS = ("--pe", "--seed", "--resume", "--ckpt", "--overwrite", "--eval-only")  # set per run by compare.py
 PASSAGE_TOKENS = 40  # tokens of the validation text shown along the x axis of the CARoPE plots
 F_SAMPLE_TOKENS = 8192  # validation tokens whose f(x_t) make the per-layer distributions
-NAMES = dict(ppl="validation perplexity", bpb="validation bits per byte", acc="test accuracy (whole answers)")
-DIGITS = dict(ppl=2, bpb=4, acc=3)  # decimals of a value in results.md
+NAMES = dict(ppl="validation perplexity", bpb="validation bits per byte", acc="test accuracy (whole answers)",
+             token_acc="test accuracy per answer token (MQAR: per query; whole answers: per row)")
+ACCURACIES = ("acc", "token_acc")  # higher is better; a change is in points
+DIGITS = dict(ppl=2, bpb=4, acc=3, token_acc=3)  # decimals of a value in results.md
 ROBUST_SEEDS = 5  # from this many seeds of one encoding, results.md adds medians, quartiles and seed counts
 POSITION_POINTS = 128  # the loss by position is kept as the means of this many equal spans of the window
 
@@ -406,20 +408,28 @@ def by_pe(runs):
     return groups
 
 
+def metrics_of(runs):
+    """The figures every run has; per answer token only where it differs from whole answers somewhere (an answer
+    of several tokens: a copied string, MQAR's queries of a row)."""
+    have = [m for m in ("ppl", "bpb", "acc", "token_acc") if all(m in v for r in runs for v in r["val"].values())]
+    same = all(v["token_acc"] == v["acc"] for r in runs for v in r["val"].values()) if "token_acc" in have else True
+    return [m for m in have if m != "token_acc" or not same]
+
+
 def write_markdown(out, runs, commands, train_len):
     groups = by_pe(runs)
     lens = sorted({int(T) for r in runs for T in r["val"]})
     word = "len" if runs[0].get("task") else "ctx"
     head = "| pe | seeds | " + " | ".join(f"{word} {T} ({T / train_len:g}x)" for T in lens) + " |"
     rule = "|---|---:|" + "---:|" * len(lens)
-    metrics = [m for m in ("ppl", "bpb", "acc") if all(m in v for r in runs for v in r["val"].values())]
+    metrics = metrics_of(runs)
     lines = [f"# {os.path.basename(os.path.normpath(out))}: {' and '.join(NAMES[m] for m in metrics)}, mean over seeds",
              "", *([f"Command: `{commands[0]}`"] if len(commands) == 1 else
                   [f"Commands (the tables merge their runs):"] + [f"- `{c}`" for c in commands]), "",
              f"Runs: {len(runs)}; trained at {'length' if word == 'len' else 'context'} {train_len}. Cells: mean ± std "
              "over seeds [min–max]."]
     for m in metrics:
-        lines += ["", f"**{NAMES[m]}** ({'higher' if m == 'acc' else 'lower'} is better)", "", head, rule]
+        lines += ["", f"**{NAMES[m]}** ({'higher' if m in ACCURACIES else 'lower'} is better)", "", head, rule]
         for pe, rs in groups.items():
             cells = []
             d = DIGITS[m]
@@ -448,7 +458,7 @@ def write_markdown(out, runs, commands, train_len):
 
 def difference(value, rope, metric):
     """pe against RoPE: accuracy in points (pe - RoPE), a loss-like figure in % (pe / RoPE - 1)."""
-    return 100 * (value - rope) if metric == "acc" else 100 * (value / rope - 1)
+    return 100 * (value - rope) if metric in ACCURACIES else 100 * (value / rope - 1)
 
 
 def values(rs, T, metric):
@@ -495,7 +505,7 @@ def paired_table(groups, lens, head, rule, metric="ppl", title="validation perpl
                       for r in rs if r["seed"] in rope and str(T) in r["val"] and str(T) in rope[r["seed"]]]
             n = max(n, len(change))
             agree = len(change) > 1 and (max(change) < 0 or min(change) > 0)
-            unit = " pt" if metric == "acc" else "%"
+            unit = " pt" if metric in ACCURACIES else "%"
             cells.append(f"{np.mean(change):+.{d}f}{unit} [{min(change):+.{d}f}, {max(change):+.{d}f}]"
                          + (" **every seed**" if agree else "") if change else "–")
         lines.append(f"| {pe} | {n} | " + " | ".join(cells) + " |")
@@ -506,7 +516,7 @@ def robust_table(groups, lens, head, rule, metric, title):
     """Median and interquartile range over seeds, and in how many seeds pe beats RoPE at the same seed: past
     the training length a small model's task accuracy is chaotic (a rerun on another CPU can move one run by
     tens of points), so with many seeds the median and the count say more than the mean."""
-    better = (lambda a, b: a > b) if metric == "acc" else (lambda a, b: a < b)
+    better = (lambda a, b: a > b) if metric in ACCURACIES else (lambda a, b: a < b)
     rope = {r["seed"]: r["val"] for r in groups.get("rope", [])}
     lines = ["", f"**{title}**: median [interquartile range] over seeds; after it, in how many seeds pe beats RoPE "
              "at the same seed.", "", head, rule]
@@ -758,7 +768,7 @@ def plot_loss(plt, out, runs, colors):
 
 
 def plot_ppl(plt, out, runs, train_len, colors):
-    metrics = [m for m in ("ppl", "bpb", "acc") if all(m in v for r in runs for v in r["val"].values())]
+    metrics = metrics_of(runs)
     fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for pe, rs in by_pe(runs).items():

@@ -259,6 +259,23 @@ def test_sizes_pairs_carope_with_rope_at_1x_4x_16x_against_the_parameter_count(t
     assert "give two or more sweep folders" in str(e.value.code)
 
 
+def test_a_task_of_several_tokens_an_answer_also_tabulates_accuracy_per_token(tmp_path):
+    """MQAR's row is one answer of 4 queries: results.md gives accuracy per row and per query, each paired with
+    RoPE in points; where every answer is one token (the two figures equal), the per-token table is left out."""
+    def run(pe, seed, acc, token_acc):
+        return dict(pe=pe, seed=seed, task="mqar", context=16, tokens=1, tokens_per_s=1.0, device="cpu", torch="x",
+                    val={"16": dict(loss=0.1, acc=1.0, token_acc=1.0), "64": dict(loss=1.0, acc=acc, token_acc=token_acc)})
+    runs = [run("rope", 1, 0.25, 0.75), run("carope", 1, 0.5, 0.875)]
+    assert compare.metrics_of(runs) == ["acc", "token_acc"]
+    compare.write_markdown(str(tmp_path), runs, ["python compare.py ..."], 16)
+    md = (tmp_path / "results.md").read_text()
+    assert "**test accuracy per answer token (MQAR: per query; whole answers: per row)** (higher is better)" in md
+    assert "| carope | 1 | +0.0 pt [+0.0, +0.0] | +25.0 pt [+25.0, +25.0] |" in md  # per row
+    assert "| carope | 1 | +0.0 pt [+0.0, +0.0] | +12.5 pt [+12.5, +12.5] |" in md  # per query
+    same = [run("rope", 1, 0.25, 0.25), run("carope", 1, 0.5, 0.5)]
+    assert compare.metrics_of(same) == ["acc"]
+
+
 def test_a_task_sweep_tabulates_accuracy_by_length(tmp_path):
     out = tmp_path / "sweep"
     assert compare.main(["--task", "parity", "--pe", "rope,nope", "--seeds", "1", "--out", str(out), "--max-steps", "3",
