@@ -45,7 +45,7 @@ OWN_FLAGS = ("--pe", "--seed", "--resume", "--ckpt", "--overwrite", "--eval-only
 PASSAGE_TOKENS = 40  # tokens of the validation text shown along the x axis of the CARoPE plots
 F_SAMPLE_TOKENS = 8192  # validation tokens whose f(x_t) make the per-layer distributions
 NAMES = dict(ppl="validation perplexity", bpb="validation bits per byte", acc="test accuracy (whole answers)",
-             token_acc="test accuracy per answer token (MQAR: per query; whole answers: per row)")
+             token_acc="test accuracy per answer token (MQAR: per query)")
 ACCURACIES = ("acc", "token_acc")  # higher is better; a change is in points
 DIGITS = dict(ppl=2, bpb=4, acc=3, token_acc=3)  # decimals of a value in results.md
 ROBUST_SEEDS = 5  # from this many seeds of one encoding, results.md adds medians, quartiles and seed counts

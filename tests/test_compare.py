@@ -269,7 +269,7 @@ def test_a_task_of_several_tokens_an_answer_also_tabulates_accuracy_per_token(tm
     assert compare.metrics_of(runs) == ["acc", "token_acc"]
     compare.write_markdown(str(tmp_path), runs, ["python compare.py ..."], 16)
     md = (tmp_path / "results.md").read_text()
-    assert "**test accuracy per answer token (MQAR: per query; whole answers: per row)** (higher is better)" in md
+    assert "**test accuracy per answer token (MQAR: per query)** (higher is better)" in md
     assert "| carope | 1 | +0.0 pt [+0.0, +0.0] | +25.0 pt [+25.0, +25.0] |" in md  # per row
     assert "| carope | 1 | +0.0 pt [+0.0, +0.0] | +12.5 pt [+12.5, +12.5] |" in md  # per query
     same = [run("rope", 1, 0.25, 0.25), run("carope", 1, 0.5, 0.5)]
