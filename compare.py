@@ -660,6 +660,13 @@ def sizes(dirs):
         lines.append(f"| [{r['name']}]({r['name']}/results.md) | {r['shape']} | {r['params']:,} | {r['seeds']} | "
                      + " | ".join(fmt(r["cells"][pe, k]) for pe in ("carope", "carope-static") for k in SIZE_RATIOS) + " |")
     files.atomic_write(os.path.join(root, "model_size.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    plot_sizes(rows, root)
+    print("\n".join(lines))
+    print(f"\ncompare.py: {len(rows)} sweeps -> {root}/model_size.md, model_size.png")
+
+
+def plot_sizes(rows, root):
+    """model_size.png: the paired change at each ratio against the parameter count (log), bars min-max."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -684,8 +691,6 @@ def sizes(dirs):
     ax.legend(fontsize=8)
     fig.tight_layout()
     save(plt, fig, root, "model_size.png")
-    print("\n".join(lines))
-    print(f"\ncompare.py: {len(rows)} sweeps -> {root}/model_size.md, model_size.png")
 
 
 def model_shape(d):
