@@ -215,8 +215,9 @@ def mqar_rows(rng, B, T, pairs, queries, keys):
     the token accuracy is per query, the answer accuracy per row (every query right).
     Reading: the lookup comes after a plateau at that key-blind level. The task recipe's lr 3e-3 did
     not leave it (RoPE: 0.373 a query after 20,000 steps of 32 rows); at lr 1e-3, within 2,000 steps,
-    7 (RoPE) to 10 (Selective RoPE) of 10 seeds did. So results/tasks-mqar trains with --lr 1e-3
-    --max-steps 2000 and shows the training length's accuracy: a seed still on the plateau shows there.
+    7 (RoPE) to 10 (Selective RoPE) of 10 seeds of a rotary encoding did, NoPE in none. So
+    results/tasks-mqar trains with --lr 1e-3 --max-steps 2000 and shows the training length's
+    accuracy: a seed still on the plateau shows there.
     """
     if not 1 <= keys <= len(KEYS):
         refuse(f"mqar: keys={keys}: choose 1 to {len(KEYS)} (a..p)")
