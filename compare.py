@@ -160,13 +160,18 @@ def settings(recipe):
     return s
 
 
+def differing(have, want):
+    """The settings two recipes give different values (a missing one counts as unset)."""
+    return sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+
+
 def check_recipe(out, given):
     """A sweep folder holds one recipe: refuse another with one line naming the difference."""
     path = os.path.join(out, "recipe.json")
     want = json.loads(json.dumps(given))  # as it reads back from JSON (tuples -> lists)
     if os.path.exists(path):
         have, now = settings(read_recipe(path)), settings(want)
-        diff = sorted(k for k in set(have) | set(now) if have.get(k) != now.get(k))
+        diff = differing(have, now)
         if diff:
             what = "; ".join(f"--{k.replace('_', '-')} {have.get(k, '(unset)')} there, {now.get(k, '(unset)')} here"
                              for k in diff)
@@ -461,6 +466,18 @@ def difference(value, rope, metric):
     return 100 * (value - rope) if metric in ACCURACIES else 100 * (value / rope - 1)
 
 
+def seed_changes(runs, pe, T, metric):
+    """pe against RoPE at the same seed at length T (a string, as in results.json): one figure per seed."""
+    rope = {r["seed"]: r["val"] for r in runs if r["pe"] == "rope"}
+    return [difference(r["val"][T][metric], rope[r["seed"]][T][metric], metric) for r in runs
+            if r["pe"] == pe and r["seed"] in rope and T in r["val"] and T in rope[r["seed"]]]
+
+
+def seeds_better(changes, metric):
+    """In how many seeds pe beats RoPE, from seed_changes: accuracy up, a loss-like figure down."""
+    return sum(c > 0 if metric in ACCURACIES else c < 0 for c in changes)
+
+
 def values(rs, T, metric):
     return [r["val"][str(T)][metric] for r in rs if str(T) in r["val"]]
 
@@ -491,7 +508,7 @@ def paired_table(groups, lens, head, rule, metric="ppl", title="validation perpl
     """Each seed against RoPE at the same seed. A seed fixes the data order and the initial weights the
     encodings share (CARoPE and carope-static even start as that very RoPE model), so the per-seed
     change removes most of what varies from seed to seed."""
-    rope, d = {r["seed"]: r["val"] for r in groups["rope"]}, 1  # a change to one decimal: % or points
+    d = 1  # a change to one decimal: % or points
     lines = ["", f"The change in {title}, paired by seed: mean over seeds [min–max] of pe against RoPE at the "
              "same seed (accuracy: the difference in points; otherwise pe / RoPE − 1); **every seed** where all "
              "seeds (two or more) agree in sign. With few seeds that is weak evidence: n seeds agree in sign by "
@@ -501,8 +518,7 @@ def paired_table(groups, lens, head, rule, metric="ppl", title="validation perpl
             continue
         cells, n = [], 0
         for T in lens:
-            change = [difference(r["val"][str(T)][metric], rope[r["seed"]][str(T)][metric], metric)
-                      for r in rs if r["seed"] in rope and str(T) in r["val"] and str(T) in rope[r["seed"]]]
+            change = seed_changes(groups["rope"] + rs, pe, str(T), metric)
             n = max(n, len(change))
             agree = len(change) > 1 and (max(change) < 0 or min(change) > 0)
             unit = " pt" if metric in ACCURACIES else "%"
@@ -516,8 +532,6 @@ def robust_table(groups, lens, head, rule, metric, title):
     """Median and interquartile range over seeds, and in how many seeds pe beats RoPE at the same seed: past
     the training length a small model's task accuracy is chaotic (a rerun on another CPU can move one run by
     tens of points), so with many seeds the median and the count say more than the mean."""
-    better = (lambda a, b: a > b) if metric in ACCURACIES else (lambda a, b: a < b)
-    rope = {r["seed"]: r["val"] for r in groups.get("rope", [])}
     lines = ["", f"**{title}**: median [interquartile range] over seeds; after it, in how many seeds pe beats RoPE "
              "at the same seed.", "", head, rule]
     for pe, rs in groups.items():
@@ -530,10 +544,9 @@ def robust_table(groups, lens, head, rule, metric, title):
             q1, q2, q3 = np.percentile(v, [25, 50, 75])
             d = DIGITS[metric]
             cell = f"{q2:.{d}f} [{q1:.{d}f}–{q3:.{d}f}]"
-            pairs = [(r["val"][str(T)][metric], rope[r["seed"]][str(T)][metric]) for r in rs
-                     if pe != "rope" and r["seed"] in rope and str(T) in r["val"] and str(T) in rope[r["seed"]]]
-            if pairs:
-                cell += f" ({sum(better(a, b) for a, b in pairs)}/{len(pairs)})"
+            change = seed_changes(groups.get("rope", []) + rs, pe, str(T), metric) if pe != "rope" else []
+            if change:
+                cell += f" ({seeds_better(change, metric)}/{len(change)})"
             cells.append(cell)
         lines.append(f"| {pe} | {len(rs)} | " + " | ".join(cells) + " |")
     return lines
@@ -542,18 +555,10 @@ def robust_table(groups, lens, head, rule, metric, title):
 # -----------------------------------------------------------------------------
 # Every sweep at a glance: CARoPE against RoPE across the committed comparisons (--summary)
 
-def seed_changes(runs, pe, T, metric):
-    """pe against RoPE at the same seed at length T (a string, as in results.json): one figure per seed."""
-    rope = {r["seed"]: r["val"] for r in runs if r["pe"] == "rope"}
-    return [difference(r["val"][T][metric], rope[r["seed"]][T][metric], metric) for r in runs
-            if r["pe"] == pe and r["seed"] in rope and T in r["val"] and T in rope[r["seed"]]]
-
-
 def metric_of(runs):
-    """accuracy for a task; bits per byte where every figure has it, else perplexity."""
-    if runs[0].get("task"):
-        return "acc"
-    return "bpb" if all("bpb" in v for r in runs for v in r["val"].values()) else "ppl"
+    """The one figure a sweep is compared by: accuracy for a task; bits per byte where every run has it, else
+    perplexity."""
+    return next(m for m in ("acc", "bpb", "ppl") if m in metrics_of(runs))
 
 
 def paired_change(runs, pe="carope"):
@@ -589,7 +594,7 @@ def summary(root):
              "| sweep | at | metric | seeds | mean | median | min | max | seeds better |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for name, c in rows:
         v, unit = c["change"], " pt" if c["task"] else " %"
-        better = sum(x > 0 for x in v) if c["task"] else sum(x < 0 for x in v)
+        better = seeds_better(v, c["metric"])
         lines.append(f"| [{name}]({name}/results.md) | {c['ratio']:g}x | {c['metric']} | {len(v)} | {np.mean(v):+.1f}{unit} "
                      f"| {np.median(v):+.1f}{unit} | {min(v):+.1f}{unit} | {max(v):+.1f}{unit} | {better}/{len(v)} |")
     files.atomic_write(os.path.join(root, "summary.md"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
@@ -628,10 +633,10 @@ def sizes(dirs):
     """model_size.md and model_size.png beside the sweeps: CARoPE's and carope-static's change against RoPE,
     paired by seed, at 1x, 4x and 16x the training context, against the parameter count. The sweeps' recipes
     must be the same but for the model's size, so that size is the one thing that changes."""
-    recipes = {d: {k: v for k, v in read_recipe(os.path.join(d, "recipe.json")).items() if k not in SIZE_KEYS}
+    recipes = {d: {k: v for k, v in settings(read_recipe(os.path.join(d, "recipe.json"))).items() if k not in SIZE_KEYS}
                for d in dirs}
     for d in dirs[1:]:
-        diff = sorted(k for k in set(recipes[d]) | set(recipes[dirs[0]]) if recipes[d].get(k) != recipes[dirs[0]].get(k))
+        diff = differing(recipes[d], recipes[dirs[0]])
         if diff:
             raise SystemExit(f"compare.py: --sizes: {d} and {dirs[0]} differ in {', '.join(diff)}, not only in "
                              f"{', '.join(SIZE_KEYS)}: compare sweeps of one recipe")
@@ -644,8 +649,9 @@ def sizes(dirs):
         train_len, metric = rope[0]["context"], metric_of(runs)
         cells = {(pe, k): seed_changes(runs, pe, str(k * train_len), metric)
                  for pe in ("carope", "carope-static") for k in SIZE_RATIOS}
+        model = read_json(os.path.join(run_dir(d, "rope", rope[0]["seed"]), "config.json"))["model"]
         rows.append(dict(name=os.path.basename(d), params=rope[0]["params"], seeds=len(rope), metric=metric,
-                         shape=model_shape(d), cells=cells))
+                         shape=f"{model['n_layer']} x {model['n_embd']}", cells=cells))
     rows.sort(key=lambda r: r["params"])
     root = os.path.dirname(os.path.abspath(dirs[0]))
     fmt = lambda v: f"{np.mean(v):+.1f} % [{min(v):+.1f}, {max(v):+.1f}]" if v else "–"
@@ -692,16 +698,6 @@ def plot_sizes(rows, root):
     fig.tight_layout()
     save(plt, fig, root, "model_size.png")
 
-
-def model_shape(d):
-    """"layers x width" of a sweep's runs, from one run's config.json."""
-    for name in sorted(os.listdir(d)):
-        path = os.path.join(d, name, "config.json")
-        if os.path.isfile(path):
-            cfg = read_json(path)
-            cfg = cfg.get("model", cfg)
-            return f"{cfg['n_layer']} x {cfg['n_embd']}"
-    return "?"
 
 
 # -----------------------------------------------------------------------------
