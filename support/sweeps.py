@@ -1,12 +1,20 @@
 """
-A run beside a committed sweep of its recipe (support module): compare.py's folder DIR/results.json and
-DIR/<pe>-s<seed>/config.json, read at run time, so that a run's own figures can be read against the committed
-ones, and only when they compare (the same recipe: recipe_differences).
+A compare.py sweep folder, read (support module): every mode of compare.py and train.py's comparison with a
+committed sweep read a sweep through these functions, so each is checked once and says what is wrong in one line.
+
+    DIR/recipe.json            the train.py flags every run of the sweep shares (read_recipe)
+    DIR/<pe>-s<seed>/          one run: config.json, log.jsonl (read_log), result.json, ckpt.pt (not committed)
+    DIR/results.json           {"runs": [every finished run's result.json]} (read_runs)
+
+A run beside a committed sweep of its recipe (beside_sweep): the run's own figures are read against the committed
+ones only when they compare (the same recipe: recipe_differences).
 """
 
 import json
 import math
 import os
+
+from support import files
 
 # recorded settings that change neither the weights nor the figures, or that name the run, its encoding and its
 # machine; data_dir is where the data lay on that machine ("data" says which data: None is the embedded corpus)
@@ -15,9 +23,109 @@ NOT_RECIPE = ("pe", "seed", "out_dir", "overwrite", "resume", "eval_only", "devi
               "derived", "data_tokens", "data_sha256")  # the last three: bookkeeping of a resume, not the recipe
 
 
-def sweep_run_dir(out, pe, seed):
+def run_dir(out, pe, seed):
     """The folder of one run of a compare.py sweep."""
     return os.path.join(out, f"{pe}-s{seed}")
+
+
+def load(path, fix):
+    """A sweep's JSON file, parsed; a missing, unreadable, torn or hand-edited one is one line naming it and `fix`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"compare.py: {path} is missing: {fix}") from None
+    except OSError as e:
+        raise SystemExit(f"compare.py: cannot read {path} ({e.strerror or e}): {fix}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SystemExit(f"compare.py: {path} is not valid JSON ({e}): {fix}") from None
+
+
+def read_recipe(out, missing="run the sweep's command first"):
+    """DIR/recipe.json as {setting: value}. One written before the preset was always recorded ran train.py's
+    default of then, nano (with --task: task)."""
+    path = os.path.join(out, "recipe.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"compare.py: {out} holds no sweep (no recipe.json): {missing}")
+    have = load(path, "restore it (git checkout), or delete the folder's runs and the file and run the sweep again")
+    if not isinstance(have, dict):
+        raise SystemExit(f"compare.py: {path} holds a JSON {type(have).__name__}, not a recipe ({{setting: value}}): "
+                         "restore it (git checkout), or delete it and run the sweep's command again")
+    if "preset" not in have and "task" not in have:
+        have["preset"] = "nano"
+    return dict(sorted(have.items()))
+
+
+def settings(recipe):
+    """A recipe as a set of settings, as it reads back from JSON (tuples -> lists): --task-option flags in any
+    order are one recipe (the last value of a name wins, as in tasks.py), and --data names its folder whatever
+    the path's spelling."""
+    s = json.loads(json.dumps(recipe))
+    if "task_option" in s:
+        s["task_option"] = sorted({o.split("=")[0]: o for o in s["task_option"]}.values())
+    if "data" in s:
+        s["data"] = os.path.realpath(s["data"])
+    return s
+
+
+def differing(have, want):
+    """The settings two recipes give different values (a missing one counts as unset)."""
+    return sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+
+
+def has_runs(out):
+    """Whether any run of the sweep began (wrote its config.json)."""
+    return os.path.isdir(out) and any(os.path.isfile(os.path.join(out, d, "config.json")) for d in os.listdir(out))
+
+
+RUN_KEYS = ("pe", "seed", "val")  # what every figure of a summary reads from a run
+
+
+def checked_run(r, path):
+    """One run's entry (a result.json, or one of results.json's runs), checked for what the summaries read."""
+    if not isinstance(r, dict) or any(k not in r for k in RUN_KEYS) or not isinstance(r["val"], dict):
+        raise SystemExit(f"compare.py: {path} holds a run without {', '.join(RUN_KEYS)}: restore it (git checkout), "
+                         "or rerun the sweep's command (a run's result.json is written again when it is resumed)")
+    return r
+
+
+def read_runs(out):
+    """The runs of DIR/results.json (a list, perhaps empty), each checked."""
+    path = os.path.join(out, "results.json")
+    data = load(path, "run the sweep's command (or --plot-only) to write it again")
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise SystemExit(f"compare.py: {path} does not hold {{\"runs\": [...]}}: restore it (git checkout), or "
+                         f"write it again with python compare.py --out {out} --plot-only")
+    return [checked_run(r, path) for r in data["runs"]]
+
+
+def collect(out, order):
+    """Every finished run in the sweep folder (DIR/<pe>-s<seed>/result.json), sorted by order[pe] and seed."""
+    found = [os.path.join(out, d, "result.json") for d in sorted(os.listdir(out))] if os.path.isdir(out) else []
+    runs = [checked_run(load(p, "delete it (a run's result.json is written again when that run is resumed)"), p)
+            for p in found if os.path.isfile(p)]
+    return sorted(runs, key=lambda r: (order.get(r["pe"], len(order)), r["seed"]))
+
+
+def write_text(path, lines):
+    """A summary file (results.md, summary.md, model_size.md), whole or not at all."""
+    files.atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+
+def read_log(d):
+    """A run's log records; a last line cut short (a killed run) is left out, as train.py does on resume."""
+    path = os.path.join(d, "log.jsonl")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise SystemExit(f"compare.py: {path}: line {i + 1} is not a log record: repair or delete that "
+                                 f"line, or the run's folder to train it again") from None
+    return records
 
 
 def recipe_differences(mine, theirs, defaults=None):
@@ -49,7 +157,7 @@ def beside_sweep(sweep, config_path, results, shown=("rope", "carope"), defaults
             return [f"{label}: its results.json holds no run of {' or '.join(shown)}, so no committed figures here"]
         for pe in pes:
             for r in groups[pe]:
-                theirs = read_json(os.path.join(sweep_run_dir(sweep, pe, r["seed"]), "config.json"))
+                theirs = read_json(os.path.join(run_dir(sweep, pe, r["seed"]), "config.json"))
                 if diff := recipe_differences(mine, theirs, defaults):
                     what = "; ".join(f"--{k.replace('_', '-')} {setting(k, a)} here, {setting(k, b)} there"
                                      for k, a, b in diff[:3]) + ("; ..." if diff[3:] else "")

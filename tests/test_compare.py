@@ -17,7 +17,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import compare  # noqa: E402
-from support import files  # noqa: E402
+from support import files, sweeps, tables  # noqa: E402
 from test_train import default_signals, make_data  # noqa: E402
 
 # a model big enough that a step takes a few milliseconds, so a run can be interrupted mid-way; the nano recipe
@@ -156,11 +156,11 @@ def test_paired_change_against_a_hand_computation(tmp_path):
     """The paired table divides each seed's value by RoPE's at the same seed, not at another one."""
     runs = [dict(pe=pe, seed=seed, val={"16": dict(loss=1.0, ppl=ppl)})
             for pe, seed, ppl in (("rope", 1, 100.0), ("rope", 2, 200.0), ("carope", 1, 90.0), ("carope", 2, 210.0))]
-    lines = compare.paired_table(compare.by_pe(runs), [16], "head", "rule", "ppl", "perplexity")
+    lines = tables.paired_table(tables.by_pe(runs), [16], "head", "rule", "ppl", "perplexity")
     row = [line for line in lines if line.startswith("| carope |")][0]
     # seed 1: 90/100 - 1 = -10 %; seed 2: 210/200 - 1 = +5 %; mean -2.5 %; signs disagree: no mark
     assert "-2.5% [-10.0, +5.0]" in row and "every seed" not in row
-    one = compare.change_table(compare.by_pe([r for r in runs if r["seed"] == 1]), [16], "| pe | seeds |", "rule")
+    one = tables.change_table(tables.by_pe([r for r in runs if r["seed"] == 1]), [16], "| pe | seeds |", "rule")
     assert "beyond spread" not in "\n".join(one)  # one seed: no spread to be beyond
 
 
@@ -174,10 +174,10 @@ def test_paired_change_against_a_hand_computation(tmp_path):
 def test_every_seed_needs_two_or_more_seeds_of_one_strict_sign(carope, marked):
     runs = [dict(pe=pe, seed=seed, val={"16": dict(loss=1.0, ppl=ppl)})
             for pe, seed, ppl in (("rope", 1, 100.0), ("rope", 2, 200.0), ("carope", 1, carope[0]), ("carope", 2, carope[1]))]
-    lines = compare.paired_table(compare.by_pe(runs), [16], "head", "rule", "ppl", "perplexity")
+    lines = tables.paired_table(tables.by_pe(runs), [16], "head", "rule", "ppl", "perplexity")
     row = [line for line in lines if line.startswith("| carope |")][0]
     assert ("**every seed**" in row) == marked, row
-    one = compare.paired_table(compare.by_pe([r for r in runs if r["seed"] == 1]), [16], "head", "rule")
+    one = tables.paired_table(tables.by_pe([r for r in runs if r["seed"] == 1]), [16], "head", "rule")
     row = [line for line in one if line.startswith("| carope |")][0]
     assert row.startswith("| carope | 1 |") and "every seed" not in row, row  # one seed agrees with itself
 
@@ -189,12 +189,12 @@ def test_robust_table_gives_median_quartiles_and_the_seeds_that_beat_rope():
     carope = [0.95, 0.2, 0.4, 0.8, 0.9]  # seeds 1, 4, 5 above; 2 a tie; 3 below
     runs = [dict(pe=pe, seed=i + 1, val={"64": dict(acc=a)}) for pe, accs in (("rope", rope), ("carope", carope))
             for i, a in enumerate(accs)]
-    lines = compare.robust_table(compare.by_pe(runs), [64], "head", "rule", "acc", "accuracy")
+    lines = tables.robust_table(tables.by_pe(runs), [64], "head", "rule", "acc", "accuracy")
     q1, q2, q3 = np.percentile(carope, [25, 50, 75])
     assert f"| carope | 5 | {q2:.3f} [{q1:.3f}–{q3:.3f}] (3/5) |" in lines
     row = [line for line in lines if line.startswith("| rope")][0]
     assert row.startswith(f"| rope | 5 | {np.median(rope):.3f} [") and "(" not in row  # RoPE is not counted against itself
-    loss = compare.robust_table(compare.by_pe([dict(r, val={"64": dict(ppl=1 + r["val"]["64"]["acc"])}) for r in runs]),
+    loss = tables.robust_table(tables.by_pe([dict(r, val={"64": dict(ppl=1 + r["val"]["64"]["acc"])}) for r in runs]),
                                 [64], "head", "rule", "ppl", "perplexity")
     assert [line for line in loss if line.startswith("| carope")][0].endswith("(1/5) |")  # lower is better: seed 3 only
 
@@ -247,8 +247,10 @@ def test_sizes_pairs_carope_with_rope_at_1x_4x_16x_against_the_parameter_count(t
     rows = [line for line in md if line.startswith("| [")]
     assert rows == ["| [small](small/results.md) | 2 x 16 | 100 | 1 | -50.0 % [-50.0, -50.0] | +10.0 % [+10.0, +10.0] "
                     "| -50.0 % [-50.0, -50.0] | – | – | – |",
-                    "| [big](big/results.md) | 4 x 32 | 900 | 2 | +5.0 % [+0.0, +10.0] | -25.0 % [-50.0, +0.0] "
-                    "| -22.5 % [-25.0, -20.0] | +0.0 % [+0.0, +0.0] | +0.0 % [+0.0, +0.0] | +10.0 % [+10.0, +10.0] |"]
+                    # the seeds each cell pairs, not the runs: carope-static has one seed here
+                    "| [big](big/results.md) | 4 x 32 | 900 | 1–2 | +5.0 % [+0.0, +10.0] | -25.0 % [-50.0, +0.0] "
+                    "| -22.5 % [-25.0, -20.0] | +0.0 % [+0.0, +0.0] (1 seed) | +0.0 % [+0.0, +0.0] (1 seed) "
+                    "| +10.0 % [+10.0, +10.0] (1 seed) |"]
     assert (tmp_path / "model_size.png").read_bytes()[:4] == b"\x89PNG"
     other = sweep("other", 100, 2, {("rope", 1): (2.0, 3.0, 4.0), ("carope", 1): (1.0, 3.3, 2.0)}, lr=1e-3)
     with pytest.raises(SystemExit) as e:
@@ -266,14 +268,14 @@ def test_a_task_of_several_tokens_an_answer_also_tabulates_accuracy_per_token(tm
         return dict(pe=pe, seed=seed, task="mqar", context=16, tokens=1, tokens_per_s=1.0, device="cpu", torch="x",
                     val={"16": dict(loss=0.1, acc=1.0, token_acc=1.0), "64": dict(loss=1.0, acc=acc, token_acc=token_acc)})
     runs = [run("rope", 1, 0.25, 0.75), run("carope", 1, 0.5, 0.875)]
-    assert compare.metrics_of(runs) == ["acc", "token_acc"]
-    compare.write_markdown(str(tmp_path), runs, ["python compare.py ..."], 16)
+    assert tables.metrics_of(runs) == ["acc", "token_acc"]
+    tables.write_markdown(str(tmp_path), runs, ["python compare.py ..."], 16)
     md = (tmp_path / "results.md").read_text()
     assert "**test accuracy per answer token (MQAR: per query)** (higher is better)" in md
     assert "| carope | 1 | +0.0 pt [+0.0, +0.0] | +25.0 pt [+25.0, +25.0] |" in md  # per row
     assert "| carope | 1 | +0.0 pt [+0.0, +0.0] | +12.5 pt [+12.5, +12.5] |" in md  # per query
     same = [run("rope", 1, 0.25, 0.25), run("carope", 1, 0.5, 0.5)]
-    assert compare.metrics_of(same) == ["acc"]
+    assert tables.metrics_of(same) == ["acc"]
 
 
 def test_a_task_sweep_tabulates_accuracy_by_length(tmp_path):
@@ -342,7 +344,7 @@ def test_recipes_compare_as_settings_and_the_recorded_command_replays(tmp_path):
     assert compare.main(shlex.split(command.split("`")[1])[2:]) == 0  # it replays: the run is skipped
     swapped = flags[:2] + flags[4:6] + flags[2:4] + flags[6:]  # max_value=5 first
     assert swapped != flags and compare.main(swapped) == 0
-    assert compare.settings({"data": "data/kjv"}) == compare.settings({"data": os.path.abspath("data/kjv/")})
+    assert sweeps.settings({"data": "data/kjv"}) == sweeps.settings({"data": os.path.abspath("data/kjv/")})
 
 
 def test_encodings_with_other_seeds_get_a_command_each_and_each_replays(tmp_path, monkeypatch):
