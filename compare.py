@@ -45,7 +45,12 @@ from support.sweeps import run_dir  # DIR/<pe>-s<seed>
 import train
 from carope import GPT, GPTConfig, PE_CHOICES
 
-OWN_FLAGS = ("--pe", "--seed", "--resume", "--ckpt", "--overwrite", "--eval-only")  # set per run by compare.py
+OWN_FLAGS = {  # train.py's flags that compare.py sets itself, or that make no sense in a sweep, and what to do instead
+    "--pe": "use --pe with a comma-separated list", "--seed": "use --seeds",
+    "--resume": "a rerun of the same command resumes every unfinished run",
+    "--ckpt": "a rerun of the same command resumes every unfinished run",
+    "--overwrite": "delete the run's folder DIR/<pe>-s<seed> to train it afresh",
+    "--eval-only": "a sweep trains; to evaluate one run: python train.py --eval-only --resume DIR/<pe>-s<seed>/ckpt.pt"}
 PASSAGE_TOKENS = 40  # tokens of the validation text shown along the x axis of the CARoPE plots
 F_SAMPLE_TOKENS = 8192  # validation tokens whose f(x_t) make the per-layer distributions
 POSITION_POINTS = 128  # the loss by position is kept as the means of this many equal spans of the window
@@ -58,9 +63,9 @@ def parse_args(argv):
                     "results.md and plots. Any other flag goes to train.py unchanged (python train.py --help).",
         epilog="example: python compare.py --preset nano --pe rope,carope,carope-static --seeds 1,2,3 "
                "--out results/nano-kjv")
-    p.add_argument("--pe", default="rope,carope,carope-static", help="comma-separated encodings "
+    p.add_argument("--pe", help="comma-separated encodings "
                    f"(default rope,carope,carope-static; any of {','.join(PE_CHOICES)})")
-    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--out", "--out-dir", dest="out", metavar="DIR",
                    help="the sweep's folder: one sub-folder per run")
     p.add_argument("--summary", metavar="ROOT", help="no training: CARoPE against RoPE in every sweep folder under "
@@ -71,23 +76,34 @@ def parse_args(argv):
     p.add_argument("--plot-only", action="store_true", help="redraw results.md and the plots from the runs "
                    "in --out without training")
     args, recipe = p.parse_known_args(argv)
+    for mode in ("sizes", "summary"):  # the modes that read committed sweeps take no other flag
+        if getattr(args, mode) is not None:
+            other = [f for f, v in (("--out", args.out), ("--pe", args.pe), ("--seeds", args.seeds),
+                                    ("--plot-only", args.plot_only), ("--summary", args.summary if mode == "sizes"
+                                                                       else None)) if v] + recipe[:1]
+            if other:
+                p.error(f"--{mode} reads committed sweeps and trains nothing, so {other[0]} would be ignored: "
+                        f"give --{mode} alone")
     if args.sizes is not None:
         args.sizes = [d.rstrip("/") for d in args.sizes.split(",") if d]
-        if args.out or recipe or args.summary is not None:
-            p.error("--sizes reads committed sweeps and trains nothing: give it alone")
         missing = [d for d in args.sizes if not os.path.isfile(os.path.join(d, "results.json"))]
         if len(args.sizes) < 2 or missing:
             p.error(f"--sizes: give two or more sweep folders that hold a results.json"
                     + (f" ({', '.join(missing)} holds none)" if missing else ""))
+        twice = [d for i, d in enumerate(args.sizes) if os.path.realpath(d) in map(os.path.realpath, args.sizes[:i])]
+        if twice:
+            p.error(f"--sizes names {twice[0]} twice: give each sweep once")
         if len({os.path.dirname(os.path.abspath(d)) for d in args.sizes}) > 1:
             p.error("--sizes: the sweeps must sit in one folder (model_size.md is written beside them)")
         return args, recipe
     if args.summary is not None:
-        if args.out or recipe:
-            p.error("--summary reads committed sweeps and trains nothing: give it alone")
+        if os.path.exists(args.summary) and not os.path.isdir(args.summary):
+            p.error(f"--summary {args.summary} is a file: give the folder that holds the sweeps (e.g. results)")
         if not os.path.isdir(args.summary):
             p.error(f"--summary {args.summary}: no such folder")
         return args, recipe
+    args.pe = args.pe or "rope,carope,carope-static"
+    args.seeds = args.seeds or "1,2,3"
     if args.out is None:
         p.error("the following arguments are required: --out (or --summary ROOT)")
     pes = [s for s in args.pe.split(",") if s]
@@ -104,9 +120,9 @@ def parse_args(argv):
     args.seeds = seeds
     args.pe = sorted(dict.fromkeys(pes), key=lambda pe: pe != "rope")  # RoPE first: the reference
     args.seeds = list(dict.fromkeys(args.seeds))  # --seeds 1,1 is one seed, not two
-    own = [a for a in recipe if a.split("=")[0] in OWN_FLAGS]
+    own = [a.split("=")[0] for a in recipe if a.split("=")[0] in OWN_FLAGS]
     if own:
-        p.error(f"{own[0]} is set per run by compare.py; use --pe (a list), --seeds and --out instead")
+        p.error(f"{own[0]} is not a sweep's flag: {OWN_FLAGS[own[0]]}")
     return args, recipe
 
 
@@ -200,11 +216,15 @@ def train_one(out, pe, seed, recipe):
     # a checkpoint: continue it (train.py says "nothing to train" if it is already at the last step);
     # none: start afresh, replacing whatever a run killed before its first checkpoint left there
     flags += ["--resume", ckpt] if os.path.exists(ckpt) else ["--overwrite"]
-    summary = train.main(flags)
-    entry = run_entry(d, pe, seed, summary)
-    if pe == "carope" and "--task" not in recipe:  # f over text: a task has none
-        analyse_carope(d)  # small JSON of f(x_t): the plots redraw from it without the checkpoint
-    files.atomic_write(os.path.join(d, "result.json"), lambda f: f.write(json.dumps(entry, indent=1).encode()))
+    summary = train.main(flags)  # train.py handles Ctrl-C, SIGTERM and SIGHUP while it trains
+    interrupts = runs.Interrupts().install()  # and here, after it: one line and a rerun, not a silent death
+    try:
+        entry = run_entry(d, pe, seed, summary)
+        if pe == "carope" and "--task" not in recipe:  # f over text: a task has none
+            analyse_carope(d)  # small JSON of f(x_t): the plots redraw from it without the checkpoint
+        files.atomic_write(os.path.join(d, "result.json"), lambda f: f.write(json.dumps(entry, indent=1).encode()))
+    finally:
+        interrupts.uninstall()
     return entry
 
 
@@ -270,8 +290,9 @@ def sweep(args, recipe):
             print(f"\ncompare.py: ===== {pe} seed {seed} -> {d} =====", flush=True)
             try:
                 train_one(args.out, pe, seed, recipe)
-            except KeyboardInterrupt:
-                raise SystemExit("\ncompare.py: interrupted; run the same command again to continue the sweep")
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP outside training: the run resumes from its checkpoint
+                raise SystemExit(f"\ncompare.py: interrupted during {pe} seed {seed}; run the same command again to "
+                                 "continue the sweep") from None
             except SystemExit as e:
                 if e.code in (129, 130, 143):  # a signal: train.py saved a checkpoint; stop the whole sweep
                     raise SystemExit(f"compare.py: interrupted during {pe} seed {seed}; run the same "

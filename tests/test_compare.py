@@ -142,10 +142,17 @@ def test_a_sweep_that_failed_before_any_run_records_no_recipe(tmp_path):
     (["--pe", "alibi", "--out", "x"], "unknown encoding(s) alibi"),
     (["--seeds", "a,b", "--out", "x"], "--seeds"),
     (["--seeds", "1,,2", "--out", "x"], "--seeds '1,,2': give comma-separated"),  # the input, not []
-    (["--out", "x", "--seed", "3"], "--seed is set per run by compare.py"),
+    (["--out", "x", "--seed", "3"], "--seed is not a sweep's flag: use --seeds"),
+    (["--out", "x", "--eval-only"], "to evaluate one run: python train.py --eval-only --resume DIR/<pe>-s<seed>/ckpt.pt"),
+    (["--summary", "afile"], "--summary afile is a file: give the folder that holds the sweeps"),
+    (["--summary", ".", "--pe", "rope"], "so --pe would be ignored: give --summary alone"),
+    (["--summary", ".", "--seeds", "1"], "so --seeds would be ignored: give --summary alone"),
+    (["--summary", ".", "--plot-only"], "so --plot-only would be ignored: give --summary alone"),
+    (["--sizes", "a,b", "--seeds", "1"], "so --seeds would be ignored: give --sizes alone"),
     (["--out", "x", "--max-steps", "-3"], "train.py rejects the recipe"),
 ])
 def test_compare_errors_are_one_line(argv, message, tmp_path):
+    (tmp_path / "afile").write_text("")
     run = subprocess.run([sys.executable, os.path.join(REPO, "compare.py"), *argv], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and message in run.stderr and "Traceback" not in run.stderr
@@ -548,3 +555,145 @@ def test_the_exercises_commands_parse():
             args, argv = compare.parse_args(argv)
             argv += ["--pe", args.pe[0]]
         train.parser.parse_args(argv)  # SystemExit with one line on a flag train.py does not have
+
+
+def fake_sweep(root, name, figures, recipe=None, task=None, context=4, config=True):
+    """A committed sweep as --summary and --sizes read it: recipe.json, results.json and rope-s1/config.json."""
+    d = root / name
+    d.mkdir()
+    (d / "recipe.json").write_text(json.dumps(recipe if recipe is not None else dict(preset="bytes")))
+    metric = "acc" if task else "bpb"
+    runs = [dict(pe=pe, seed=seed, params=100, task=task, val={str((context or 4) * k): {metric: v, "ppl": 1.0}
+                                                               for k, v in zip((1, 4, 16), vals)})
+            for (pe, seed), vals in figures.items()]
+    for r in runs:
+        if context:
+            r["context"] = context
+    (d / "results.json").write_text(json.dumps(dict(runs=runs)))
+    if config:
+        (d / "rope-s1").mkdir()
+        (d / "rope-s1" / "config.json").write_text(json.dumps(dict(model=dict(n_layer=2, n_embd=16))))
+    return d
+
+
+def test_sizes_on_task_sweeps_compares_accuracy_in_points(tmp_path):
+    """An accuracy sweep's gain is in points and positive is better (0.6 -> 0.9 is +30.0 pt, not '+30.0 %')."""
+    figures = {("rope", 1): (1.0, 0.6, 0.5), ("carope", 1): (1.0, 0.9, 0.4)}
+    a = fake_sweep(tmp_path, "a", figures, dict(task="mqar"), task="mqar")
+    b = fake_sweep(tmp_path, "b", figures, dict(task="mqar", n_layer=4), task="mqar")
+    assert compare.main(["--sizes", f"{a},{b}"]) == 0
+    md = (tmp_path / "model_size.md").read_text()
+    assert "pe - RoPE in points, mean over seeds [min, max]; positive is better" in md
+    assert "| +0.0 pt [+0.0, +0.0] | +30.0 pt [+30.0, +30.0] | -10.0 pt [-10.0, -10.0] |" in md and " %" not in md
+
+
+def test_sizes_refuses_one_sweep_twice(tmp_path):
+    a = fake_sweep(tmp_path, "a", {("rope", 1): (2, 3, 4), ("carope", 1): (2, 3, 3)})
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--sizes", f"{a},{tmp_path}/./a/"])
+    assert str(e.value.code) == f"compare.py: --sizes names {tmp_path}/./a twice: give each sweep once"
+    assert not (tmp_path / "model_size.md").exists()
+
+
+def test_sizes_reads_older_sweeps_and_says_what_is_missing_in_one_line(tmp_path):
+    """A results.json without `context` (as results/nano-kjv) is trained at its shortest length; the model's shape
+    comes from any run's config.json; a sweep without recipe.json, or without any config.json, is one line."""
+    figures = {("rope", 1): (2.0, 3.0, 4.0), ("carope", 1): (2.0, 1.5, 2.0)}
+    old = fake_sweep(tmp_path, "old", figures, context=None, config=False)
+    (old / "carope-s1").mkdir()
+    (old / "carope-s1" / "config.json").write_text(json.dumps(dict(model=dict(n_layer=1, n_embd=8))))
+    new = fake_sweep(tmp_path, "new", figures, dict(preset="bytes", n_layer=2))
+    assert compare.main(["--sizes", f"{old},{new}"]) == 0
+    assert "| [old](old/results.md) | 1 x 8 | 100 | 1 | +0.0 % [+0.0, +0.0] | -50.0 % [-50.0, -50.0] | -50.0 % " \
+           "[-50.0, -50.0] | – | – | – |" in (tmp_path / "model_size.md").read_text()
+    (old / "carope-s1" / "config.json").unlink()
+    (tmp_path / "model_size.md").unlink()
+    for broken, message in ((lambda: None, "no run folder of"), (lambda: (new / "recipe.json").unlink(),
+                                                                   "holds no sweep (no recipe.json)")):
+        broken()
+        with pytest.raises(SystemExit) as e:
+            compare.main(["--sizes", f"{new},{old}"])
+        assert message in str(e.value.code) and "\n" not in str(e.value.code)
+    assert not (tmp_path / "model_size.md").exists()
+
+
+def test_summary_skips_a_sweep_without_runs_and_a_recipe_not_a_dict_is_one_line(tmp_path):
+    fake_sweep(tmp_path, "empty", {})
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--summary", str(tmp_path)])
+    assert "no sweep under" in str(e.value.code) and "nothing to summarise" in str(e.value.code)
+    fake_sweep(tmp_path, "full", {("rope", 1): (2, 3, 4), ("carope", 1): (2, 3, 3)})
+    assert compare.main(["--summary", str(tmp_path)]) == 0
+    assert "[empty]" not in (tmp_path / "summary.md").read_text()
+    (tmp_path / "empty" / "recipe.json").write_text("[1, 2]")  # the regression: a JSON list, not a recipe
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--out", str(tmp_path / "empty"), "--plot-only"])
+    assert "recipe.json holds a JSON list, not a recipe" in str(e.value.code)
+    (tmp_path / "full" / "results.json").write_text('{"runs": [{"pe": "rope"}]}')
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--summary", str(tmp_path)])
+    assert "holds a run without pe, seed, val" in str(e.value.code)
+
+
+@pytest.mark.parametrize("mode", ["--summary", "--sizes"])
+def test_summary_and_sizes_that_cannot_write_say_so_in_one_line(tmp_path, monkeypatch, mode):
+    """A read-only folder or a full disk: the one line --plot-only gives, with the command that writes it again."""
+    a = fake_sweep(tmp_path, "a", {("rope", 1): (2, 3, 4), ("carope", 1): (2, 3, 3)})
+    b = fake_sweep(tmp_path, "b", {("rope", 1): (2, 3, 4), ("carope", 1): (2, 3, 3)}, dict(preset="bytes", n_layer=4))
+
+    def read_only(path, write):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(files, "atomic_write", read_only)
+    argv = [mode, str(tmp_path) if mode == "--summary" else f"{a},{b}"]
+    with pytest.raises(SystemExit) as e:
+        compare.main(argv)
+    msg = str(e.value.code)
+    assert msg.startswith(f"compare.py: cannot write the summary in {tmp_path} (Read-only file system)"), msg
+    assert msg.endswith(f"then python compare.py {argv[0]} {argv[1]}") and "\n" not in msg
+
+
+def test_a_sweep_killed_before_its_first_run_takes_the_corrected_recipe(tmp_path, monkeypatch):
+    """SIGKILL before any run began leaves recipe.json; the corrected command is not 'another recipe'."""
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "recipe.json").write_text(json.dumps(dict(preset="nano", max_steps=12)))
+    began = []
+
+    def sweep(args, recipe):
+        began.append(json.loads((out / "recipe.json").read_text())["max_steps"])
+        if len(began) == 2:  # this time the run begins: its config.json is written
+            (out / "rope-s1").mkdir()
+            (out / "rope-s1" / "config.json").write_text("{}")
+        return ["rope seed 1: stopped here"]
+    monkeypatch.setattr(compare, "sweep", sweep)
+    for _ in range(2):
+        assert compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), *RECIPE, "--max-steps", "6"]) == 1
+    assert began == [6, 6]  # the new recipe, taken
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), *RECIPE, "--max-steps", "7"])
+    assert "holds runs of another recipe (--max-steps 6 there, 7 here)" in str(e.value.code)
+
+
+def test_sigterm_after_a_run_trained_is_one_line_and_the_rerun_finishes_it(tmp_path):
+    """SIGTERM while a finished run's result.json is being made (after train.py's own handler is gone): one line
+    naming the run and the rerun, exit 1, not a silent rc -15; the rerun writes the result without training."""
+    data, out = make_data(tmp_path / "data"), tmp_path / "sweep"
+    argv = ["--pe", "rope", "--seeds", "1", "--out", str(out), "--data", data, *RECIPE, "--max-steps", "2"]
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {REPO!r})
+import compare
+real = compare.run_entry
+def terminated(*a):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a)
+compare.run_entry = terminated
+sys.exit(compare.main({argv!r}))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=default_signals)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == ("compare.py: interrupted during rope seed 1; run the same command "
+                                                 "again to continue the sweep")
+    assert not (out / "rope-s1" / "result.json").exists() and (out / "rope-s1" / "ckpt.pt").exists()
+    assert compare.main(argv) == 0 and (out / "rope-s1" / "result.json").exists()
