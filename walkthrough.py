@@ -1,5 +1,5 @@
 # %% [markdown]
-# # From one rotation to CARoPE, in ten small steps
+# # From one rotation to CARoPE, in eleven small steps
 #
 # The read-and-learn path of this repository: README.md, then this walkthrough, then carope.py.
 # Every step states one idea, prints a few numbers and checks the idea with carope.py's own code
@@ -8,8 +8,8 @@
 # - As a script: `python walkthrough.py` (under a minute on a 2-core CPU; no GPU, no network).
 # - As a notebook: `pip install jupytext`, then `jupytext --to notebook walkthrough.py` and open
 #   walkthrough.ipynb in Jupyter; or open this file in VS Code and use "Run Cell" above each `# %%`.
-# - Steps 5 and 9 draw a picture each, saved under out/walkthrough/ in the folder you run from
-#   (rotation.png, clock.png); a notebook also shows them inline.
+# - Steps 4, 6 and 10 draw a picture each, saved under out/walkthrough/ in the folder you run from
+#   (turns.png, rotation.png, clock.png); a notebook also shows them inline.
 #
 # Change a number and run a cell again: the checks say whether the idea still holds.
 # Shapes: B batch, T tokens, C width, H heads, D head size, P = D/2 pairs.
@@ -33,11 +33,11 @@ if os.environ.pop("TRITON_INTERPRET", "0") == "1":  # read when carope's kernel 
     print("note: TRITON_INTERPRET=1 is set; the walkthrough runs CARoPE's PyTorch path (Triton's interpreter "
           "would run the fused kernel in Python, ~100x slower on a CPU)")
 import carope
-from support import readers  # for step 9's text: the embedded corpus
+from support import pairs, readers  # step 4's arithmetic of full turns; step 10's text: the embedded corpus
 from carope import CARoPE, GPT, GPTConfig, LayerCache, RoPE, rope_frequencies, rotate
 
 torch.manual_seed(0)
-# The models here are tiny: on an idle 2-core CPU two threads train step 9 somewhat faster than one,
+# The models here are tiny: on an idle 2-core CPU two threads train step 10 somewhat faster than one,
 # but on a busy one they wait on each other, many times slower. One thread is the safe choice.
 torch.set_num_threads(1)
 started = time.time()
@@ -117,7 +117,7 @@ check((diagonals[3][0] - diagonals[2][0]).abs() > 1e-3, "and it changes with the
 # The frequencies are powers of one number, the ratio θ₁ = base^(−2/D) of a geometric spectrum:
 # θᵢ = base^(−2i/D) = θ₁ⁱ. So m·θᵢ = Σ_{t=1..m} θ₁ⁱ: RoPE's phase is a clock to which every token
 # after the first adds θ₁ⁱ to pair i. CARoPE keeps this sum, and lets each token choose the ratio
-# it adds (step 4; its sum starts at t = 0).
+# it adds (step 5; its sum starts at t = 0).
 
 # %%
 print("\n3. RoPE's phase is a running sum")
@@ -132,7 +132,106 @@ check(torch.allclose(running.cos(), cos[1:], atol=1e-5) and torch.allclose(runni
       "the running sum of theta_1^i gives RoPE's table of m * theta_i")
 
 # %% [markdown]
-# ## 4. CARoPE's f, its bounds, and why it starts as RoPE
+# ## 4. Why RoPE breaks past its context
+# Over a training context of T tokens, pair i of RoPE turns T·θᵢ rad. Where that is less than a
+# full turn, 2π, training showed the model only an arc of the pair's circle. Past T the pair turns
+# on, into angles that no training window held.
+# The byte recipe has D = 32 and T = 64: at base 10⁴ pairs 0–4 complete a turn and the other 11 do
+# not. Pair 8 turns θ₈ = 0.01 rad a token, 0.64 rad in 64 tokens: a tenth of a turn. At 16× the
+# context it reaches 10.24 rad, and most positions put it outside the arc it swept in training.
+#
+# A smaller base turns every pair faster. The last pair turns slowest, and it completes a turn in T
+# tokens when base ≤ (T/2π)^(D/(D−2)), the critical base, ≈ 11.9 here: at base 10 every pair shows
+# the model its whole circle within 64 tokens. Which of the two bases extrapolates better is
+# exercise 12 (docs/exercises.md); `python -m support.pairs` counts the slow pairs of a trained run.
+#
+# CARoPE (the next step) keeps the running sum but lets each token set its own step: over T tokens,
+# pair i reaches Σ_t f(x_t)ⁱ, f the token's ratio. A token with f = 0.9 turns pair 8 by 0.9⁸ = 0.43
+# rad, one with f = 0.3 by 0.3⁸ ≈ 0.00007 rad. So a pair can stand nearly still at some tokens and
+# turn fast at others, and how far it turns over T tokens depends on the text. Below, with a random
+# W (no training yet), pair 8 is slow at most tokens, yet the few fast ones turn it further over each
+# row than RoPE's 0.64 rad, and by amounts that differ from row to row.
+#
+# The picture (out/walkthrough/turns.png), left: the phase each pair reaches over 64 tokens (log
+# scale) at base 10⁴ and 10, and in two rows of a CARoPE whose W reads the input. Right: pair 8's
+# angle along 1,024 positions at base 10⁴, against the arc of angles it took in the first 64.
+
+# %%
+print("\n4. Why RoPE breaks past its context")
+D, T = 32, 64  # the byte recipe's head size and training context
+P = D // 2  # pairs
+phase = pairs.rope_phase(D, T, 10000.0)  # T theta_i over the training context: (P,)
+turns = pairs.full_turns(D, T, 10000.0)  # T theta_i >= 2 pi: (P,)
+print(f"base 10^4, D = {D}, T = {T}: phase over {T} tokens by pair:",
+      " ".join(f"{i}:{v:.3g}" for i, v in enumerate(phase.tolist())))
+print(f"  pairs completing a full turn (2 pi = {2 * math.pi:.3f} rad): {turns.nonzero().flatten().tolist()}; "
+      f"{pairs.slow_count(D, T, 10000.0)} do not")
+check(turns.tolist() == [True] * 5 + [False] * 11 and pairs.slow_count(D, T, 10000.0) == 11,
+      "at base 10^4 (D = 32, T = 64) pairs 0-4 complete a turn in training, the other 11 do not")
+
+long = RoPE(GPTConfig(n_layer=1, n_head=1, n_embd=D, block_size=T, pe="rope"))  # carope.py's RoPE at D = 32
+cos, sin = long(torch.zeros(1, 16 * T, D))  # positions 0 .. 16T - 1: (16T, P) each
+angle = torch.remainder(torch.atan2(sin, cos), 2 * math.pi)  # each pair's angle on its circle, in [0, 2 pi): (16T, P)
+swept = (T - 1) * long.theta  # the arc each pair swept over positions 0 .. T - 1: (P,)
+outside = (angle[T:] > swept + 1e-4).float().mean(0)  # the share of positions T .. 16T - 1 outside that arc: (P,)
+print(f"pair 8: theta_8 = {long.theta[8]:.4f} rad a token, {phase[8]:.2f} rad over {T} tokens "
+      f"({phase[8] / (2 * math.pi):.2f} of a turn), {16 * T * long.theta[8]:.2f} rad over {16 * T} (16x)")
+print(f"  positions {T}..{16 * T - 1} outside the arc swept in training: pair 8 {outside[8]:.1%}, pair 2 {outside[2]:.1%}")
+check(phase[8] < 2 * math.pi < 16 * T * long.theta[8] and outside[8] > 0.9 and outside[2] == 0,
+      "at 16x the context, pair 8 spends over 90 % of the new positions at angles training never showed; pair 2 none")
+
+critical = pairs.critical_base(D, T)  # (T / 2 pi)^(D / (D - 2))
+print(f"critical base (T / 2 pi)^(D / (D - 2)) = {critical:.2f}; pairs that do not complete a turn at base 10: "
+      f"{pairs.slow_count(D, T, 10.0)}, at {critical:.2f}: {pairs.slow_count(D, T, critical)}, "
+      f"at {1.01 * critical:.2f}: {pairs.slow_count(D, T, 1.01 * critical)}")
+check(pairs.slow_count(D, T, 10.0) == 0, "at base 10 every pair completes a turn within 64 tokens")
+check(round(critical, 1) == 11.9 and pairs.slow_count(D, T, critical) == 0 and pairs.slow_count(D, T, 1.01 * critical) == 1,
+      "the critical base, about 11.9, is the largest at which every pair turns: 1 % above it the last pair falls short")
+
+g = torch.Generator().manual_seed(4)  # its own random numbers: the later steps' draws stay as they were
+ca = CARoPE(GPTConfig(n_layer=1, n_head=1, n_embd=D, block_size=T, pe="carope"))  # one head of D = 32
+with torch.no_grad():
+    ca.weight.normal_(0.0, 0.3, generator=g)  # a W that reads the input, as step 5 makes one
+x = 2 * torch.randn(2, T, D, generator=g)  # two rows of hidden states: (B, T, C)
+f = ca.frequencies(x)  # each token's ratio: (B, T, H)
+rows = pairs.layer_phase(ca, x, 1)  # sum_t f(x_t)^i over each row: (B, H, P)
+slow_at = pairs.slow_share(f, ca.i, T)  # the share of tokens with f(x_t)^i T < 2 pi: (H, P)
+print(f"CARoPE: a token with f = 0.9 turns pair 8 by 0.9^8 = {0.9 ** 8:.2f} rad, one with f = 0.3 by 0.3^8 = "
+      f"{0.3 ** 8:.1e} rad")
+print(f"  with a random W: f over two rows in [{f.min():.3f}, {f.max():.3f}]; pair 8 is slow "
+      f"(f^8 * {T} < 2 pi) at {slow_at[0, 8]:.0%} of the tokens")
+print(f"  pair 8 reaches {rows[0, 0, 8]:.2f} rad over row 0, {rows[1, 0, 8]:.2f} over row 1 (RoPE, base 10^4: {phase[8]:.2f})")
+check(0.5 < slow_at[0, 8] < 1, "with a W that reads the input, pair 8 is slow at most tokens and fast at the others")
+cos, sin = ca(x)  # carope.py's own rotation: (B, H, T, P) each
+check(torch.allclose(cos[:, :, -1], rows.cos(), atol=1e-4) and torch.allclose(sin[:, :, -1], rows.sin(), atol=1e-4),
+      "the phase CARoPE reaches over a row is the sum of its tokens' turns, sum_t f(x_t)^i")
+check(rows[:, 0, 8].min() > phase[8] and (rows[0, 0, 8] - rows[1, 0, 8]).abs() > 1.0,
+      "over each row the fast tokens turn pair 8 further than RoPE's 0.64 rad, by amounts more than 1 rad apart")
+
+fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+i = torch.arange(P)
+for base, style, color in ((10000.0, "o-", "C3"), (10.0, "s-", "C0")):
+    left.plot(i, pairs.rope_phase(D, T, base), style, color=color,
+              label=f"RoPE, base {base:g}: {pairs.slow_count(D, T, base)} pairs below $2\\pi$")
+for row in range(2):
+    left.plot(i, rows[row, 0], ".--", color="C2", alpha=0.8,
+              label="CARoPE, a random W: $\\Sigma_t f(x_t)^i$ over one row" if row == 0 else None)
+left.axhline(2 * math.pi, color="k", lw=1, ls=":", label="$2\\pi$: one full turn")
+left.set(yscale="log", xlabel="pair i", ylabel=f"phase reached over T = {T} tokens (rad)",
+         title=f"Which pairs complete a turn in training (D = {D}, T = {T})")
+right.axhspan(0, swept[8], color="C2", alpha=0.25, label=f"the arc swept in training, 0..{swept[8]:.2f} rad")
+right.plot(torch.arange(16 * T), angle[:, 8], ".", color="C3", ms=2, label="pair 8's angle, base $10^4$")
+right.axvline(T, color="k", lw=1, ls=":", label=f"the training context, {T}")
+right.set(xlabel="position m", ylabel="angle on the circle, mod $2\\pi$ (rad)", ylim=(0, 2 * math.pi),
+          title=f"Pair 8 past the training context: {outside[8]:.0%} of positions {T}..{16 * T - 1} at unseen angles")
+for ax in (left, right):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="lower left" if ax is left else "upper right")
+fig.tight_layout()
+save(fig, "turns.png")
+
+# %% [markdown]
+# ## 5. CARoPE's f, its bounds, and why it starts as RoPE
 # CARoPE: f(x_t)_h = 1 / (softplus(x_t W + b)_h + 1), the token's ratio, takes θ₁'s place, and
 # φᵢʰ(m) = Σ_{t=0..m} f(x_t)_hⁱ (positions start at 0).
 # softplus is positive, so 0 < f < 1: f → 1 where the logit falls, f → 0 where it rises. Then fⁱ
@@ -143,7 +242,7 @@ check(torch.allclose(running.cos(), cos[1:], atol=1e-5) and torch.allclose(runni
 # model is RoPE exactly (up to float rounding).
 
 # %%
-print("\n4. CARoPE's f, its bounds, and why it starts as RoPE")
+print("\n5. CARoPE's f, its bounds, and why it starts as RoPE")
 cfg = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=32, pe="carope")  # D = 16, P = 8
 cr = CARoPE(cfg)
 x = torch.randn(1, 32, 32)  # any hidden states: (B, T, C)
@@ -180,7 +279,7 @@ print(f"{len(missing)} tensors of CARoPE's own (W and b of each layer) at init; 
 check(gap < 1e-5, "a GPT with CARoPE at its initialisation gives RoPE's logits")
 
 # %% [markdown]
-# ## 5. The angle between m and n depends on the tokens in between
+# ## 6. The angle between m and n depends on the tokens in between
 # A query at m and a key at n differ by φ(m) − φ(n) = Σ_{t=n+1..m} f(x_t)ⁱ: the tokens after n up
 # to m set the angle, not only how many there are. Two sequences with the same first and last
 # token at the same distance, but different middles, give two different angles. RoPE gives both
@@ -189,13 +288,13 @@ check(gap < 1e-5, "a GPT with CARoPE at its initialisation gives RoPE's logits")
 # The picture (out/walkthrough/rotation.png) follows pair 1 of one query, (1, 0) before it turns,
 # along each sentence: one arrow per position, labelled with the position and its character.
 # Under RoPE the arrows are evenly spaced, θ₁ rad apart, whatever the text. Under CARoPE (with
-# step 4's random W, as no training has happened yet) token t turns the arrow f(x_t) further,
+# step 5's random W, as no training has happened yet) token t turns the arrow f(x_t) further,
 # the token's ratio (pair 1 turns by f¹): look at how "cat" and "dog" space their arrows
 # differently and leave "sat" at other angles. CARoPE's arrow at position 0 is already turned,
-# by f(x_0): its sum starts at t = 0, step 4's one step ahead, which cancels in q·k.
+# by f(x_0): its sum starts at t = 0, step 5's one step ahead, which cancels in q·k.
 
 # %%
-print("\n5. The angle between m and n depends on the tokens in between")
+print("\n6. The angle between m and n depends on the tokens in between")
 table = torch.randn(128, 32)  # a made-up embedding for each character (by its code): (vocab, C)
 embed = lambda s: table[[ord(c) for c in s]].unsqueeze(0)  # a string -> hidden states: (1, T, C)
 n, m = 0, 8  # the key is the first "t", the query the last "s"
@@ -268,13 +367,13 @@ fig.tight_layout()
 save(fig, "rotation.png")
 
 # %% [markdown]
-# ## 6. Causality: a later token leaves earlier phases alone
+# ## 7. Causality: a later token leaves earlier phases alone
 # φ(m) sums over t ≤ m only, so a token at position 10 cannot move the phases of positions 0..9,
 # and with causal attention it cannot change the model's output there either. Rotating every
 # token before attention is what lets CARoPE use ordinary causal (flash) attention.
 
 # %%
-print("\n6. Causality: a later token leaves earlier phases alone")
+print("\n7. Causality: a later token leaves earlier phases alone")
 torch.manual_seed(2)
 model = GPT(cfg)  # CARoPE, 2 layers x 2 heads x 32 wide
 with torch.no_grad():
@@ -297,14 +396,14 @@ print(f"the logits move by {before:.1e} at positions 0..9, by {after:.3f} at 10.
 check(before < 1e-6 and after > 1e-3, "the model's outputs before position 10 do not see token 10")
 
 # %% [markdown]
-# ## 7. The KV cache keeps a running phase
+# ## 8. The KV cache keeps a running phase
 # Generating one token at a time, RoPE can look its next row up in a table. CARoPE has no table:
 # the next phase depends on every token so far. So each layer's `LayerCache` keeps the last
 # token's phase, and the next token's is that phase + f(x_t)ⁱ. It must equal the phase computed
 # over the whole sequence again, and so must the logits.
 
 # %%
-print("\n7. The KV cache keeps a running phase")
+print("\n8. The KV cache keeps a running phase")
 cache = model.new_cache()  # one LayerCache per layer
 with torch.no_grad():
     model(idx[:, :8], cache=cache)  # the prompt, tokens 0..7, in one call (the prefill)
@@ -331,14 +430,14 @@ print("12 tokens sampled with the cache / without:", sampled[0], sampled[1], sep
 check(sampled[0] == sampled[1], "generate samples the same tokens with and without the cache")
 
 # %% [markdown]
-# ## 8. carope-static against carope: what input dependence adds
+# ## 9. carope-static against carope: what input dependence adds
 # The ablation the paper lacks: `pe="carope-static"` keeps a learned ratio per head,
 # f_h = 1/(softplus(b_h) + 1), and drops W. Every token then adds the same f_hⁱ, so the phase is
 # (m + 1)·f_hⁱ: RoPE with base f_h^(−D/2), one base per head, and the angle between m and n
 # depends on m − n again. What carope adds is W (H·C numbers per layer): an f for each token.
 
 # %%
-print("\n8. carope-static against carope: what input dependence adds")
+print("\n9. carope-static against carope: what input dependence adds")
 static = CARoPE(cfg, input_dependent=False)
 with torch.no_grad():
     static.bias[1] = 0.5  # head 0 keeps its init (RoPE's base 10000), head 1 gets another base
@@ -362,7 +461,7 @@ def rope_phases(base):
     return rope(torch.zeros(1, T + 1, cfg.head_dim))
 
 
-rope_h = [rope_phases(base) for base in bases.tolist()]  # RoPE's row m + 1 is carope-static's row m (step 4's offset)
+rope_h = [rope_phases(base) for base in bases.tolist()]  # RoPE's row m + 1 is carope-static's row m (step 5's offset)
 check(all(torch.allclose(cos_cat[0, h], c[1:], atol=1e-4) and torch.allclose(sin_cat[0, h], s[1:], atol=1e-4)
           for h, (c, s) in enumerate(rope_h)), "each head of carope-static is RoPE with that head's base")
 extra = {pe: sum(p.numel() for p in CARoPE(cfg, input_dependent=(pe == "carope")).parameters())
@@ -372,7 +471,7 @@ check(extra == {"carope-static": cfg.n_head, "carope": cfg.n_head * cfg.n_embd +
       "carope-static adds H numbers per layer (b), carope H*C + H (W and b)")
 
 # %% [markdown]
-# ## 9. Train a little, then look at what f learned
+# ## 10. Train a little, then look at what f learned
 # A character-level model of Genesis (from the embedded King James corpus): 2 layers x 2 heads x
 # 64 wide, 300 steps of 16 windows of 64 characters, with the model's own AdamW
 # (`configure_optimizers`). Why not `train.py`: its default run trains a 4-layer model on bytes for
@@ -396,7 +495,7 @@ check(extra == {"carope-static": cfg.n_head, "carope": cfg.n_head * cfg.n_embd +
 # Set `pair` or `head` below and run the cell again.
 
 # %%
-print("\n9. Train a little, then look at what f learned")
+print("\n10. Train a little, then look at what f learned")
 genesis = readers.kjv_documents(readers.kjv_path())[0]  # book 1 as one string
 chars = sorted(set(genesis))
 stoi = {c: j for j, c in enumerate(chars)}
@@ -525,7 +624,7 @@ for layer, (c, f_layer) in enumerate(zip(carope_clocks, f_sentence)):
     bottom.plot(positions, f_layer ** pair, "o-", color=f"C{layer}", ms=4, lw=0.8,
                 label=f"CARoPE, layer {layer}: $f(x_t)^{pair}$, $f$ the token's ratio")
 top.set(ylabel=f"phase of pair {pair} (rad)",
-        title="The phase clock along Genesis 1:3 after step 9's 300 training steps: "
+        title="The phase clock along Genesis 1:3 after step 10's 300 training steps: "
               "RoPE ticks evenly, CARoPE's slope changes with the text")
 bottom.set(ylabel="slope: the step at\neach character (rad)", ylim=(0, 1.2),
            xlabel="the sentence, one character per position (␣ is a space)")
@@ -537,20 +636,21 @@ fig.tight_layout()
 save(fig, "clock.png")
 
 # %% [markdown]
-# ## 10. Where to go next
+# ## 11. Where to go next
 # - carope.py, top to bottom: the code behind every step above, the paper's equations beside it.
 # - docs/exercises.md: which tokens slow the clock, what x_t should be, the initialisation,
 #   carope against carope-static, the pair layout, the fused kernel's backward, TAPA's exponent,
-#   and the synthetic tasks; each with its command and a measured outcome to check against.
+#   the synthetic tasks, and which RoPE base breaks (step 4); each with its command and a measured
+#   outcome to check against.
 # - tasks.py: five synthetic tasks on which the encodings part ways (copy, flip-flop, counting,
 #   parity, mqar), each trained at one length and tested at longer ones; `python tasks.py` prints an
 #   example of each; `python train.py --task copy` trains on one, with accuracy by length.
 # - `python train.py` (CARoPE on bytes, its bits per byte at 1x..16x beside RoPE's and CARoPE's
 #   from the committed byte sweep), `python compare.py --pe rope,carope` (a table with spread),
-#   `python sample.py --ckpt out/ckpt.pt` (text, with the KV cache of step 7).
+#   `python sample.py --ckpt out/ckpt.pt` (text, with the KV cache of step 8).
 
 # %%
-print("\n10. Where to go next")
+print("\n11. Where to go next")
 root = Path(carope.__file__).resolve().parent  # the repository
 exercises = (root / "docs" / "exercises.md").read_text(encoding="utf-8")
 named = ["carope.py", "tasks.py", "train.py", "compare.py", "sample.py"]

@@ -9,6 +9,7 @@ tasks.py, sample.py, compare.py) lean on, kept out of the way so that those read
     files          atomic writes, the temp files killed writers leave, folder locks, --out-dir's check
     hub            the Hugging Face download client (resumable, checked by sha256)
     manifests      a data folder's manifest.json: made, read and checked
+    pairs          which of RoPE's pairs complete a turn within the context, and their share of q.k
     readers        documents from .txt, .jsonl, .parquet and the embedded King James corpus
     runs           a run folder: config.json, log.jsonl, locks, what a rerun may continue
     settings       train.py's flags checked against each other, a resumed checkpoint, the model and the data

@@ -1,4 +1,4 @@
-"""walkthrough.py: it runs clean as a script, every check in it runs, it draws its two pictures,
+"""walkthrough.py: it runs clean as a script, every check in it runs, it draws its three pictures,
 each cell stands alone, and it uses carope.py's own code rather than copies of it."""
 
 import ast
@@ -46,10 +46,10 @@ def test_walkthrough_runs_clean_and_every_check_runs(tmp_path):
     # each check() call site runs exactly once (none sits in a loop or a skipped branch)
     assert int(m.group(1)) == n_calls
     assert len(re.findall(r"^  checked: ", r.stdout, flags=re.M)) == n_calls
-    # its two pictures, under out/walkthrough/ of the folder it ran from, as whole PNG files
+    # its three pictures, under out/walkthrough/ of the folder it ran from, as whole PNG files
     pictures = tmp_path / "out" / "walkthrough"
-    assert sorted(p.name for p in pictures.iterdir()) == ["clock.png", "rotation.png"]  # and no .tmp left behind
-    for name in ("rotation.png", "clock.png"):
+    assert sorted(p.name for p in pictures.iterdir()) == ["clock.png", "rotation.png", "turns.png"]  # no .tmp left
+    for name in ("turns.png", "rotation.png", "clock.png"):
         png = (pictures / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR", f"{name} is not a PNG"
         width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
@@ -60,15 +60,15 @@ def test_walkthrough_runs_clean_and_every_check_runs(tmp_path):
 
 def test_cells_parse_alone_and_alternate_text_and_check():
     kinds = [kind for kind, _ in cells()]
-    # a title, the imports, then ten ideas: each a text cell followed by a code cell
-    assert kinds == ["markdown", "code"] + ["markdown", "code"] * 10
+    # a title, the imports, then eleven ideas: each a text cell followed by a code cell
+    assert kinds == ["markdown", "code"] + ["markdown", "code"] * 11
     for n, (kind, text) in enumerate(cells()):
         tree = compile(text, f"walkthrough.py cell {n}", "exec", ast.PyCF_ONLY_AST)  # each cell parses on its own
         if kind == "markdown":  # text only: comment lines and blank lines, nothing that runs
             assert tree.body == [], f"markdown cell {n} holds code"
             assert all(not line.strip() or line.startswith("#") for line in text.splitlines())
     ideas = [text for kind, text in cells()[2:] if kind == "markdown"]
-    assert [re.search(r"^# ## (\d+)\. ", t, flags=re.M).group(1) for t in ideas] == [str(i) for i in range(1, 11)]
+    assert [re.search(r"^# ## (\d+)\. ", t, flags=re.M).group(1) for t in ideas] == [str(i) for i in range(1, 12)]
     code = [text for kind, text in cells()[2:] if kind == "code"]
     for i, text in enumerate(code, start=1):
         assert check_calls(ast.parse(text)), f"idea {i}'s cell checks nothing"
