@@ -4,7 +4,7 @@ run resumes, and against the model and the data they are for. What would be igno
 is refused here in one line naming the flag and the fix.
 
 - resumed: the --resume checkpoint and the settings it passes on to the run;
-- check_data_flags, check_eval_options: a flag that would change nothing is refused;
+- check_data_flags, check_pe_flags, check_eval_options: a flag that would change nothing is refused;
 - data_folder, text_data: the shards' folder, and the tokenizer they were made with, which must be the model's;
 - check_batch: a total batch of whole micro-batches, a learning rate AdamW can take;
 - eval_lengths, val_span: the lengths a model can be evaluated at, and the val tokens that hold each a whole
@@ -24,6 +24,10 @@ TEXT_ONLY = ("data", "tokenizer", "data_order", "val_tokens", "num_samples", "sa
 TRAINING_ONLY = ("lr", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
                  "max_steps", "total_batch", "data_order", "seed", "ckpt_every", "eval_every", "log_every", "out_dir",
                  "overwrite", "num_samples", "sample_tokens")  # what --eval-only ignores
+# the settings only some encodings read: {setting: the --pe values that read it}; another --pe ignores it
+CAROPE_PE = ("carope", "carope-static", "carope-embed")  # carope.make_rotary's CARoPE
+PE_ONLY = dict(carope_init=CAROPE_PE, tapa_alpha=("tapa",),
+               rope_base=("rope",) + CAROPE_PE + ("selective",))  # carope.ROTARY_PE: theta_i = base^(-2i/D)
 
 
 def resumed(given, not_inherited, derived_from, parse_options):
@@ -55,6 +59,23 @@ def check_data_flags(given, task, ckpt_path):
     if given.get("eval_only") and (ignored := [f"--{k.replace('_', '-')}" for k in TRAINING_ONLY if k in asked]):
         raise SystemExit(f"--eval-only evaluates the checkpoint as it is and writes nothing: {' and '.join(ignored)} "
                          f"would change nothing; drop {'it' if len(ignored) == 1 else 'them'}")
+
+
+def check_pe_flags(given, pe, carope_init, ckpt_path):
+    """A flag that the model's encoding does not read (PE_ONLY) is refused, as is --rope-base for a CARoPE that
+    starts from b = 0 (its only use of the base is the start b = softplus^-1(base^(2/D) - 1)). Only flags given
+    count: a resumed run's inherited values are the model's own."""
+    whose = f"--pe {pe}" if "pe" in given or not ckpt_path else f"{ckpt_path}, a --pe {pe} model,"
+    whose += " (the default)" if "pe" not in given and not ckpt_path else ""
+    for key, encodings in PE_ONLY.items():
+        if key in given and pe not in encodings:
+            flag = f"--{key.replace('_', '-')}"
+            raise SystemExit(f"{flag} is read by --pe {', '.join(encodings)} only; {whose} ignores it: drop {flag}"
+                             f"{'' if ckpt_path else f', or pass --pe {encodings[0]}'}")
+    if "rope_base" in given and pe in CAROPE_PE and carope_init == "zero":
+        raise SystemExit(f"--rope-base sets CARoPE's starting ratio theta_1 = base^(-2/D), but --carope-init zero "
+                         f"starts from b = 0 and reads no base: drop --rope-base"
+                         f"{', or --carope-init zero' if 'carope_init' in given else ''}")
 
 
 def check_eval_options(task, options, lengths, parse_options):

@@ -1111,3 +1111,52 @@ def test_carope_init_and_tapa_alpha_reach_the_model_and_stay_with_the_checkpoint
         assert not torch.allclose(models["1"](idx)[0], models["0.1"](idx)[0], rtol=0, atol=1e-4)
     expect_exit(TINY + ["--data", data, "--pe", "tapa", "--tapa-alpha", "-1", "--out-dir", tmp_path / "bad"],
                 "--tapa-alpha", ">= 0")
+
+
+def test_pe_only_says_which_encodings_read_each_setting_as_the_model_does():
+    """settings.PE_ONLY, checked against the model: changing the setting changes the logits of exactly the
+    encodings it lists (and --rope-base none of a CARoPE that starts from b = 0)."""
+    from support import settings
+    assert set(settings.PE_ONLY) <= {a.dest for a in train.parser._actions} and set(settings.PE_ONLY) <= set(
+        train.MODEL_KEYS)
+    assert settings.PE_ONLY["rope_base"] == carope.ROTARY_PE
+    other = dict(carope_init="zero", tapa_alpha=1.0, rope_base=500.0)
+    idx = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(0))
+
+    def logits(pe, **change):
+        torch.manual_seed(0)
+        cfg = carope.GPTConfig(vocab_size=VOCAB, block_size=T, n_layer=1, n_head=2, n_embd=16, pe=pe, **change)
+        with torch.no_grad():
+            return carope.GPT(cfg).eval()(idx)[0]
+    for pe in carope.PE_CHOICES:
+        base = logits(pe)
+        for key, value in other.items():
+            assert (not torch.equal(base, logits(pe, **{key: value}))) == (pe in settings.PE_ONLY[key]), (pe, key)
+        if pe in settings.PE_ONLY["carope_init"]:
+            assert torch.equal(logits(pe, carope_init="zero"), logits(pe, carope_init="zero", rope_base=500.0)), pe
+
+
+def test_a_flag_the_encoding_does_not_read_is_one_line_but_inherited_values_are_not_refused(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "o"
+    for flags, words in ((["--pe", "rope", "--carope-init", "zero"], ("--carope-init is read by --pe carope, "
+                                                                      "carope-static, carope-embed only",
+                                                                      "--pe rope ignores it", "drop --carope-init")),
+                         (["--tapa-alpha", "1"], ("--tapa-alpha is read by --pe tapa only", "--pe carope (the default) "
+                                                  "ignores it")),
+                         (["--pe", "learned", "--rope-base", "500"], ("--rope-base", "--pe learned ignores it")),
+                         (["--pe", "carope-embed", "--carope-init", "zero", "--rope-base", "500"],
+                          ("--carope-init zero starts from b = 0 and reads no base", "drop --rope-base"))):
+        expect_exit(TINY + ["--data", data, "--out-dir", out] + flags, *words)
+    assert not out.exists()
+    run(*TINY, "--data", data, "--carope-init", "zero", "--max-steps", 1, "--out-dir", tmp_path / "zero")
+    run(*TINY, "--data", data, "--pe", "tapa", "--tapa-alpha", "0.5", "--max-steps", 1, "--out-dir", tmp_path / "tapa")
+    zero, tapa = tmp_path / "zero" / "ckpt.pt", tmp_path / "tapa" / "ckpt.pt"
+    # the checkpoints keep every setting (rope_base, carope_init, tapa_alpha): inherited, none of them is refused
+    assert run("--resume", zero, "--max-steps", 2, "--device", "cpu")["start_step"] == 1
+    assert run("--resume", tapa, "--max-steps", 2, "--device", "cpu")["start_step"] == 1
+    assert run("--eval-only", "--resume", tapa, "--device", "cpu")["pe"] == "tapa"
+    assert train.resolve_args(["--resume", str(tapa), "--tapa-alpha", "0.5"])[0].tapa_alpha == 0.5  # its own value
+    expect_exit(["--resume", tapa, "--carope-init", "rope"], f"{tapa}, a --pe tapa model, ignores it",
+                "drop --carope-init")
+    expect_exit(["--eval-only", "--resume", zero, "--rope-base", "10000"], "--carope-init zero", "drop --rope-base")
