@@ -47,7 +47,9 @@ def resumed(given, not_inherited, derived_from, parse_options):
 
 def check_data_flags(given, task, ckpt_path):
     """A flag that would be ignored silently is refused: --task-option without a task, text's flags with one,
-    training's with --eval-only."""
+    training's with --eval-only; and --preset task without a task, whose recipe it is."""
+    if given.get("preset") == "task" and not task:
+        raise SystemExit("--preset task is the synthetic tasks' recipe: add --task NAME (python tasks.py lists them)")
     if "task_option" in given and not task:
         raise SystemExit("--task-option sets an option of a --task: add --task NAME (python tasks.py shows each "
                          "task's options), or drop --task-option")

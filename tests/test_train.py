@@ -1160,3 +1160,11 @@ def test_a_flag_the_encoding_does_not_read_is_one_line_but_inherited_values_are_
     expect_exit(["--resume", tapa, "--carope-init", "rope"], f"{tapa}, a --pe tapa model, ignores it",
                 "drop --carope-init")
     expect_exit(["--eval-only", "--resume", zero, "--rope-base", "10000"], "--carope-init zero", "drop --rope-base")
+
+
+def test_preset_task_without_a_task_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as e:  # settled with the settings, before any model or data
+        train.resolve_args(["--preset", "task", "--out-dir", str(tmp_path / "o")])
+    assert e.value.code == "--preset task is the synthetic tasks' recipe: add --task NAME (python tasks.py lists them)"
+    assert train.resolve_args(["--preset", "task", "--task", "parity"])[0].n_layer == 2  # with a task: its recipe
+    assert not (tmp_path / "o").exists()
