@@ -171,6 +171,7 @@ def resolve_args(argv=None):
     settings.check_data_flags(given, task, given.get("resume") if "task" not in given else None)
     s = {**DEFAULTS, **RECIPES[preset], **{k: None for k in MODEL_KEYS}, **saved, **given, "preset": preset}
     settings.check_pe_flags(given, s["pe"], s["carope_init"], given.get("resume"))
+    settings.check_resume_steps(s, ckpt)
     derived = [k for k in DERIVED if s[k] is None or (k in s.get("derived", ()) and k not in given)]  # saved
     if ckpt is not None and "out_dir" not in given:  # a resumed run continues in its checkpoint's folder
         s["out_dir"] = os.path.dirname(given["resume"]) or "."

@@ -6,6 +6,7 @@ is refused here in one line naming the flag and the fix.
 - resumed: the --resume checkpoint and the settings it passes on to the run;
 - check_data_flags, check_pe_flags, check_eval_options: a flag that would change nothing is refused;
 - data_folder, text_data: the shards' folder, and the tokenizer they were made with, which must be the model's;
+- check_resume_steps: a resumed run's --max-steps is not behind its checkpoint;
 - check_batch: a total batch of whole micro-batches, a learning rate AdamW can take;
 - eval_lengths, val_span: the lengths a model can be evaluated at, and the val tokens that hold each a whole
   number of times.
@@ -78,6 +79,13 @@ def check_pe_flags(given, pe, carope_init, ckpt_path):
         raise SystemExit(f"--rope-base sets CARoPE's starting ratio theta_1 = base^(-2/D), but --carope-init zero "
                          f"starts from b = 0 and reads no base: drop --rope-base"
                          f"{', or --carope-init zero' if 'carope_init' in given else ''}")
+
+
+def check_resume_steps(s, ckpt):
+    """--max-steps below the step a resumed checkpoint is at would neither train nor stop where asked."""
+    if ckpt is not None and not s["eval_only"] and s["max_steps"] < ckpt["step"]:
+        raise SystemExit(f"{s['resume']} is at step {ckpt['step']}, past --max-steps {s['max_steps']}: give "
+                         f"--max-steps {ckpt['step']} or more to continue it, or --eval-only to evaluate it")
 
 
 def check_eval_options(task, options, lengths, parse_options):

@@ -1168,3 +1168,22 @@ def test_preset_task_without_a_task_is_one_line(tmp_path):
     assert e.value.code == "--preset task is the synthetic tasks' recipe: add --task NAME (python tasks.py lists them)"
     assert train.resolve_args(["--preset", "task", "--task", "parity"])[0].n_layer == 2  # with a task: its recipe
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_refuses_overwrite_in_its_own_folder_and_max_steps_behind_it_before_writing(tmp_path):
+    """--overwrite would be ignored by a run resumed in its own folder, and --max-steps below the checkpoint's step
+    would print 'steps 4..2' and rewrite config.json: both are one line, and the run keeps every byte. Into another
+    folder, --overwrite replaces the run there (a branch); --max-steps at the checkpoint's step has nothing to do."""
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "o"
+    run(*TINY, "--data", data, "--max-steps", 3, "--lr-decay-steps", 6, "--out-dir", out)
+    run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "other")
+    ckpt, before = out / "ckpt.pt", files_of(out)
+    expect_exit(["--resume", ckpt, "--overwrite", "--max-steps", 4], "--overwrite starts the run", f"--resume {ckpt}",
+                "drop --overwrite to continue it")
+    expect_exit(["--resume", ckpt, "--max-steps", 2], f"{ckpt} is at step 3, past --max-steps 2",
+                "--max-steps 3 or more", "--eval-only")
+    assert files_of(out) == before
+    assert run("--resume", ckpt, "--max-steps", 3, "--device", "cpu")["losses"] == []  # nothing to train
+    s = run("--resume", ckpt, "--max-steps", 4, "--out-dir", tmp_path / "other", "--overwrite", "--device", "cpu")
+    assert s["start_step"] == 3 and [r["step"] for r in read_log(tmp_path / "other")] == [1, 2, 3, 4]
