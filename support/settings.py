@@ -7,7 +7,7 @@ is refused here in one line naming the flag and the fix.
 - check_data_flags, check_pe_flags, check_eval_options: a flag that would change nothing is refused;
 - data_folder, text_data: the shards' folder, and the tokenizer they were made with, which must be the model's;
 - check_resume_steps: a resumed run's --max-steps is not behind its checkpoint;
-- check_batch: a total batch of whole micro-batches, a learning rate AdamW can take;
+- check_batch: a total batch of whole micro-batches, learning rates and a weight decay AdamW can take;
 - eval_lengths, val_span: the lengths a model can be evaluated at, and the val tokens that hold each a whole
   number of times.
 """
@@ -142,6 +142,14 @@ def check_batch(s, B, T, world):
     if max(s["lr"], s["min_lr"]) / (1 - s["beta1"]) > torch.finfo(torch.float32).max:  # AdamW's first step size
         raise SystemExit(f"--lr {s['lr']:g} / --min-lr {s['min_lr']:g}: AdamW's step (lr / (1 - beta1)) overflows "
                          f"float32; choose a learning rate below 1e30 (the presets use 1e-3 or so)")
+    if s["min_lr"] > s["lr"]:  # the cosine would climb from lr to min_lr
+        raise SystemExit(f"--min-lr {s['min_lr']:g} is above --lr {s['lr']:g}: the cosine decays from --lr down to "
+                         f"--min-lr; give --min-lr {s['lr']:g} or less (default: lr / 10)")
+    if s["lr"] * s["weight_decay"] >= 1:  # AdamW's decoupled decay: w <- w * (1 - lr * weight_decay) each step
+        raise SystemExit(f"--weight-decay {s['weight_decay']:g} with --lr {s['lr']:g}: AdamW multiplies the weights "
+                         f"by 1 - lr x weight_decay = {1 - s['lr'] * s['weight_decay']:g} each step, which zeroes "
+                         f"them or flips their sign; give --weight-decay below 1 / lr = {1 / s['lr']:g} "
+                         f"(the presets use 0.1)")
 
 
 def eval_lengths(eval_lens, cfg, log, row=lambda n: n, word="context"):

@@ -1187,3 +1187,16 @@ def test_resume_refuses_overwrite_in_its_own_folder_and_max_steps_behind_it_befo
     assert run("--resume", ckpt, "--max-steps", 3, "--device", "cpu")["losses"] == []  # nothing to train
     s = run("--resume", ckpt, "--max-steps", 4, "--out-dir", tmp_path / "other", "--overwrite", "--device", "cpu")
     assert s["start_step"] == 3 and [r["step"] for r in read_log(tmp_path / "other")] == [1, 2, 3, 4]
+
+
+def test_min_lr_above_lr_and_a_weight_decay_that_flips_the_weights_are_one_line(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = ["--data", data, "--out-dir", tmp_path / "o"]
+    expect_exit(TINY + out + ["--lr", "1e-3", "--min-lr", "1"], "--min-lr 1 is above --lr 0.001",
+                "--min-lr 0.001 or less")
+    assert train.resolve_args(TINY + ["--data", data, "--lr", "1e-3", "--min-lr", "1e-3"])[0].min_lr == 1e-3  # flat
+    expect_exit(TINY + out + ["--weight-decay", "1e30"], "--weight-decay 1e+30 with --lr 0.0015",
+                "flips their sign", "below 1 / lr = 666.667")
+    expect_exit(TINY + out + ["--lr", "1e-2", "--weight-decay", "100"], "1 - lr x weight_decay = 0 ")
+    assert train.resolve_args(TINY + ["--data", data, "--lr", "1e-2", "--weight-decay", "99"])[0].weight_decay == 99
+    assert not (tmp_path / "o").exists()
