@@ -8,6 +8,7 @@ is refused here in one line naming the flag and the fix.
 - data_folder, text_data: the shards' folder, and the tokenizer they were made with, which must be the model's;
 - check_resume_steps: a resumed run's --max-steps is not behind its checkpoint;
 - check_batch: a total batch of whole micro-batches, learning rates and a weight decay AdamW can take;
+- non_finite: what a NaN loss is blamed on (the flags that shape the model, if it is NaN before any update);
 - eval_lengths, val_span: the lengths a model can be evaluated at, and the val tokens that hold each a whole
   number of times.
 """
@@ -150,6 +151,19 @@ def check_batch(s, B, T, world):
                          f"by 1 - lr x weight_decay = {1 - s['lr'] * s['weight_decay']:g} each step, which zeroes "
                          f"them or flips their sign; give --weight-decay below 1 / lr = {1 / s['lr']:g} "
                          f"(the presets use 0.1)")
+
+
+def non_finite(step, loss, norm, first, given, kept):
+    """The line a NaN or infinite loss (or gradient norm) stops a run with. At the first step of a new run (first)
+    no update came before it: the lr is not the cause, the model as built is; its encoding's flags are named."""
+    stopped = f"step {step}: the loss is {loss} (grad norm {norm}), training stopped without applying it; {kept}."
+    if not first:
+        return f"{stopped} Try a lower --lr or more --warmup-steps."
+    named = " ".join(f"--{k.replace('_', '-')} {given[k]:g}" if isinstance(given[k], float) else
+                     f"--{k.replace('_', '-')} {given[k]}" for k in ("pe",) + tuple(PE_ONLY) if k in given)
+    cause = f"the model as built gives it, with {named}: try other values of those flags" if named else \
+        "the model as built (its flags) or the data gives it"
+    return f"{stopped} No update came before it, so neither --lr nor --warmup-steps is the cause: {cause}."
 
 
 def eval_lengths(eval_lens, cfg, log, row=lambda n: n, word="context"):

@@ -1200,3 +1200,11 @@ def test_min_lr_above_lr_and_a_weight_decay_that_flips_the_weights_are_one_line(
     expect_exit(TINY + out + ["--lr", "1e-2", "--weight-decay", "100"], "1 - lr x weight_decay = 0 ")
     assert train.resolve_args(TINY + ["--data", data, "--lr", "1e-2", "--weight-decay", "99"])[0].weight_decay == 99
     assert not (tmp_path / "o").exists()
+
+
+def test_a_loss_that_is_not_finite_before_any_update_names_the_encodings_flags_not_the_lr(tmp_path):
+    data = make_data(tmp_path / "data")
+    message = expect_exit(TINY + ["--data", data, "--pe", "tapa", "--tapa-alpha", "1e6", "--out-dir", tmp_path / "o"],
+                          "step 1: the loss is nan", "No update came before it", "neither --lr nor --warmup-steps",
+                          "with --pe tapa --tapa-alpha 1e+06")
+    assert "Try a lower --lr" not in message
