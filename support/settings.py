@@ -20,7 +20,7 @@ import shlex
 import numpy as np
 import torch
 
-from support import checkpoints, shards, tokenizer
+from support import checkpoints, files, shards, tokenizer
 
 TEXT_ONLY = ("data", "tokenizer", "data_order", "val_tokens", "num_samples", "sample_tokens")  # what a task ignores
 TRAINING_ONLY = ("lr", "min_lr", "warmup_steps", "lr_decay_steps", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
@@ -131,6 +131,9 @@ def data_folder(s, given, trained):
             if d.lower().endswith(shards.TEXT_FORMATS) else ""
         raise SystemExit(f"--data {d} is a file, not a folder of token shards: pass the folder prepare_data.py "
                          f"wrote (its --out-dir){make}")
+    if not os.path.isdir(parent := files.nearest_existing(d)):  # prepare_data.py could not make it either
+        raise SystemExit(f"--data {d}: {parent} is a file, so no folder can be made under it: pass the folder of "
+                         f"token shards prepare_data.py wrote (its --out-dir)")
     return str(d)
 
 

@@ -1208,3 +1208,16 @@ def test_a_loss_that_is_not_finite_before_any_update_names_the_encodings_flags_n
                           "step 1: the loss is nan", "No update came before it", "neither --lr nor --warmup-steps",
                           "with --pe tapa --tapa-alpha 1e+06")
     assert "Try a lower --lr" not in message
+
+
+def test_resume_of_a_folder_names_its_checkpoint_and_data_under_a_file_is_not_sent_to_prepare_data(tmp_path):
+    data = make_data(tmp_path / "data")
+    run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "o")
+    expect_exit(["--resume", tmp_path / "o"], f"--resume {tmp_path / 'o'} is a folder, not a checkpoint file",
+                f"pass --resume {tmp_path / 'o' / 'ckpt.pt'}")
+    expect_exit(["--resume", tmp_path], "is a folder with no ckpt.pt in it")
+    (tmp_path / "afile").write_text("x")
+    message = expect_exit(TINY + ["--data", tmp_path / "afile" / "sub", "--out-dir", tmp_path / "n"],
+                          f"--data {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file",
+                          "no folder can be made under it")
+    assert "prepare_data.py --out-dir" not in message and not (tmp_path / "n").exists()
