@@ -407,7 +407,7 @@ def parse_args(argv=None):
                         "Default: data/cache/fineweb-edu-10BT next to this file")
     p.add_argument("--endpoint", metavar="URL",
                    help="hub endpoint or mirror. Default: $HF_ENDPOINT, else https://huggingface.co")
-    p.add_argument("--workers", type=cli.count, metavar="N",
+    p.add_argument("--workers", type=cli.processes, metavar="N",
                    help="tokeniser processes. Default: one per CPU core (in-process for inputs under 1 MB); "
                         "1 tokenises in this process")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages, only the summary line")

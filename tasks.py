@@ -270,6 +270,48 @@ def copy_trained(T, train):
     return train["max_len"]
 
 
+def listing(lengths):
+    """(8, 16, 32) -> '8, 16 and 32'."""
+    return " and ".join(filter(None, (", ".join(map(str, lengths[:-1])), str(lengths[-1]))))
+
+
+def plural(n, word, words=None):
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
+# What each task asks, as run: (the training split's options, the test split's, T, the test lengths) -> text
+
+
+def copy_what(train, test, T, lengths):
+    size = train["max_len"] if train["min_len"] == train["max_len"] else f"{train['min_len']}-{train['max_len']}"
+    letters = "" if train["letters"] == len(LETTERS) else f" of a..{LETTERS[train['letters'] - 1]}"
+    return (f"copy a string: strings of {size} letter{'s' if train['max_len'] > 1 else ''}{letters}, tested at "
+            f"{listing(lengths)}")
+
+
+def flipflop_what(train, test, T, lengths):
+    sparser = " (sparser)" if test["p_i"] > train["p_i"] else ""
+    return (f"recall the last written bit: train at p_i = {train['p_i']} in rows of {T}, test at p_i = "
+            f"{test['p_i']}{sparser} at {listing(lengths)}")
+
+
+def counting_what(train, test, T, lengths):
+    n, top = train["variables"], train["max_value"]
+    what = f"one variable's ++ up to {top}" if n == 1 else f"the ++ of {n} variables up to {top} each (one printed)"
+    return (f"count {what} in {'full rows' if train['full'] else 'rows'} of {T}; tested at {listing(lengths)} in "
+            f"full rows: only more pass")
+
+
+def parity_what(train, test, T, lengths):
+    return f"the running parity of a bit string, trained at {T}, tested at {listing(lengths)}"
+
+
+def mqar_what(train, test, T, lengths):
+    return (f"recall the value of each queried key: {plural(train['pairs'], 'pair')} and "
+            f"{plural(train['queries'], 'query', 'queries')} of {train['keys']} keys in {T} tokens; tested at "
+            f"{listing(lengths)}: longer rows, only more *")
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -281,23 +323,25 @@ class Task:
     test: dict = field(default_factory=dict)  # what the test split changes
     at: Callable = same_length  # length -> (T, options) of the test row at that length
     trained: Callable = row_length  # (T, train options) -> the length it trains at, on the scale of `lengths`
-    what: str = ""
+    describe: Callable = None  # (train options, test options, T, lengths) -> what it asks, as run
+    what: str = ""  # describe's text for T, lengths and the options (with_options: those of the run)
+
+    def __post_init__(self):
+        if not self.what:
+            object.__setattr__(self, "what", self.describe(self.train, {**self.train, **self.test}, self.T,
+                                                           self.lengths))
 
 
 TASKS = {t.name: t for t in (
     Task("copy", copy_rows, COPY_VOCAB, T=64, lengths=(8, 16, 32),
-         train=dict(min_len=1, max_len=8, letters=26), at=copy_length, trained=copy_trained,
-         what="copy a string: strings of 1-8 letters, tested at 8, 16 and 32"),
+         train=dict(min_len=1, max_len=8, letters=26), at=copy_length, trained=copy_trained, describe=copy_what),
     Task("flip-flop", flipflop_rows, FLIPFLOP_VOCAB, T=64, lengths=(64, 128, 256),
-         train=dict(p_i=0.8), test=dict(p_i=0.98),
-         what="recall the last written bit: train at p_i = 0.8, test at sparse p_i = 0.98"),
+         train=dict(p_i=0.8), test=dict(p_i=0.98), describe=flipflop_what),
     Task("counting", counting_rows, COUNTING_VOCAB, T=64, lengths=(64, 128, 256),
-         train=dict(variables=1, max_value=10, full=False), test=dict(full=True),
-         what="count one variable's ++ up to 10; the test rows are full: only more pass"),
-    Task("parity", parity_rows, PARITY_VOCAB, T=64, lengths=(64, 128, 256), train={},
-         what="the running parity of a bit string, trained at 64, tested to 256"),
+         train=dict(variables=1, max_value=10, full=False), test=dict(full=True), describe=counting_what),
+    Task("parity", parity_rows, PARITY_VOCAB, T=64, lengths=(64, 128, 256), train={}, describe=parity_what),
     Task("mqar", mqar_rows, MQAR_VOCAB, T=16, lengths=(16, 32, 64), train=dict(pairs=4, queries=4, keys=16),
-         what="recall the value of each queried key: 4 pairs and 4 queries in 16 tokens; longer rows, only more *"),
+         describe=mqar_what),
 )}
 
 
@@ -319,9 +363,10 @@ def with_options(task, options=(), T=None, lengths=None):
     ["variables=3"]); the test split still changes what it changes (p_i, full). One row is drawn at the
     training length T and at each test length, so what cannot be made is refused now, in one line."""
     task = get_task(task)
-    if chosen := parse_options(task, options):
-        task = replace(task, train={**task.train, **chosen}, what=f"{task.what} ({', '.join(options)})")
-    T, lengths = T or task.T, lengths or task.lengths
+    train, T, lengths = {**task.train, **parse_options(task, options)}, T or task.T, lengths or task.lengths
+    what = task.describe(train, {**train, **task.test}, T, tuple(lengths))  # as run: these options, T, lengths
+    if (train, what) != (task.train, task.what):
+        task = replace(task, train=train, what=what)
     where = f"training rows of T={T} tokens"
     try:
         batch(task, 1, T, 0)
@@ -444,7 +489,7 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=cli.seed, default=0)
     args = parser.parse_args()
     for name in [args.task] if args.task else TASKS:
-        task = TASKS[name]
+        task = with_options(name, (), args.T)  # its text for rows of --T
         x, y, answer = batch(task, 1, args.T or task.T, args.seed, args.split)
         targets = " ".join(task.vocab[t] if t >= 0 else "_" for t in y[0].tolist())
         print(f"{name}: {task.what}\n  x  {decode(task.vocab, x[0].tolist())}\n  y  {targets}\n")

@@ -170,6 +170,8 @@ def resolve_args(argv=None):
     preset = given.get("preset") or saved.get("preset") or ("task" if task else DEFAULTS["preset"])
     settings.check_data_flags(given, task, given.get("resume") if "task" not in given else None)
     s = {**DEFAULTS, **RECIPES[preset], **{k: None for k in MODEL_KEYS}, **saved, **given, "preset": preset}
+    settings.check_pe_flags(given, s["pe"], s["carope_init"], given.get("resume"))
+    settings.check_resume_steps(s, ckpt)
     derived = [k for k in DERIVED if s[k] is None or (k in s.get("derived", ()) and k not in given)]  # saved
     if ckpt is not None and "out_dir" not in given:  # a resumed run continues in its checkpoint's folder
         s["out_dir"] = os.path.dirname(given["resume"]) or "."
@@ -345,8 +347,7 @@ def train(args, raw_model, train_model, optimizer, loader, run, evaluate_at, len
         norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or float("inf"))
         loss_val, norm_val = loss_accum.item(), norm.item()
         if not (math.isfinite(loss_val) and math.isfinite(norm_val)):  # stop before the update
-            raise SystemExit(f"step {step + 1}: the loss is {loss_val} (grad norm {norm_val}), training stopped "
-                             f"without applying it; {run.kept()}. Try a lower --lr or more --warmup-steps.")
+            raise SystemExit(settings.non_finite(step + 1, loss_val, norm_val, step == 0, run.given, run.kept()))
         with run.interrupts:  # Ctrl-C waits for the update and its log line: a step is done or not begun
             optimizer.step()
             if kind == "cuda":

@@ -23,6 +23,11 @@ TYPES = dict(model=dict, model_config=dict, train_args=dict, step=int, optimizer
 
 def load_checkpoint(path, flag="--resume"):
     """The checkpoint at path, verified; one line naming `flag` and the fix if it cannot be used."""
+    if os.path.isdir(path):  # a run's folder: its checkpoint is the ckpt.pt in it
+        inside = os.path.join(path, "ckpt.pt")
+        raise SystemExit(f"{flag} {path} is a folder, not a checkpoint file: pass {flag} {inside}" if os.path.isfile(
+            inside) else f"{flag} {path} is a folder with no ckpt.pt in it: pass the ckpt.pt train.py wrote (in its "
+                         f"--out-dir)")
     if not os.path.isfile(path):
         raise SystemExit(f"{flag} {path or repr(path)}: no such checkpoint file")
     try:  # weights_only: a checkpoint is data, never code

@@ -60,6 +60,7 @@ def parse_lengths(text):
 positive = integer(1)
 natural = integer(0)
 count = checked(parse_count, lambda v: v >= 1, "a positive whole number (examples: 1000, 50k, 100M, 1B)")
+processes = checked(int, lambda v: v >= 1, "a positive whole number of processes, e.g. 2")
 lengths = checked(parse_lengths, lambda v: v and min(v) >= 1, "comma-separated positive lengths, e.g. 512,1024")
 seed = checked(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32) (numpy's seed range)")
 rate = checked(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")

@@ -42,6 +42,10 @@ def check_out_dir(d, resume, overwrite):
                          f"pass another --out-dir")
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(d, f))]
     resuming_here = resume and same_file(os.path.dirname(resume) or ".", d)
+    if resuming_here and overwrite:  # (into another --out-dir, --overwrite replaces the run there: a branch)
+        raise SystemExit(f"--overwrite starts the run in {d} afresh, --resume {resume} continues it: drop "
+                         f"--overwrite to continue it, or drop --resume and pass --out-dir {d} --overwrite to start "
+                         f"it again")
     if found and not resuming_here and not overwrite:
         if "ckpt.pt" not in found:  # it stopped before its first checkpoint: there is nothing to continue
             raise SystemExit(f"{d} holds a run that ended without a checkpoint ({', '.join(found)}), so it cannot be "

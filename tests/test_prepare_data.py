@@ -841,10 +841,11 @@ def test_cli_help_explains_every_option(capsys):
 @pytest.mark.parametrize("flag", ["--max-tokens", "--max-files", "--val-tokens", "--shard-tokens", "--workers"])
 @pytest.mark.parametrize("value", ["inf", "1e400", "nan", "-5", "0", "2.5", "ten", "-inf"])
 def test_bad_numbers_are_refused_in_one_line(capsys, flag, value):
+    """A count of tokens or files gets token-count examples; --workers, a number of processes, its own."""
     with pytest.raises(SystemExit) as e:
         pd.parse_args([f"{flag}={value}"])
-    assert e.value.code == (f"prepare_data.py: {flag} {value}: must be a positive whole number "
-                            "(examples: 1000, 50k, 100M, 1B)")
+    what = "of processes, e.g. 2" if flag == "--workers" else "(examples: 1000, 50k, 100M, 1B)"
+    assert e.value.code == f"prepare_data.py: {flag} {value}: must be a positive whole number {what}"
     assert capsys.readouterr().err == ""  # no usage block
 
 
@@ -852,7 +853,7 @@ def test_bad_numbers_are_refused_in_one_line(capsys, flag, value):
     (["--shard-tokens", "10"], "shard_tokens 10 is outside [100,000, 2,147,483,647]"),
     (["--shard-tokens", "3B"], "shard_tokens 3,000,000,000 is outside"),
     (["--val-tokens", "2B"], "val_tokens 2,000,000,000 is too big"),
-    (["--workers", "1M"], "workers 1,000,000 is more than 4 per CPU core")])
+    (["--workers", "1000000"], "workers 1,000,000 is more than 4 per CPU core")])
 def test_out_of_range_settings_are_refused_before_any_work(tmp_path, monkeypatch, argv, message):
     monkeypatch.setattr(pd, "MIN_SHARD_TOKENS", 100_000)  # the real minimum
     with pytest.raises(SystemExit) as e:

@@ -115,6 +115,15 @@ def test_bad_input_is_one_line(tmp_path, ckpt, args, message):
     assert "\n" not in text and text.startswith("sample.py: " + message.format(tmp=tmp_path)), text
 
 
+def test_a_folder_for_ckpt_is_called_a_folder_and_its_ckpt_pt_named(tmp_path, ckpt):
+    """--ckpt DIR: a run's folder names the ckpt.pt in it; a folder without one says so (not "no such file")."""
+    for path, message in ((os.path.dirname(ckpt), f"is a folder, not a checkpoint file: pass --ckpt {ckpt}"),
+                          (str(tmp_path), "is a folder with no ckpt.pt in it: pass the ckpt.pt train.py wrote")):
+        with pytest.raises(SystemExit) as e:
+            sample.main(["--ckpt", path])
+        assert str(e.value.code).startswith(f"sample.py: --ckpt {path} {message}"), e.value.code
+
+
 def test_bad_input_exits_1_without_traceback(tmp_path, ckpt):
     write_foreign_files(tmp_path)
     for args in (["--ckpt", str(tmp_path / "foreign.pt")], ["--ckpt", ckpt, "--top-k", "0"]):

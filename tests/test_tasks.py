@@ -360,11 +360,29 @@ def test_bad_input_is_one_line(call, message):
     assert message in text and "\n" not in text and text.startswith("tasks: ")
 
 
+def test_what_a_task_asks_is_told_with_the_values_it_runs_with():
+    """A task's line (train.py's header, python tasks.py) names the options, the row length and the test lengths
+    of this run, not the defaults with the options appended: no "1-8 letters ... (max_len=31)"."""
+    cases = [("copy", ["max_len=31"], None, None, "strings of 1-31 letters, tested at 8, 16 and 32", "1-8"),
+             ("copy", ["min_len=3", "max_len=3", "letters=2"], None, (3,), "strings of 3 letters of a..b, tested at 3",
+              "26"),
+             ("mqar", ["pairs=2", "queries=2"], 32, None, "2 pairs and 2 queries of 16 keys in 32 tokens", "4 pairs"),
+             ("mqar", ["pairs=1", "queries=1"], None, None, "1 pair and 1 query of", "16 tokens; tested at 8"),
+             ("flip-flop", ["p_i=0.5"], 32, (32, 64), "train at p_i = 0.5 in rows of 32, test at p_i = 0.98 (sparser) "
+              "at 32 and 64", "0.8"),
+             ("counting", ["max_value=4"], None, None, "one variable's ++ up to 4 in rows of 64", "up to 10"),
+             ("parity", [], 32, (32, 128), "trained at 32, tested at 32 and 128", "64")]
+    for name, options, T, lengths, said, not_said in cases:
+        what = tasks.with_options(name, options, T, lengths).what
+        assert said in what and not_said not in what and "=" not in what.replace("p_i = ", ""), what
+    assert tasks.TASKS["mqar"].what.startswith("recall the value of each queried key: 4 pairs and 4 queries")
+
+
 def test_task_options_reach_both_splits_with_their_types():
     """--task-option NAME=VALUE: the task's own option, typed as its default, in training and test rows
     (the test split still makes its rows full); a value that cannot be made is refused before training."""
     task = tasks.with_options("counting", ["variables=3", "max_value=4"], T=128)
-    assert task.train == dict(variables=3, max_value=4, full=False) and "variables=3" in task.what
+    assert task.train == dict(variables=3, max_value=4, full=False) and "3 variables up to 4 each" in task.what
     for split in ("train", "test"):
         _, y, _ = tasks.batch(task, 64, 128, 0, split)
         x, _, _ = tasks.batch(task, 64, 128, 0, split)

@@ -1111,3 +1111,113 @@ def test_carope_init_and_tapa_alpha_reach_the_model_and_stay_with_the_checkpoint
         assert not torch.allclose(models["1"](idx)[0], models["0.1"](idx)[0], rtol=0, atol=1e-4)
     expect_exit(TINY + ["--data", data, "--pe", "tapa", "--tapa-alpha", "-1", "--out-dir", tmp_path / "bad"],
                 "--tapa-alpha", ">= 0")
+
+
+def test_pe_only_says_which_encodings_read_each_setting_as_the_model_does():
+    """settings.PE_ONLY, checked against the model: changing the setting changes the logits of exactly the
+    encodings it lists (and --rope-base none of a CARoPE that starts from b = 0)."""
+    from support import settings
+    assert set(settings.PE_ONLY) <= {a.dest for a in train.parser._actions} and set(settings.PE_ONLY) <= set(
+        train.MODEL_KEYS)
+    assert settings.PE_ONLY["rope_base"] == carope.ROTARY_PE
+    other = dict(carope_init="zero", tapa_alpha=1.0, rope_base=500.0)
+    idx = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(0))
+
+    def logits(pe, **change):
+        torch.manual_seed(0)
+        cfg = carope.GPTConfig(vocab_size=VOCAB, block_size=T, n_layer=1, n_head=2, n_embd=16, pe=pe, **change)
+        with torch.no_grad():
+            return carope.GPT(cfg).eval()(idx)[0]
+    for pe in carope.PE_CHOICES:
+        base = logits(pe)
+        for key, value in other.items():
+            assert (not torch.equal(base, logits(pe, **{key: value}))) == (pe in settings.PE_ONLY[key]), (pe, key)
+        if pe in settings.PE_ONLY["carope_init"]:
+            assert torch.equal(logits(pe, carope_init="zero"), logits(pe, carope_init="zero", rope_base=500.0)), pe
+
+
+def test_a_flag_the_encoding_does_not_read_is_one_line_but_inherited_values_are_not_refused(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "o"
+    for flags, words in ((["--pe", "rope", "--carope-init", "zero"], ("--carope-init is read by --pe carope, "
+                                                                      "carope-static, carope-embed only",
+                                                                      "--pe rope ignores it", "drop --carope-init")),
+                         (["--tapa-alpha", "1"], ("--tapa-alpha is read by --pe tapa only", "--pe carope (the default) "
+                                                  "ignores it")),
+                         (["--pe", "learned", "--rope-base", "500"], ("--rope-base", "--pe learned ignores it")),
+                         (["--pe", "carope-embed", "--carope-init", "zero", "--rope-base", "500"],
+                          ("--carope-init zero starts from b = 0 and reads no base", "drop --rope-base"))):
+        expect_exit(TINY + ["--data", data, "--out-dir", out] + flags, *words)
+    assert not out.exists()
+    run(*TINY, "--data", data, "--carope-init", "zero", "--max-steps", 1, "--out-dir", tmp_path / "zero")
+    run(*TINY, "--data", data, "--pe", "tapa", "--tapa-alpha", "0.5", "--max-steps", 1, "--out-dir", tmp_path / "tapa")
+    zero, tapa = tmp_path / "zero" / "ckpt.pt", tmp_path / "tapa" / "ckpt.pt"
+    # the checkpoints keep every setting (rope_base, carope_init, tapa_alpha): inherited, none of them is refused
+    assert run("--resume", zero, "--max-steps", 2, "--device", "cpu")["start_step"] == 1
+    assert run("--resume", tapa, "--max-steps", 2, "--device", "cpu")["start_step"] == 1
+    assert run("--eval-only", "--resume", tapa, "--device", "cpu")["pe"] == "tapa"
+    assert train.resolve_args(["--resume", str(tapa), "--tapa-alpha", "0.5"])[0].tapa_alpha == 0.5  # its own value
+    expect_exit(["--resume", tapa, "--carope-init", "rope"], f"{tapa}, a --pe tapa model, ignores it",
+                "drop --carope-init")
+    expect_exit(["--eval-only", "--resume", zero, "--rope-base", "10000"], "--carope-init zero", "drop --rope-base")
+
+
+def test_preset_task_without_a_task_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as e:  # settled with the settings, before any model or data
+        train.resolve_args(["--preset", "task", "--out-dir", str(tmp_path / "o")])
+    assert e.value.code == "--preset task is the synthetic tasks' recipe: add --task NAME (python tasks.py lists them)"
+    assert train.resolve_args(["--preset", "task", "--task", "parity"])[0].n_layer == 2  # with a task: its recipe
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_refuses_overwrite_in_its_own_folder_and_max_steps_behind_it_before_writing(tmp_path):
+    """--overwrite would be ignored by a run resumed in its own folder, and --max-steps below the checkpoint's step
+    would print 'steps 4..2' and rewrite config.json: both are one line, and the run keeps every byte. Into another
+    folder, --overwrite replaces the run there (a branch); --max-steps at the checkpoint's step has nothing to do."""
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "o"
+    run(*TINY, "--data", data, "--max-steps", 3, "--lr-decay-steps", 6, "--out-dir", out)
+    run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "other")
+    ckpt, before = out / "ckpt.pt", files_of(out)
+    expect_exit(["--resume", ckpt, "--overwrite", "--max-steps", 4], "--overwrite starts the run", f"--resume {ckpt}",
+                "drop --overwrite to continue it")
+    expect_exit(["--resume", ckpt, "--max-steps", 2], f"{ckpt} is at step 3, past --max-steps 2",
+                "--max-steps 3 or more", "--eval-only")
+    assert files_of(out) == before
+    assert run("--resume", ckpt, "--max-steps", 3, "--device", "cpu")["losses"] == []  # nothing to train
+    s = run("--resume", ckpt, "--max-steps", 4, "--out-dir", tmp_path / "other", "--overwrite", "--device", "cpu")
+    assert s["start_step"] == 3 and [r["step"] for r in read_log(tmp_path / "other")] == [1, 2, 3, 4]
+
+
+def test_min_lr_above_lr_and_a_weight_decay_that_flips_the_weights_are_one_line(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = ["--data", data, "--out-dir", tmp_path / "o"]
+    expect_exit(TINY + out + ["--lr", "1e-3", "--min-lr", "1"], "--min-lr 1 is above --lr 0.001",
+                "--min-lr 0.001 or less")
+    assert train.resolve_args(TINY + ["--data", data, "--lr", "1e-3", "--min-lr", "1e-3"])[0].min_lr == 1e-3  # flat
+    expect_exit(TINY + out + ["--weight-decay", "1e30"], "--weight-decay 1e+30 with --lr 0.0015",
+                "flips their sign", "below 1 / lr = 666.667")
+    expect_exit(TINY + out + ["--lr", "1e-2", "--weight-decay", "100"], "1 - lr x weight_decay = 0 ")
+    assert train.resolve_args(TINY + ["--data", data, "--lr", "1e-2", "--weight-decay", "99"])[0].weight_decay == 99
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_loss_that_is_not_finite_before_any_update_names_the_encodings_flags_not_the_lr(tmp_path):
+    data = make_data(tmp_path / "data")
+    message = expect_exit(TINY + ["--data", data, "--pe", "tapa", "--tapa-alpha", "1e6", "--out-dir", tmp_path / "o"],
+                          "step 1: the loss is nan", "No update came before it", "neither --lr nor --warmup-steps",
+                          "with --pe tapa --tapa-alpha 1e+06")
+    assert "Try a lower --lr" not in message
+
+
+def test_resume_of_a_folder_names_its_checkpoint_and_data_under_a_file_is_not_sent_to_prepare_data(tmp_path):
+    data = make_data(tmp_path / "data")
+    run(*TINY, "--data", data, "--max-steps", 1, "--out-dir", tmp_path / "o")
+    expect_exit(["--resume", tmp_path / "o"], f"--resume {tmp_path / 'o'} is a folder, not a checkpoint file",
+                f"pass --resume {tmp_path / 'o' / 'ckpt.pt'}")
+    expect_exit(["--resume", tmp_path], "is a folder with no ckpt.pt in it")
+    (tmp_path / "afile").write_text("x")
+    message = expect_exit(TINY + ["--data", tmp_path / "afile" / "sub", "--out-dir", tmp_path / "n"],
+                          f"--data {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file",
+                          "no folder can be made under it")
+    assert "prepare_data.py --out-dir" not in message and not (tmp_path / "n").exists()

@@ -114,3 +114,17 @@ def test_triton_interpret_left_in_the_environment_is_not_used(tmp_path):
                        timeout=120, env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "interpret False" in r.stdout and "note: TRITON_INTERPRET=1 is set" in r.stdout, r.stdout
+
+
+def test_help_says_what_it_does_and_an_unknown_flag_is_one_line_with_status_2(tmp_path):
+    """--help and a mistyped flag return at once: neither runs the walkthrough (nothing printed of step 1, no
+    pictures drawn)."""
+    run = lambda *argv: subprocess.run([sys.executable, SCRIPT, *argv], cwd=tmp_path, capture_output=True,  # noqa: E731
+                                       text=True, timeout=120)
+    r = run("--help")
+    assert r.returncode == 0 and "ten small steps" in r.stdout and "1. A rotation" not in r.stdout, r.stdout
+    for bad in ("--bogus-flag", "extra"):
+        r = run(bad)
+        assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+        assert r.stderr.strip() == f"walkthrough.py: unrecognized arguments: {bad} (it takes none but --help)"
+    assert not (tmp_path / "out").exists()
