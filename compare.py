@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from support import checkpoints, cli, files, overviews, plots, runs, shards, sweeps, tables, tokenizer
+from support.settings import PE_ONLY
 from support.sweeps import run_dir  # DIR/<pe>-s<seed>
 import train
 from carope import GPT, GPTConfig, PE_CHOICES
@@ -73,28 +73,33 @@ def parse_args(argv):
     p.add_argument("--sizes", metavar="DIR,DIR,..", help="no training: CARoPE against RoPE at 1x, 4x and 16x against "
                    "the parameter count, in sweeps whose recipes differ only in the model's size, as model_size.md and "
                    ".png beside them (python compare.py --sizes results/bytes-kjv-2x64,results/bytes-kjv)")
+    p.add_argument("--bases", metavar="DIR,DIR,..", help="no training: each encoding at each RoPE base, in sweeps whose "
+                   "recipes differ only in --rope-base (one of them at 10^4), as rope_base_<preset or task>.md and .png "
+                   "beside them (python compare.py --bases results/bytes-kjv,results/bytes-kjv-base10)")
     p.add_argument("--plot-only", action="store_true", help="redraw results.md and the plots from the runs "
                    "in --out without training")
     args, recipe = p.parse_known_args(argv)
-    for mode in ("sizes", "summary"):  # the modes that read committed sweeps take no other flag
+    modes = [m for m in ("sizes", "bases", "summary") if getattr(args, m) is not None]
+    for mode in modes:  # the modes that read committed sweeps take no other flag
         if getattr(args, mode) is not None:
             other = [f for f, v in (("--out", args.out), ("--pe", args.pe), ("--seeds", args.seeds),
-                                    ("--plot-only", args.plot_only), ("--summary", args.summary if mode == "sizes"
-                                                                       else None)) if v] + recipe[:1]
+                                    ("--plot-only", args.plot_only)) if v] + [f"--{m}" for m in modes if m != mode] + recipe[:1]
             if other:
                 p.error(f"--{mode} reads committed sweeps and trains nothing, so {other[0]} would be ignored: "
                         f"give --{mode} alone")
-    if args.sizes is not None:
-        args.sizes = [d.rstrip("/") for d in args.sizes.split(",") if d]
-        missing = [d for d in args.sizes if not os.path.isfile(os.path.join(d, "results.json"))]
-        if len(args.sizes) < 2 or missing:
-            p.error(f"--sizes: give two or more sweep folders that hold a results.json"
+    if modes and modes[0] in ("sizes", "bases"):  # sweeps of one recipe, side by side
+        mode = modes[0]
+        dirs = [d.rstrip("/") for d in getattr(args, mode).split(",") if d]
+        setattr(args, mode, dirs)
+        missing = [d for d in dirs if not os.path.isfile(os.path.join(d, "results.json"))]
+        if len(dirs) < 2 or missing:
+            p.error(f"--{mode}: give two or more sweep folders that hold a results.json"
                     + (f" ({', '.join(missing)} holds none)" if missing else ""))
-        twice = [d for i, d in enumerate(args.sizes) if os.path.realpath(d) in map(os.path.realpath, args.sizes[:i])]
+        twice = [d for i, d in enumerate(dirs) if os.path.realpath(d) in map(os.path.realpath, dirs[:i])]
         if twice:
-            p.error(f"--sizes names {twice[0]} twice: give each sweep once")
-        if len({os.path.dirname(os.path.abspath(d)) for d in args.sizes}) > 1:
-            p.error("--sizes: the sweeps must sit in one folder (model_size.md is written beside them)")
+            p.error(f"--{mode} names {twice[0]} twice: give each sweep once")
+        if len({os.path.dirname(os.path.abspath(d)) for d in dirs}) > 1:
+            p.error(f"--{mode}: the sweeps must sit in one folder (the table is written beside them)")
         return args, recipe
     if args.summary is not None:
         if os.path.exists(args.summary) and not os.path.isdir(args.summary):
@@ -126,15 +131,25 @@ def parse_args(argv):
     return args, recipe
 
 
-def resolve_recipe(recipe):
-    """train.py's flags as given, checked by train.py's own parser; the preset is always recorded (train.py's
-    default has changed, from nano to bytes); eval lengths default to 1x..8x."""
-    try:
-        targs, given, _ = train.resolve_args(recipe)
-    except SystemExit as e:
-        if e.code in (0, None):  # --help
-            raise
-        raise SystemExit(f"compare.py: train.py rejects the recipe {' '.join(recipe)!r}: {e}") from None
+def resolve_recipe(recipe, pes):
+    """train.py's flags as given, checked by train.py's own parser for every encoding of the sweep (each run gets
+    only the flags its encoding reads: for_run); the preset is always recorded (train.py's default has changed,
+    from nano to bytes); eval lengths default to 1x..8x."""
+    asked = [a.split("=")[0] for a in recipe if a.split("=")[0] in train.parser._option_string_actions]
+    unread = [k for k in PE_ONLY if f"--{k.replace('_', '-')}" in asked and not set(pes) & set(PE_ONLY[k])]
+    if unread:
+        flag = f"--{unread[0].replace('_', '-')}"
+        raise SystemExit(f"compare.py: {flag} is read by --pe {', '.join(PE_ONLY[unread[0]])} only, and this sweep "
+                         f"has none of them ({', '.join(pes)}): drop {flag}, or add one of them to --pe")
+    given = {}
+    for pe in reversed(pes):  # RoPE's last: its settings are the sweep's
+        try:
+            targs, g, _ = train.resolve_args(for_run(recipe, pe) + ["--pe", pe])
+        except SystemExit as e:
+            if e.code in (0, None):  # --help
+                raise
+            raise SystemExit(f"compare.py: train.py rejects the recipe {' '.join(recipe)!r} for --pe {pe}: {e}") from None
+        given.update({k: v for k, v in g.items() if k != "pe"})
     if "preset" not in given and "task" not in given:  # (with --task the preset is task, as it always was)
         given["preset"] = targs.preset
         recipe = recipe + ["--preset", targs.preset]
@@ -146,6 +161,22 @@ def resolve_recipe(recipe):
         given["eval_every"] = max(1, targs.max_steps // 10)
         recipe = recipe + ["--eval-every", str(given["eval_every"])]
     return recipe, {k: v for k, v in sorted(given.items())}
+
+
+def for_run(recipe, pe):
+    """The recipe's words for one run: a flag that only other encodings read (settings.PE_ONLY, which train.py
+    refuses) is left out, so that --pe rope,carope --carope-init zero is one sweep."""
+    words, skip = [], False
+    for w in recipe:
+        if skip:  # the value of a flag left out
+            skip = False
+            continue
+        action = train.parser._option_string_actions.get(w.split("=")[0])
+        if action and action.dest in PE_ONLY and pe not in PE_ONLY[action.dest]:
+            skip = "=" not in w and action.nargs != 0
+            continue
+        words.append(w)
+    return words
 
 
 def check_out(out):
@@ -212,7 +243,7 @@ def train_one(out, pe, seed, recipe):
     """Train (or resume) one run with train.py's main; returns its results.json entry."""
     d = run_dir(out, pe, seed)
     ckpt = os.path.join(d, "ckpt.pt")
-    flags = recipe + ["--pe", pe, "--seed", str(seed), "--out-dir", d]
+    flags = for_run(recipe, pe) + ["--pe", pe, "--seed", str(seed), "--out-dir", d]
     # a checkpoint: continue it (train.py says "nothing to train" if it is already at the last step);
     # none: start afresh, replacing whatever a run killed before its first checkpoint left there
     flags += ["--resume", ckpt] if os.path.exists(ckpt) else ["--overwrite"]
@@ -384,7 +415,11 @@ def summarise(out, given):
         by_seeds.setdefault(tuple(sorted(r["seed"] for r in rs)), []).append(pe)
     commands = [shlex.join(["python", "compare.py", "--pe", ",".join(pes), "--seeds", ",".join(map(str, seeds)),
                             *recipe, "--out", out]) for seeds, pes in by_seeds.items()]
-    tables.write_markdown(out, runs, commands, train_len)
+    pes = list(tables.by_pe(runs))
+    notes = [f"`{shlex.join(recipe_flag(k, v))}` applied to the {', '.join(p for p in pes if p in PE_ONLY[k])} runs "
+             f"only: the others do not read it." for k, v in given.items()
+             if k in PE_ONLY and not set(PE_ONLY[k]) >= set(pes)]
+    tables.write_markdown(out, runs, commands, train_len, notes)
     written = plots.plots(out, runs, train_len)
     print(f"\ncompare.py: {len(runs)} run(s) -> {out}/results.json, results.md, "
           + ", ".join(os.path.basename(w) for w in written))
@@ -392,59 +427,32 @@ def summarise(out, given):
         print(f.read())
 
 
-def write_safely(folder, redo, write):
-    """write() writes summary files into folder, each whole or not at all (atomic writes). A full disk, a folder
-    that cannot be written, Ctrl-C or SIGTERM is one line: the runs are kept, each summary file is the previous
-    one or the new one whole, and redo (a command) writes them again. --plot-only, --summary and --sizes alike."""
-    for sub in [folder] + [os.path.join(folder, d) for d in sorted(os.listdir(folder))]:  # temps of a killed summary
-        if os.path.isdir(sub):
-            files.remove_stale_temps(sub)
-    interrupts = runs.Interrupts().install()  # SIGTERM and SIGHUP too: the temp file goes, the line is said
-    try:
-        return write()
-    except KeyboardInterrupt:
-        signum = interrupts.signum or signal.SIGINT
-        name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
-        print(f"\ncompare.py: interrupted{name} while writing the summary; the runs are kept: {redo} writes it",
-              file=sys.stderr)
-        raise SystemExit(128 + signum) from None
-    except OSError as e:
-        raise SystemExit(f"compare.py: cannot write the summary in {folder} ({e.strerror or e}); the runs are kept "
-                         f"and every summary file is whole, the previous one or the new one: make room, then {redo}"
-                         ) from None
-    finally:
-        interrupts.uninstall()
-
-
 def summarise_safely(out, given):
-    return write_safely(out, cli.command("python", "compare.py", "--out", out, "--plot-only"),
+    return sweeps.write_safely(out, cli.command("python", "compare.py", "--out", out, "--plot-only"),
                         lambda: summarise(out, given))
-
-
-def rows(lines):
-    """The sweeps in a summary's table: its rows link each sweep's results.md."""
-    return sum(line.startswith("| [") for line in lines)
 
 
 def main(argv=None):
     args, recipe = parse_args(sys.argv[1:] if argv is None else argv)
     if args.summary is not None:
         redo = cli.command("python", "compare.py", "--summary", args.summary)
-        lines = write_safely(args.summary, redo, lambda: overviews.summary(args.summary))
-        print("\n".join(lines) + f"\n\ncompare.py: {rows(lines)} sweep(s) -> {args.summary}/summary.md, summary.png")
+        lines = sweeps.write_safely(args.summary, redo, lambda: overviews.summary(args.summary))
+        print("\n".join(lines) + f"\n\ncompare.py: {overviews.rows(lines)} sweep(s) -> {args.summary}/summary.md, summary.png")
         return 0
-    if args.sizes is not None:
-        root = os.path.dirname(os.path.abspath(args.sizes[0]))
-        redo = cli.command("python", "compare.py", "--sizes", ",".join(args.sizes))
-        lines = write_safely(root, redo, lambda: overviews.sizes(args.sizes))
-        print("\n".join(lines) + f"\n\ncompare.py: {rows(lines)} sweeps -> {root}/model_size.md, model_size.png")
-        return 0
+    for mode, write in (("sizes", overviews.sizes), ("bases", overviews.bases)):
+        if getattr(args, mode) is not None:
+            dirs = getattr(args, mode)
+            root = os.path.dirname(os.path.abspath(dirs[0]))
+            redo = cli.command("python", "compare.py", f"--{mode}", ",".join(dirs))
+            lines, name = sweeps.write_safely(root, redo, lambda: write(dirs))
+            print("\n".join(lines) + f"\n\ncompare.py: {len(dirs)} sweeps -> {root}/{name}.md, {name}.png")
+            return 0
     check_out(args.out)
     if args.plot_only:
         given = sweeps.read_recipe(args.out, "run without --plot-only first")
         summarise_safely(args.out, given)
         return 0
-    recipe, given = resolve_recipe(recipe)
+    recipe, given = resolve_recipe(recipe, args.pe)
     given, wrote = claim_recipe(args.out, given)
     t0 = time.time()
     try:

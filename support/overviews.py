@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from support import plots, sweeps
-from support.tables import ACCURACIES, metric_of, seed_changes, seeds_better
+from support.tables import ACCURACIES, metric_of, metrics_of, seed_changes, seeds_better
 
 SIZE_KEYS = ("n_layer", "n_head", "n_embd")  # what --sizes lets differ between the sweeps it compares
 SIZE_RATIOS = (1, 4, 16)
@@ -72,7 +72,7 @@ def summary(root):
 def sizes(dirs):
     """model_size.md and model_size.png beside the sweeps: CARoPE's and carope-static's change against RoPE,
     paired by seed, at 1x, 4x and 16x the training context, against the parameter count. The sweeps' recipes
-    must be the same but for the model's size, so that size is the one thing that changes. Returns the lines."""
+    must be the same but for the model's size, so that size is the one thing that changes. Returns the lines and the files' name."""
     recipes = {d: {k: v for k, v in sweeps.settings(sweeps.read_recipe(d, "--sizes checks with it that the sweeps "
                                                                            "share one recipe")).items()
                    if k not in SIZE_KEYS} for d in dirs}
@@ -103,7 +103,7 @@ def sizes(dirs):
                      + " |")
     sweeps.write_text(os.path.join(root, "model_size.md"), lines)
     plots.plot_sizes(rows, root, SIZE_RATIOS)
-    return lines
+    return lines, "model_size"
 
 
 def size_row(d):
@@ -126,3 +126,83 @@ def size_row(d):
                          f"(git checkout {config})")
     return dict(name=os.path.basename(d), params=rope[0].get("params", 0), metric=metric,
                 shape=f"{model['n_layer']} x {model['n_embd']}", cells=cells)
+
+
+def rows(lines):
+    """The sweeps in a summary's table: its rows link each sweep's results.md."""
+    return sum(line.startswith("| [") for line in lines)
+
+
+BASE_PES = ("rope", "carope", "carope-static")  # the encodings --bases compares (the others read no base)
+DEFAULT_BASE = 10000.0  # carope.GPTConfig.rope_base: a sweep that does not set --rope-base ran at it
+
+
+def bases(dirs):
+    """rope_base_<family>.md and .png beside the sweeps: each encoding at each RoPE base (CARoPE's: its starting
+    ratio, which then learns), mean [min, max] over seeds at 1x, the longest length up to 4x (a task) or 16x, and
+    at that length the change against RoPE at the same base and against RoPE at 10^4, paired by seed; with each
+    run's pairs.json (python -m support.pairs) the pairs that do not complete a turn and their share of q.k.
+    The sweeps' recipes must differ only in the base. Returns the lines and the files' name."""
+    recipes = {d: sweeps.settings(sweeps.read_recipe(d, "--bases checks with it that the sweeps share one recipe"))
+               for d in dirs}
+    base_of = {d: float(recipes[d].pop("rope_base", DEFAULT_BASE)) for d in dirs}
+    for d in dirs[1:]:
+        diff = sweeps.differing(recipes[d], recipes[dirs[0]])
+        if diff:
+            raise SystemExit(f"compare.py: --bases: {d} and {dirs[0]} differ in {', '.join(diff)}, not only in "
+                             f"rope_base: compare sweeps of one recipe")
+    if len(set(base_of.values())) < len(dirs):
+        raise SystemExit("compare.py: --bases: two sweeps have the same base: give one sweep per base")
+    runs = {d: [r for r in sweeps.read_runs(d) if r["pe"] in BASE_PES] for d in dirs}
+    if DEFAULT_BASE not in base_of.values() or not any(r["pe"] == "rope" for d in dirs for r in runs[d]
+                                                      if base_of[d] == DEFAULT_BASE):
+        raise SystemExit("compare.py: --bases: no sweep holds RoPE at base 10^4, the reference: add it")
+    first = next(rs for rs in runs.values() if rs)
+    train_len, metric, task = train_length(first), task_metric(first), first[0].get("task")
+    lens = sorted({int(T) for rs in runs.values() for r in rs for T in r["val"]})
+    far = max(T for T in lens if T <= (4 if task else 16) * train_len)
+    reference = [r for d in dirs if base_of[d] == DEFAULT_BASE for r in runs[d] if r["pe"] == "rope"]
+    show = lambda v, d=3: f"{np.mean(v):.{d}f} [{min(v):.{d}f}–{max(v):.{d}f}]" if v else "–"
+    paired = lambda v: f"{change_text(np.mean(v), metric)} [{min(v):+.1f}, {max(v):+.1f}] ({seeds_better(v, metric)}/{len(v)})" if v else "–"
+    rows = []
+    for pe in BASE_PES:
+        for d in sorted(dirs, key=base_of.get):
+            rs = [r for r in runs[d] if r["pe"] == pe]
+            if not rs:
+                continue
+            rope = [r for r in runs[d] if r["pe"] == "rope"]
+            at = lambda T: [r["val"][str(T)][metric] for r in rs if str(T) in r["val"]]
+            mech = [sweeps.load(p, "run python -m support.pairs on the run again")
+                    for p in (os.path.join(sweeps.run_dir(d, pe, r["seed"]), "pairs.json") for r in rs) if os.path.isfile(p)]
+            rows.append(dict(pe=pe, base=base_of[d], seeds=len(rs), near=at(train_len), far=at(far), name=os.path.basename(d),
+                             same=seed_changes(rope + rs, pe, str(far), metric) if pe != "rope" else [],
+                             ref=[] if (pe, base_of[d]) == ("rope", DEFAULT_BASE) else  # the reference itself
+                             seed_changes(reference + [dict(r, pe="run") for r in rs], "run", str(far), metric),
+                             slow=[m["slow_mean"] for m in mech], share=[100 * m["slow_qk_share_mean"] for m in mech]))
+    what = {"bpb": "bits per byte", "ppl": "perplexity", "acc": "accuracy (whole answers)",
+            "token_acc": "accuracy per query"}[metric]
+    better = "higher" if metric in ACCURACIES else "lower"
+    lines = [f"# {what.capitalize()} by RoPE base{f' ({task})' if task else ''}", "",
+             f"One recipe, only `--rope-base` changed (for carope and carope-static the starting ratio θ₁ = base^(-2/D), "
+             f"which then learns). {what}, {better} is better: mean [min–max] over seeds. Paired: pe against RoPE at the "
+             f"same seed ({'points' if metric in ACCURACIES else '%'}; mean [min, max], seeds better). Slow pairs: of "
+             f"the head's pairs, those whose phase over the training context stays below 2π (mean over layers × heads, "
+             f"then seeds; from each run's pairs.json, `python -m support.pairs`), and their share of |q||k|. Written "
+             f"by `python compare.py --bases {','.join(dirs)}`.", "",
+             f"| pe | base | seeds | {train_len} (1x) | {far} ({far // train_len}x) | {far // train_len}x against RoPE at "
+             f"this base | against RoPE at 10⁴ | slow pairs | their q·k share |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['pe']} | [{r['base']:g}]({r['name']}/results.md) | {r['seeds']} | {show(r['near'])} | "
+                     f"{show(r['far'])} | {paired(r['same'])} | {paired(r['ref'])} | {show(r['slow'], 1)} | "
+                     f"{show(r['share'], 1) + ' %' if r['share'] else '–'} |")
+    root = os.path.dirname(os.path.abspath(dirs[0]))
+    name = f"rope_base_{task or recipes[dirs[0]].get('preset', 'text')}"
+    sweeps.write_text(os.path.join(root, f"{name}.md"), lines)
+    plots.plot_bases(rows, root, name, f"{what} at {far // train_len}x the training {'length' if task else 'context'}"
+                     f" ({better} is better)")
+    return lines, name
+
+
+def task_metric(runs):
+    """The figure --bases compares: per query where a task's answers hold several (MQAR), else metric_of."""
+    return "token_acc" if "token_acc" in metrics_of(runs) else metric_of(runs)

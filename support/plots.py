@@ -205,6 +205,28 @@ def plot_summary(rows, root):
     return save(plt, fig, root, "summary.png")
 
 
+def plot_bases(rows, root, name, label):
+    """NAME.png: each encoding's figure far past the training length against the base (log), bars min-max."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, pe in enumerate(dict.fromkeys(r["pe"] for r in rows)):
+        rs = [r for r in rows if r["pe"] == pe and r["far"]]
+        x = np.array([r["base"] for r in rs]) * (1 + 0.05 * (i - 1))
+        mean = np.array([np.mean(r["far"]) for r in rs])
+        err = [mean - [min(r["far"]) for r in rs], [max(r["far"]) for r in rs] - mean]
+        ax.errorbar(x, mean, yerr=err, fmt="o-", capsize=3, label=pe + ("" if pe == "rope" else " (initialised at base)"))
+    ax.set_xscale("log")
+    ax.set_xlabel("RoPE base (log scale)")
+    ax.set_ylabel(label)
+    ax.set_title("The base against the figure past the training length (mean over seeds, bars: min-max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(plt, fig, root, f"{name}.png")
+
+
 def plot_sizes(rows, root, ratios):
     """model_size.png: the paired change at each ratio against the parameter count (log), bars min-max."""
     import matplotlib

@@ -13,8 +13,10 @@ ones only when they compare (the same recipe: recipe_differences).
 import json
 import math
 import os
+import signal
+import sys
 
-from support import files
+from support import files, runs
 
 # recorded settings that change neither the weights nor the figures, or that name the run, its encoding and its
 # machine; data_dir is where the data lay on that machine ("data" says which data: None is the embedded corpus)
@@ -110,6 +112,30 @@ def collect(out, order):
 def write_text(path, lines):
     """A summary file (results.md, summary.md, model_size.md), whole or not at all."""
     files.atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+
+def write_safely(folder, redo, write):
+    """write() writes summary files into folder, each whole or not at all (atomic writes). A full disk, a folder
+    that cannot be written, Ctrl-C or SIGTERM is one line: the runs are kept, each summary file is the previous
+    one or the new one whole, and redo (a command) writes them again. --plot-only, --summary and --sizes alike."""
+    for sub in [folder] + [os.path.join(folder, d) for d in sorted(os.listdir(folder))]:  # temps of a killed summary
+        if os.path.isdir(sub):
+            files.remove_stale_temps(sub)
+    interrupts = runs.Interrupts().install()  # SIGTERM and SIGHUP too: the temp file goes, the line is said
+    try:
+        return write()
+    except KeyboardInterrupt:
+        signum = interrupts.signum or signal.SIGINT
+        name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+        print(f"\ncompare.py: interrupted{name} while writing the summary; the runs are kept: {redo} writes it",
+              file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    except OSError as e:
+        raise SystemExit(f"compare.py: cannot write the summary in {folder} ({e.strerror or e}); the runs are kept "
+                         f"and every summary file is whole, the previous one or the new one: make room, then {redo}"
+                         ) from None
+    finally:
+        interrupts.uninstall()
 
 
 def read_log(d):

@@ -39,7 +39,7 @@ def metric_of(runs):
     return next(m for m in ("acc", "bpb", "ppl") if m in metrics_of(runs))
 
 
-def write_markdown(out, runs, commands, train_len):
+def write_markdown(out, runs, commands, train_len, notes=()):
     groups = by_pe(runs)
     lens = sorted({int(T) for r in runs for T in r["val"]})
     word = "len" if runs[0].get("task") else "ctx"
@@ -49,6 +49,7 @@ def write_markdown(out, runs, commands, train_len):
     lines = [f"# {os.path.basename(os.path.normpath(out))}: {' and '.join(NAMES[m] for m in metrics)}, mean over seeds",
              "", *([f"Command: `{commands[0]}`"] if len(commands) == 1 else
                   [f"Commands (the tables merge their runs):"] + [f"- `{c}`" for c in commands]), "",
+             *[line for note in notes for line in (note, "")],
              f"Runs: {len(runs)}; trained at {'length' if word == 'len' else 'context'} {train_len}. Cells: mean ± std "
              "over seeds [min–max]."]
     for m in metrics:

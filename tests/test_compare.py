@@ -697,3 +697,54 @@ sys.exit(compare.main({argv!r}))
                                                  "again to continue the sweep")
     assert not (out / "rope-s1" / "result.json").exists() and (out / "rope-s1" / "ckpt.pt").exists()
     assert compare.main(argv) == 0 and (out / "rope-s1" / "result.json").exists()
+
+
+def test_each_run_gets_only_the_flags_its_encoding_reads_and_results_md_says_so(tmp_path):
+    """--pe rope,carope --carope-init zero is one sweep: the carope runs start from b = 0, RoPE gets no
+    --carope-init (train.py would refuse it), and results.md says which runs the flag applied to. A flag that no
+    encoding of the sweep reads is refused in one line."""
+    assert compare.for_run(["--carope-init", "zero", "--lr", "1e-3", "--tapa-alpha=0.5"], "rope") == ["--lr", "1e-3"]
+    assert compare.for_run(["--carope-init", "zero", "--tapa-alpha=0.5"], "tapa") == ["--tapa-alpha=0.5"]
+    data, out = make_data(tmp_path / "data"), tmp_path / "sweep"
+    flags = ["--pe", "rope,carope", "--seeds", "1", "--out", str(out), "--data", data, *RECIPE, "--max-steps", "2"]
+    assert compare.main(flags + ["--carope-init", "zero"]) == 0
+    model = lambda pe: json.loads((out / f"{pe}-s1" / "config.json").read_text())["model"]
+    assert model("rope")["carope_init"] == "rope" and model("carope")["carope_init"] == "zero"
+    assert "`--carope-init zero` applied to the carope runs only: the others do not read it." in \
+        (out / "results.md").read_text()
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--pe", "rope", "--seeds", "1", "--out", str(tmp_path / "other"), "--data", data, *RECIPE,
+                      "--tapa-alpha", "0.5"])
+    assert str(e.value.code) == ("compare.py: --tapa-alpha is read by --pe tapa only, and this sweep has none of "
+                                 "them (rope): drop --tapa-alpha, or add one of them to --pe")
+
+
+def test_bases_sets_each_encoding_against_rope_at_its_base_and_at_ten_thousand(tmp_path):
+    """--bases: per encoding and base, the figure at 1x and 16x, and at 16x the change against RoPE at the same
+    base and at 10^4 (the sweep without --rope-base), paired by seed; pairs.json's slow pairs where a run has one."""
+    ref = fake_sweep(tmp_path, "ref", {("rope", 1): (2.0, 3.0, 4.0), ("carope", 1): (2.0, 3.0, 3.0)})
+    small = fake_sweep(tmp_path, "small", {("rope", 1): (2.0, 2.5, 2.0), ("carope", 1): (2.2, 2.5, 2.2)},
+                       dict(preset="bytes", rope_base=10))
+    (small / "carope-s1" / "").mkdir()
+    (small / "carope-s1" / "pairs.json").write_text(json.dumps(dict(slow_mean=1.5, slow_qk_share_mean=0.25)))
+    lines, name = compare.overviews.bases([str(ref), str(small)])
+    assert name == "rope_base_bytes" and (tmp_path / "rope_base_bytes.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [line for line in lines if line.startswith("| ")][1:]  # below the header
+    assert rows == [
+        "| rope | [10](small/results.md) | 1 | 2.000 [2.000–2.000] | 2.000 [2.000–2.000] | – | -50.0 % [-50.0, -50.0] (1/1) | – | – |",
+        "| rope | [10000](ref/results.md) | 1 | 2.000 [2.000–2.000] | 4.000 [4.000–4.000] | – | – | – | – |",
+        "| carope | [10](small/results.md) | 1 | 2.200 [2.200–2.200] | 2.200 [2.200–2.200] | +10.0 % [+10.0, +10.0] (0/1) "
+        "| -45.0 % [-45.0, -45.0] (1/1) | 1.5 [1.5–1.5] | 25.0 [25.0–25.0] % |",
+        "| carope | [10000](ref/results.md) | 1 | 2.000 [2.000–2.000] | 3.000 [3.000–3.000] | -25.0 % [-25.0, -25.0] (1/1) "
+        "| -25.0 % [-25.0, -25.0] (1/1) | – | – |"]
+    other = fake_sweep(tmp_path, "other", {("rope", 1): (2, 3, 4)}, dict(preset="bytes", rope_base=100, lr=1e-3))
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--bases", f"{ref},{other}"])
+    assert "differ in lr, not only in rope_base" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--bases", f"{small},{other}"])
+    assert "differ in lr" in str(e.value.code)
+    no_ref = fake_sweep(tmp_path, "no-ref", {("rope", 1): (2, 3, 4)}, dict(preset="bytes", rope_base=1000))
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--bases", f"{small},{no_ref}"])
+    assert "no sweep holds RoPE at base 10^4, the reference" in str(e.value.code)
