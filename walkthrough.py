@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 if "ipykernel" not in sys.modules:  # a script: --help says what it does, and it takes no other flag
-    parser = argparse.ArgumentParser(prog="walkthrough.py", description="From one rotation to CARoPE, in ten small "
+    parser = argparse.ArgumentParser(prog="walkthrough.py", description="From one rotation to CARoPE, in eleven small "
                                      "steps: each prints a few numbers and checks one idea with carope.py's own code; "
-                                     "steps 5 and 9 draw out/walkthrough/rotation.png and clock.png. Under a minute "
+                                     "steps 4, 6 and 10 draw out/walkthrough/turns.png, rotation.png and clock.png. "
+                                     "Under a minute "
                                      "on a 2-core CPU, no GPU, no network; it takes no flags.")
     parser.error = lambda message: parser.exit(2, f"walkthrough.py: {message} (it takes none but --help)\n")
     parser.parse_args()

@@ -122,7 +122,7 @@ def test_help_says_what_it_does_and_an_unknown_flag_is_one_line_with_status_2(tm
     run = lambda *argv: subprocess.run([sys.executable, SCRIPT, *argv], cwd=tmp_path, capture_output=True,  # noqa: E731
                                        text=True, timeout=120)
     r = run("--help")
-    assert r.returncode == 0 and "ten small steps" in r.stdout and "1. A rotation" not in r.stdout, r.stdout
+    assert r.returncode == 0 and "eleven small steps" in r.stdout and "1. A rotation" not in r.stdout, r.stdout
     for bad in ("--bogus-flag", "extra"):
         r = run(bad)
         assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
