@@ -444,8 +444,9 @@ def main(argv=None):
             dirs = getattr(args, mode)
             root = os.path.dirname(os.path.abspath(dirs[0]))
             redo = cli.command("python", "compare.py", f"--{mode}", ",".join(dirs))
-            lines, name = sweeps.write_safely(root, redo, lambda: write(dirs))
-            print("\n".join(lines) + f"\n\ncompare.py: {len(dirs)} sweeps -> {root}/{name}.md, {name}.png")
+            lines, names = sweeps.write_safely(root, redo, lambda: write(dirs))
+            print("\n".join(lines) + f"\ncompare.py: {len(dirs)} sweeps -> {root}: " + ", ".join(
+                f"{name}.md and .png" if name != "rope_base_tradeoff" else f"{name}.png" for name in names))
             return 0
     check_out(args.out)
     if args.plot_only:

@@ -9,7 +9,8 @@ import os
 import numpy as np
 
 from support import plots, sweeps
-from support.tables import ACCURACIES, metric_of, metrics_of, seed_changes, seeds_better
+from support.tables import ACCURACIES, ROBUST_SEEDS, metric_of, metrics_of, seed_changes, seeds_better
+from tasks import TASKS as TASK_NAMES
 
 SIZE_KEYS = ("n_layer", "n_head", "n_embd")  # what --sizes lets differ between the sweeps it compares
 SIZE_RATIOS = (1, 4, 16)
@@ -103,7 +104,7 @@ def sizes(dirs):
                      + " |")
     sweeps.write_text(os.path.join(root, "model_size.md"), lines)
     plots.plot_sizes(rows, root, SIZE_RATIOS)
-    return lines, "model_size"
+    return lines, ["model_size"]
 
 
 def size_row(d):
@@ -138,13 +139,34 @@ DEFAULT_BASE = 10000.0  # carope.GPTConfig.rope_base: a sweep that does not set 
 
 
 def bases(dirs):
-    """rope_base_<family>.md and .png beside the sweeps: each encoding at each RoPE base (CARoPE's: its starting
-    ratio, which then learns), mean [min, max] over seeds at 1x, the longest length up to 4x (a task) or 16x, and
-    at that length the change against RoPE at the same base and against RoPE at 10^4, paired by seed; with each
-    run's pairs.json (python -m support.pairs) the pairs that do not complete a turn and their share of q.k.
-    The sweeps' recipes must differ only in the base. Returns the lines and the files' name."""
+    """rope_base_<family>.md and .png beside the sweeps, one family (a preset or a task) at a time (base_table);
+    with a language-model family and a task family, rope_base_tradeoff.png: each encoding and base at 16x the
+    training context against the task at 4x its training length. Returns the lines and the files' names."""
     recipes = {d: sweeps.settings(sweeps.read_recipe(d, "--bases checks with it that the sweeps share one recipe"))
                for d in dirs}
+    families = {}
+    for d in dirs:
+        families.setdefault(recipes[d].get("task") or recipes[d].get("preset", "text"), []).append(d)
+    tables = {family: base_table(group, recipes, family) for family, group in families.items()}
+    root = os.path.dirname(os.path.abspath(dirs[0]))
+    for family, (lines, rows, label) in tables.items():
+        sweeps.write_text(os.path.join(root, f"rope_base_{family}.md"), lines)
+        plots.plot_bases(rows, root, f"rope_base_{family}", label)
+    names = [f"rope_base_{family}" for family in tables]
+    text = [f for f in tables if f not in TASK_NAMES]
+    task = [f for f in tables if f in TASK_NAMES]
+    if len(text) == 1 and len(task) == 1:
+        plots.plot_tradeoff(tables[text[0]][1], tables[task[0]][1], tables[text[0]][2], tables[task[0]][2], root)
+        names.append("rope_base_tradeoff")
+    return [line for lines, _, _ in tables.values() for line in lines + [""]], names
+
+
+def base_table(dirs, recipes, family):
+    """Each encoding at each RoPE base (CARoPE's: its starting ratio, which then learns) in sweeps of one recipe
+    but for the base: the figure at 1x and at the longest length up to 4x (a task) or 16x, and there the change
+    against RoPE at the same base and against RoPE at 10^4, paired by seed; with each run's pairs.json (python -m
+    support.pairs) the pairs that do not complete a turn and their share of q.k. Returns (lines, rows, label)."""
+    recipes = {d: dict(recipes[d]) for d in dirs}
     base_of = {d: float(recipes[d].pop("rope_base", DEFAULT_BASE)) for d in dirs}
     for d in dirs[1:]:
         diff = sweeps.differing(recipes[d], recipes[dirs[0]])
@@ -152,18 +174,19 @@ def bases(dirs):
             raise SystemExit(f"compare.py: --bases: {d} and {dirs[0]} differ in {', '.join(diff)}, not only in "
                              f"rope_base: compare sweeps of one recipe")
     if len(set(base_of.values())) < len(dirs):
-        raise SystemExit("compare.py: --bases: two sweeps have the same base: give one sweep per base")
+        raise SystemExit(f"compare.py: --bases: two {family} sweeps have the same base: give one sweep per base")
     runs = {d: [r for r in sweeps.read_runs(d) if r["pe"] in BASE_PES] for d in dirs}
-    if DEFAULT_BASE not in base_of.values() or not any(r["pe"] == "rope" for d in dirs for r in runs[d]
-                                                      if base_of[d] == DEFAULT_BASE):
-        raise SystemExit("compare.py: --bases: no sweep holds RoPE at base 10^4, the reference: add it")
-    first = next(rs for rs in runs.values() if rs)
-    train_len, metric, task = train_length(first), task_metric(first), first[0].get("task")
+    reference = [r for d in dirs if base_of[d] == DEFAULT_BASE for r in runs[d] if r["pe"] == "rope"]
+    if not reference:
+        raise SystemExit(f"compare.py: --bases: no {family} sweep holds RoPE at base 10^4, the reference: add it")
+    train_len, metric, task = train_length(reference), task_metric(reference), reference[0].get("task")
     lens = sorted({int(T) for rs in runs.values() for r in rs for T in r["val"]})
     far = max(T for T in lens if T <= (4 if task else 16) * train_len)
-    reference = [r for d in dirs if base_of[d] == DEFAULT_BASE for r in runs[d] if r["pe"] == "rope"]
-    show = lambda v, d=3: f"{np.mean(v):.{d}f} [{min(v):.{d}f}–{max(v):.{d}f}]" if v else "–"
-    paired = lambda v: f"{change_text(np.mean(v), metric)} [{min(v):+.1f}, {max(v):+.1f}] ({seeds_better(v, metric)}/{len(v)})" if v else "–"
+    robust = lambda v: len(v) >= ROBUST_SEEDS  # many seeds: the median and quartiles, else the mean and range
+    show = lambda v, d=3: ("–" if not v else f"{np.median(v):.{d}f} [{np.percentile(v, 25):.{d}f}–"
+                           f"{np.percentile(v, 75):.{d}f}]" if robust(v) else f"{np.mean(v):.{d}f} [{min(v):.{d}f}–{max(v):.{d}f}]")
+    paired = lambda v: "–" if not v else (f"{change_text(np.median(v) if robust(v) else np.mean(v), metric)} "
+                                          f"[{min(v):+.1f}, {max(v):+.1f}] ({seeds_better(v, metric)}/{len(v)})")
     rows = []
     for pe in BASE_PES:
         for d in sorted(dirs, key=base_of.get):
@@ -182,25 +205,22 @@ def bases(dirs):
     what = {"bpb": "bits per byte", "ppl": "perplexity", "acc": "accuracy (whole answers)",
             "token_acc": "accuracy per query"}[metric]
     better = "higher" if metric in ACCURACIES else "lower"
-    lines = [f"# {what.capitalize()} by RoPE base{f' ({task})' if task else ''}", "",
+    x = far // train_len
+    lines = [f"# {what.capitalize()} by RoPE base ({family})", "",
              f"One recipe, only `--rope-base` changed (for carope and carope-static the starting ratio θ₁ = base^(-2/D), "
-             f"which then learns). {what}, {better} is better: mean [min–max] over seeds. Paired: pe against RoPE at the "
-             f"same seed ({'points' if metric in ACCURACIES else '%'}; mean [min, max], seeds better). Slow pairs: of "
-             f"the head's pairs, those whose phase over the training context stays below 2π (mean over layers × heads, "
-             f"then seeds; from each run's pairs.json, `python -m support.pairs`), and their share of |q||k|. Written "
-             f"by `python compare.py --bases {','.join(dirs)}`.", "",
-             f"| pe | base | seeds | {train_len} (1x) | {far} ({far // train_len}x) | {far // train_len}x against RoPE at "
-             f"this base | against RoPE at 10⁴ | slow pairs | their q·k share |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"which then learns). {what.capitalize()}, {better} is better: mean [min–max] over seeds, or with "
+             f"{ROBUST_SEEDS} or more seeds median [interquartile range]. Paired: pe against RoPE at the same seed "
+             f"({'points' if metric in ACCURACIES else '%'}; mean, or median, [min, max], seeds better). Slow pairs: "
+             f"of the head's pairs, those whose phase over the training {'length' if task else 'context'} stays below "
+             f"2π (mean over layers × heads; from each run's pairs.json, `python -m support.pairs`), and their share "
+             f"of |q||k|. Written by `python compare.py --bases {','.join(dirs)}`.", "",
+             f"| pe | base | seeds | {train_len} (1x) | {far} ({x}x) | {x}x against RoPE at this base | against RoPE "
+             f"at 10⁴ | slow pairs | their q·k share |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['pe']} | [{r['base']:g}]({r['name']}/results.md) | {r['seeds']} | {show(r['near'])} | "
                      f"{show(r['far'])} | {paired(r['same'])} | {paired(r['ref'])} | {show(r['slow'], 1)} | "
                      f"{show(r['share'], 1) + ' %' if r['share'] else '–'} |")
-    root = os.path.dirname(os.path.abspath(dirs[0]))
-    name = f"rope_base_{task or recipes[dirs[0]].get('preset', 'text')}"
-    sweeps.write_text(os.path.join(root, f"{name}.md"), lines)
-    plots.plot_bases(rows, root, name, f"{what} at {far // train_len}x the training {'length' if task else 'context'}"
-                     f" ({better} is better)")
-    return lines, name
+    return lines, rows, f"{what} at {x}x the training {'length' if task else 'context'} ({better} is better)"
 
 
 def task_metric(runs):

@@ -227,6 +227,35 @@ def plot_bases(rows, root, name, label):
     return save(plt, fig, root, f"{name}.png")
 
 
+def plot_tradeoff(text, task, xlabel, ylabel, root):
+    """rope_base_tradeoff.png: each encoding and base where both families ran it, the language model's figure
+    far past its context (x) against the task's (y); medians, bars from the 25th to the 75th percentile."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    on_task = {(r["pe"], r["base"]): r["far"] for r in task if r["far"]}
+    pes = list(dict.fromkeys(r["pe"] for r in text))
+    for r in text:
+        y = on_task.get((r["pe"], r["base"]))
+        if not r["far"] or not y:
+            continue
+        (x0, xm, x1), (y0, ym, y1) = np.percentile(r["far"], [25, 50, 75]), np.percentile(y, [25, 50, 75])
+        ax.errorbar([xm], [ym], xerr=[[xm - x0], [x1 - xm]], yerr=[[ym - y0], [y1 - ym]], fmt="o", capsize=3,
+                    color=f"C{pes.index(r['pe'])}", label=r["pe"])
+        ax.annotate(f"{r['base']:g}", (xm, ym), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), [f"{pe} (number: its base)" for pe in unique], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title("Extrapolation against recall, by encoding and RoPE base\n(median over seeds, bars: 25th-75th "
+                 "percentile)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(plt, fig, root, "rope_base_tradeoff.png")
+
+
 def plot_sizes(rows, root, ratios):
     """model_size.png: the paired change at each ratio against the parameter count (log), bars min-max."""
     import matplotlib

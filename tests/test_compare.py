@@ -727,8 +727,8 @@ def test_bases_sets_each_encoding_against_rope_at_its_base_and_at_ten_thousand(t
                        dict(preset="bytes", rope_base=10))
     (small / "carope-s1" / "").mkdir()
     (small / "carope-s1" / "pairs.json").write_text(json.dumps(dict(slow_mean=1.5, slow_qk_share_mean=0.25)))
-    lines, name = compare.overviews.bases([str(ref), str(small)])
-    assert name == "rope_base_bytes" and (tmp_path / "rope_base_bytes.png").read_bytes()[:4] == b"\x89PNG"
+    lines, names = compare.overviews.bases([str(ref), str(small)])
+    assert names == ["rope_base_bytes"] and (tmp_path / "rope_base_bytes.png").read_bytes()[:4] == b"\x89PNG"
     rows = [line for line in lines if line.startswith("| ")][1:]  # below the header
     assert rows == [
         "| rope | [10](small/results.md) | 1 | 2.000 [2.000–2.000] | 2.000 [2.000–2.000] | – | -50.0 % [-50.0, -50.0] (1/1) | – | – |",
@@ -747,4 +747,15 @@ def test_bases_sets_each_encoding_against_rope_at_its_base_and_at_ten_thousand(t
     no_ref = fake_sweep(tmp_path, "no-ref", {("rope", 1): (2, 3, 4)}, dict(preset="bytes", rope_base=1000))
     with pytest.raises(SystemExit) as e:
         compare.main(["--bases", f"{small},{no_ref}"])
-    assert "no sweep holds RoPE at base 10^4, the reference" in str(e.value.code)
+    assert "no bytes sweep holds RoPE at base 10^4, the reference" in str(e.value.code)
+    # with a task's sweeps beside them: a table for each family, and the trade-off of the two
+    task_ref = fake_sweep(tmp_path, "task-ref", {("rope", 1): (1.0, 0.9, 0.6), ("carope", 1): (1.0, 0.9, 0.8)},
+                          dict(task="mqar"), task="mqar")
+    task_small = fake_sweep(tmp_path, "task-small", {("rope", 1): (1.0, 0.7, 0.5), ("carope", 1): (1.0, 0.95, 0.8)},
+                            dict(task="mqar", rope_base=10), task="mqar")
+    lines, names = compare.overviews.bases([str(ref), str(small), str(task_ref), str(task_small)])
+    assert names == ["rope_base_bytes", "rope_base_mqar", "rope_base_tradeoff"]
+    assert "| carope | [10](task-small/results.md) | 1 | 1.000 [1.000–1.000] | 0.950 [0.950–0.950] | " \
+           "+25.0 pt [+25.0, +25.0] (1/1) | +5.0 pt [+5.0, +5.0] (1/1) | – | – |" in lines  # a task: at 4x
+    assert "# Accuracy (whole answers) by RoPE base (mqar)" in lines
+    assert (tmp_path / "rope_base_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
