@@ -220,7 +220,7 @@ def plot_bases(rows, root, name, label):
     ax.set_xscale("log")
     ax.set_xlabel("RoPE base (log scale)")
     ax.set_ylabel(label)
-    ax.set_title("The base against the figure past the training length (mean over seeds, bars: min-max)")
+    ax.set_title("RoPE's base against the figure far past training (mean over seeds, bars: min-max)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
