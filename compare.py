@@ -135,8 +135,9 @@ def resolve_recipe(recipe, pes):
     """train.py's flags as given, checked by train.py's own parser for every encoding of the sweep (each run gets
     only the flags its encoding reads: for_run); the preset is always recorded (train.py's default has changed,
     from nano to bytes); eval lengths default to 1x..8x."""
-    asked = [a.split("=")[0] for a in recipe if a.split("=")[0] in train.parser._option_string_actions]
-    unread = [k for k in PE_ONLY if f"--{k.replace('_', '-')}" in asked and not set(pes) & set(PE_ONLY[k])]
+    actions = train.parser._option_string_actions
+    asked = {actions[w.split("=")[0]].dest for w in recipe if w.split("=")[0] in actions}
+    unread = [k for k in PE_ONLY if k in asked and not set(pes) & set(PE_ONLY[k])]
     if unread:
         flag = f"--{unread[0].replace('_', '-')}"
         raise SystemExit(f"compare.py: {flag} is read by --pe {', '.join(PE_ONLY[unread[0]])} only, and this sweep "
@@ -194,11 +195,12 @@ def check_out(out):
                          "folder") from None
 
 
-def check_recipe(out, given):
-    """A sweep folder holds one recipe: refuse another with one line naming the difference. A folder in which
-    no run began (a sweep killed before its first run) takes the new recipe."""
+def check_recipe(out, given, taken):
+    """A sweep folder holds one recipe: refuse another with one line naming the difference. A folder that no
+    sweep has taken (taken: a run began, or the sweep that wrote recipe.json still runs) takes the new recipe: a
+    sweep killed before its first run leaves its recipe.json behind."""
     want = json.loads(json.dumps(given))  # as it reads back from JSON (tuples -> lists)
-    if os.path.exists(os.path.join(out, "recipe.json")) and sweeps.has_runs(out):
+    if os.path.exists(os.path.join(out, "recipe.json")) and taken:
         have, now = sweeps.settings(sweeps.read_recipe(out)), sweeps.settings(want)
         diff = sweeps.differing(have, now)
         if diff:
@@ -212,11 +214,13 @@ def check_recipe(out, given):
 def claim_recipe(out, given):
     """check_recipe, and recipe.json written before the first run starts, both under the folder's lock: a second
     sweep with another recipe, started while this one runs, is refused. Returns (recipe, whether we wrote it)."""
+    claimant = files.last_holder(out)  # the sweep that took the folder last (the lock replaces it with us)
     lock = files.FolderLock(out, "compare.py").acquire(wait=True)  # held for a moment, not for the sweep
     try:
-        want = check_recipe(out, given)
+        taken = sweeps.has_runs(out) or (claimant not in (None, os.getpid()) and files.pid_alive(claimant))
+        want = check_recipe(out, given, taken)
         path = os.path.join(out, "recipe.json")
-        if sweeps.has_runs(out):
+        if taken and os.path.exists(path):
             return want, False
         files.atomic_write(path, lambda f: f.write(json.dumps(want, indent=1).encode()))
         return want, True
@@ -408,7 +412,7 @@ def summarise(out, given):
     if not runs:
         raise SystemExit(f"compare.py: no finished runs in {out}; run without --plot-only first")
     files.atomic_write(os.path.join(out, "results.json"), lambda f: f.write(json.dumps(dict(runs=runs), indent=1).encode()))
-    train_len = runs[0].get("context") or min(given["eval_lens"])  # older sweeps did not record it
+    train_len = overviews.train_length(runs)  # older sweeps did not record it
     recipe = [a for k, v in given.items() for a in recipe_flag(k, v)]  # the same words after a sweep or --plot-only
     by_seeds = {}  # encodings run with the same seeds share a command: one command never names runs not made
     for pe, rs in tables.by_pe(runs).items():

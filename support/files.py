@@ -90,18 +90,34 @@ def remove_stale_temps(folder):
     removed = []
     for p in sorted(Path(folder).glob(f"*.{TEMP_TAG}-*.tmp")):
         m = re.fullmatch(rf".+\.{TEMP_TAG}-(\d+)\.tmp", p.name)
-        if not m or not p.is_file() or int(m[1]) in (0, os.getpid()):  # pid 0 would signal our own group
-            continue
-        try:
-            os.kill(int(m[1]), 0)  # signal 0 only checks that the process exists
-            continue
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):  # alive under another user / not a pid: not ours to delete
+        if not m or not p.is_file() or int(m[1]) in (0, os.getpid()) or pid_alive(int(m[1])):
             continue
         p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def pid_alive(pid):
+    """Whether pid may be a running process: signal 0 only checks that it exists; one under another user, or a
+    number that is no pid, counts as alive (not ours to judge). pid 0 would signal our own group: never asked."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it
+        return True
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+
+
+def last_holder(folder):
+    """The pid that last locked folder (FolderLock writes it into FOLDER/.lock and leaves it there), or None."""
+    try:
+        text = (Path(folder) / ".lock").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 # -----------------------------------------------------------------------------
 # folders: one writer at a time, and an --out-dir that cannot be one

@@ -74,14 +74,7 @@ def sizes(dirs):
     """model_size.md and model_size.png beside the sweeps: CARoPE's and carope-static's change against RoPE,
     paired by seed, at 1x, 4x and 16x the training context, against the parameter count. The sweeps' recipes
     must be the same but for the model's size, so that size is the one thing that changes. Returns the lines and the files' name."""
-    recipes = {d: {k: v for k, v in sweeps.settings(sweeps.read_recipe(d, "--sizes checks with it that the sweeps "
-                                                                           "share one recipe")).items()
-                   if k not in SIZE_KEYS} for d in dirs}
-    for d in dirs[1:]:
-        diff = sweeps.differing(recipes[d], recipes[dirs[0]])
-        if diff:
-            raise SystemExit(f"compare.py: --sizes: {d} and {dirs[0]} differ in {', '.join(diff)}, not only in "
-                             f"{', '.join(SIZE_KEYS)}: compare sweeps of one recipe")
+    one_recipe(dirs, {d: read_settings(d, "sizes") for d in dirs}, SIZE_KEYS, "sizes")
     rows = [size_row(d) for d in dirs]
     rows.sort(key=lambda r: r["params"])
     root = os.path.dirname(os.path.abspath(dirs[0]))
@@ -105,6 +98,22 @@ def sizes(dirs):
     sweeps.write_text(os.path.join(root, "model_size.md"), lines)
     plots.plot_sizes(rows, root, SIZE_RATIOS)
     return lines, ["model_size"]
+
+
+def read_settings(d, mode):
+    """A sweep's recipe as settings (sweeps.settings), for --sizes and --bases."""
+    return sweeps.settings(sweeps.read_recipe(d, f"--{mode} checks with it that the sweeps share one recipe"))
+
+
+def one_recipe(dirs, recipes, but, mode):
+    """The sweeps' recipes must be one but for the settings `but`, so that those are the one thing that changes:
+    else one line naming the difference."""
+    rest = {d: {k: v for k, v in recipes[d].items() if k not in but} for d in dirs}
+    for d in dirs[1:]:
+        diff = sweeps.differing(rest[d], rest[dirs[0]])
+        if diff:
+            raise SystemExit(f"compare.py: --{mode}: {d} and {dirs[0]} differ in {', '.join(diff)}, not only in "
+                             f"{', '.join(but)}: compare sweeps of one recipe")
 
 
 def size_row(d):
@@ -142,8 +151,7 @@ def bases(dirs):
     """rope_base_<family>.md and .png beside the sweeps, one family (a preset or a task) at a time (base_table);
     with a language-model family and a task family, rope_base_tradeoff.png: each encoding and base at 16x the
     training context against the task at 4x its training length. Returns the lines and the files' names."""
-    recipes = {d: sweeps.settings(sweeps.read_recipe(d, "--bases checks with it that the sweeps share one recipe"))
-               for d in dirs}
+    recipes = {d: read_settings(d, "bases") for d in dirs}
     families = {}
     for d in dirs:
         families.setdefault(recipes[d].get("task") or recipes[d].get("preset", "text"), []).append(d)
@@ -166,13 +174,8 @@ def base_table(dirs, recipes, family):
     but for the base: the figure at 1x and at the longest length up to 4x (a task) or 16x, and there the change
     against RoPE at the same base and against RoPE at 10^4, paired by seed; with each run's pairs.json (python -m
     support.pairs) the pairs that do not complete a turn and their share of q.k. Returns (lines, rows, label)."""
-    recipes = {d: dict(recipes[d]) for d in dirs}
-    base_of = {d: float(recipes[d].pop("rope_base", DEFAULT_BASE)) for d in dirs}
-    for d in dirs[1:]:
-        diff = sweeps.differing(recipes[d], recipes[dirs[0]])
-        if diff:
-            raise SystemExit(f"compare.py: --bases: {d} and {dirs[0]} differ in {', '.join(diff)}, not only in "
-                             f"rope_base: compare sweeps of one recipe")
+    one_recipe(dirs, recipes, ("rope_base",), "bases")
+    base_of = {d: float(recipes[d].get("rope_base", DEFAULT_BASE)) for d in dirs}
     if len(set(base_of.values())) < len(dirs):
         raise SystemExit(f"compare.py: --bases: two {family} sweeps have the same base: give one sweep per base")
     runs = {d: [r for r in sweeps.read_runs(d) if r["pe"] in BASE_PES] for d in dirs}

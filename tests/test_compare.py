@@ -759,3 +759,22 @@ def test_bases_sets_each_encoding_against_rope_at_its_base_and_at_ten_thousand(t
            "+25.0 pt [+25.0, +25.0] (1/1) | +5.0 pt [+5.0, +5.0] (1/1) | – | – |" in lines  # a task: at 4x
     assert "# Accuracy (whole answers) by RoPE base (mqar)" in lines
     assert (tmp_path / "rope_base_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_folder_whose_sweep_still_runs_before_its_first_run_is_not_taken(tmp_path, monkeypatch):
+    """A recipe.json with no run yet is taken over only if the sweep that wrote it is gone: while it still runs
+    (its pid in DIR/.lock, say building the data), another recipe is refused, as once a run has begun."""
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "recipe.json").write_text(json.dumps(dict(preset="nano", max_steps=12)))
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(f"{alive.pid}\n")
+        monkeypatch.setattr(compare, "sweep", lambda args, recipe: pytest.fail("trained another recipe into it"))
+        with pytest.raises(SystemExit) as e:
+            compare.main(["--pe", "rope", "--seeds", "1", "--out", str(out), *RECIPE, "--max-steps", "6"])
+        assert "holds runs of another recipe" in str(e.value.code)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert not files.pid_alive(alive.pid) and files.last_holder(out) is not None
